@@ -1,0 +1,103 @@
+"""The local server's FastAPI application: the contract's routers, error answers, ``/status``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from airflow_mlserver import __version__
+from airflow_mlserver.server import auth, batch, consume, services, sessions
+from airflow_mlserver.server.batch import BatchRunner
+from airflow_mlserver.server.config import ServerConfig
+from airflow_mlserver.server.context import ServerContext
+from airflow_mlserver.server.errors import ApiError
+from airflow_mlserver.server.middleware import ServerMiddleware
+from airflow_mlserver.server.store import Store
+from airflow_mlserver.server.workers import WorkerPool
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """Build the application; the worker pool starts and unfinished batches resume at startup."""
+    store = Store(config.data_dir)
+    pool = WorkerPool(config.workers, config.execution_timeout, home=str(config.data_dir))
+    ctx = ServerContext(config=config, store=store, pool=pool)
+    ctx.runner = BatchRunner(ctx)
+    started = time.time()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await pool.start()
+        store.purge_tokens(time.time())
+        assert ctx.runner is not None
+        ctx.runner.resume_unfinished()
+        try:
+            yield
+        finally:
+            await ctx.runner.stop()
+            pool.close()
+            store.close()
+
+    app = FastAPI(
+        title="airflow-mlserver local Machine Learning Server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        error = ApiError(400, f"Invalid request: {where}: {first.get('msg', 'invalid value')}.")
+        return JSONResponse(error.body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"No route for {request.method} {request.url.path}: see the API reference for valid routes."
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}."
+        else:
+            message = str(exc.detail)
+        return JSONResponse(ApiError(exc.status_code, message).body(), status_code=exc.status_code)
+
+    @app.get("/status")
+    async def status() -> dict[str, Any]:
+        alive = pool.alive()
+        workers_ok = alive >= pool.size
+        return {
+            "statusCode": "pass" if workers_ok else "warn",
+            "details": {
+                "version": __version__,
+                "uptimeSeconds": round(time.time() - started, 1),
+                "workers": pool.size,
+                "busyWorkers": pool.busy,
+                "maxParallelCount": config.max_parallel_count,
+            },
+            "components": {
+                "database": {"statusCode": "pass", "details": {"path": str(store.db_path)}},
+                "computeNodes": {
+                    "statusCode": "pass" if workers_ok else "warn",
+                    "details": {"alive": alive, "expected": pool.size},
+                },
+            },
+        }
+
+    for module in (auth, services, sessions, consume, batch):
+        app.include_router(module.router)
+    app.add_middleware(ServerMiddleware, ctx=ctx)
+    return app

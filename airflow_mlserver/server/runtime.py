@@ -1,0 +1,221 @@
+"""What runs inside a worker process: the Python runtime of a published service.
+
+A worker keeps one namespace per service revision: the service's model objects (its snapshot) are
+loaded and its ``initCode`` run once, the first time that worker runs the service. Each execution
+then gets a shallow copy of that namespace with the inputs bound as variables, runs ``code`` in a
+fresh working folder, and reads each declared output back by name.
+
+This module imports only the standard library at import time so that workers start fast; numpy,
+pandas and dill are imported when a service needs them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import math
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+# Declared types of the contract (section 2).
+TYPES = ("integer", "numeric", "character", "logical", "vector", "matrix", "data.frame")
+
+
+class InputError(ValueError):
+    """An input value does not fit its declared type."""
+
+
+def bind_input(kind: str, value: Any) -> Any:
+    """Turn a JSON input value into the Python value the service code sees (the Python client's rules)."""
+    if value is None:
+        return None
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+            raise InputError(f"expected an integer, got {value!r}")
+        return int(value)
+    if kind == "numeric":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"expected a number, got {value!r}")
+        return float(value)
+    if kind == "character":
+        if not isinstance(value, str):
+            raise InputError(f"expected a string, got {value!r}")
+        return value
+    if kind == "logical":
+        if not isinstance(value, bool):
+            raise InputError(f"expected true or false, got {value!r}")
+        return value
+    if kind == "vector":
+        import numpy as np
+
+        if not isinstance(value, list):
+            raise InputError(f"expected a list, got {value!r}")
+        return np.array(value)
+    if kind == "matrix":
+        import numpy as np
+
+        if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
+            raise InputError(f"expected a list of lists, got {value!r}")
+        return np.array(value)
+    if kind == "data.frame":
+        import pandas as pd
+
+        if isinstance(value, dict):
+            return pd.DataFrame(value)
+        if isinstance(value, list):
+            return pd.DataFrame.from_records(value)
+        raise InputError(f"expected an object of columns, got {value!r}")
+    raise InputError(f"unknown type {kind!r}")
+
+
+def encode_output(value: Any) -> Any:
+    """Turn whatever the service code left in an output variable into plain JSON."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): encode_output(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [encode_output(v) for v in value]
+    module = type(value).__module__.split(".")[0]
+    if module == "pandas":
+        import pandas as pd
+
+        if isinstance(value, pd.DataFrame):
+            return {str(col): encode_output(value[col].tolist()) for col in value.columns}
+        if isinstance(value, pd.Series | pd.Index):
+            return encode_output(value.tolist())
+        if isinstance(value, pd.Timestamp):
+            return value.isoformat()
+        if value is pd.NaT or value is pd.NA:
+            return None
+    if module == "numpy":
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return encode_output(value.tolist())
+        if isinstance(value, np.generic):
+            return encode_output(value.item())
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+class _ServiceRuntime:
+    """One service revision loaded in this worker: its namespace after ``initCode`` and compiled code."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        objects_dir = job.get("objects_dir")
+        if objects_dir and os.path.isdir(objects_dir):
+            import dill
+
+            for path in sorted(Path(objects_dir).iterdir()):
+                self.namespace[path.name] = dill.loads(path.read_bytes())
+        self.code = compile(job["code"], "<code>", "exec")
+        init_code = job.get("init_code")
+        if init_code:
+            scratch = Path(job["scratch_dir"])
+            scratch.mkdir(parents=True, exist_ok=True)
+            cwd = os.getcwd()
+            os.chdir(scratch)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    exec(compile(init_code, "<initCode>", "exec"), self.namespace)
+            finally:
+                os.chdir(cwd)
+
+
+def _format_error(exc: BaseException) -> str:
+    """The error text of a failed execution: the exception and the frames of the service's own code."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<")]
+    lines = [f"  line {f.lineno} in {f.name} ({f.filename[1:-1]})" for f in frames]
+    head = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return head + ("\n" + "\n".join(lines) if lines else "")
+
+
+class Runtime:
+    """The state of one worker process: a cache of loaded service revisions."""
+
+    def __init__(self) -> None:
+        self._services: dict[str, _ServiceRuntime] = {}
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        key = job["key"]
+        service = self._services.get(key)
+        if service is None:
+            try:
+                service = _ServiceRuntime(job)
+            except BaseException as exc:  # noqa: BLE001 - any failure of initCode fails the execution
+                return {
+                    "initFailed": True,
+                    "success": False,
+                    "errorMessage": f"initCode failed: {_format_error(exc)}",
+                    "consoleOutput": "",
+                    "changedFiles": [],
+                    "outputParameters": {},
+                    "artifacts": [],
+                }
+            self._services[key] = service
+        return self._execute(service, job)
+
+    def _execute(self, service: _ServiceRuntime, job: dict[str, Any]) -> dict[str, Any]:
+        workdir = Path(job["workdir"])
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(service.namespace)
+        console = io.StringIO()
+        error = ""
+        outputs: dict[str, Any] = {}
+        try:
+            for name, kind in job["inputs_types"]:
+                try:
+                    env[name] = bind_input(kind, job["inputs"].get(name))
+                except InputError as exc:
+                    raise InputError(f"input '{name}' ({kind}): {exc}") from None
+            os.chdir(workdir)
+            with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+                exec(service.code, env)
+            for out in job["outputs"]:
+                name = out["name"]
+                if name not in env:
+                    raise NameError(f"the service code did not set its output '{name}'")
+                outputs[name] = encode_output(env[name])
+        except BaseException as exc:  # noqa: BLE001 - a failing record is a result, not a crash
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            error = _format_error(exc)
+        finally:
+            os.chdir(job["home"])
+        changed = sorted(p.name for p in workdir.iterdir() if p.is_file())
+        files = [f for f in job.get("output_files") or [] if (workdir / f).is_file()]
+        return {
+            "success": not error,
+            "errorMessage": error,
+            "consoleOutput": console.getvalue(),
+            "changedFiles": changed,
+            "outputParameters": outputs if not error else {},
+            "artifacts": files,
+        }
+
+
+def worker_main(conn: Any, home: str) -> None:
+    """Entry point of a worker process: answer jobs from ``conn`` until told to stop."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.chdir(home)
+    runtime = Runtime()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        conn.send(runtime.run(job))

@@ -1,0 +1,352 @@
+"""Section 2 of the contract: publish, list, get, patch and delete web services; per-service swagger.json."""
+
+from __future__ import annotations
+
+import keyword
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from airflow_mlserver.server.context import ServerContext, current_user, read_json
+from airflow_mlserver.server.errors import ApiError, bad_request
+from airflow_mlserver.server.runtime import TYPES
+
+router = APIRouter()
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_EDITABLE = (
+    "code",
+    "initCode",
+    "description",
+    "operationId",
+    "inputParameterDefinitions",
+    "outputParameterDefinitions",
+    "outputFileNames",
+    "snapshotId",
+    "runtimeType",
+)
+
+
+def _check_name(what: str, value: str) -> None:
+    if not _NAME.match(value):
+        raise bad_request(
+            f"Invalid {what} {value!r}: use letters, digits, '_', '.' or '-' (at most 128), starting with a letter "
+            "or digit."
+        )
+
+
+def _check_parameters(field: str, value: Any) -> list[dict[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise bad_request(f"'{field}' must be a list of {{\"name\", \"type\"}} objects.")
+    seen: set[str] = set()
+    result = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("type"), str):
+            raise bad_request(f"'{field}[{i}]' must be an object with string 'name' and 'type'.")
+        name, kind = item["name"], item["type"]
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise bad_request(f"'{field}[{i}]': {name!r} is not a valid Python variable name.")
+        if kind not in TYPES:
+            raise bad_request(f"'{field}[{i}]': unknown type {kind!r} for '{name}'; use one of {', '.join(TYPES)}.")
+        if name in seen:
+            raise bad_request(f"'{field}': the parameter '{name}' is declared twice.")
+        seen.add(name)
+        result.append({"name": name, "type": kind})
+    return result
+
+
+def _check_file_names(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad_request("'outputFileNames' must be a list of file names.")
+    for name in value:
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise bad_request(f"'outputFileNames': {name!r} is not a plain file name (no path separators).")
+    return list(value)
+
+
+def _validate(body: dict[str, Any], partial: bool) -> dict[str, Any]:
+    """The fields of a publish (or patch) request, checked; raises a 400 naming the first problem."""
+    clean: dict[str, Any] = {}
+    if not partial or body.get("code") is not None:
+        code = body.get("code")
+        if not isinstance(code, str) or not code.strip():
+            raise bad_request("'code' is required: the Python code the service runs.")
+        clean["code"] = code
+    for key in ("initCode", "description", "operationId", "snapshotId"):
+        if body.get(key) is not None:
+            if not isinstance(body[key], str):
+                raise bad_request(f"'{key}' must be a string.")
+            clean[key] = body[key]
+    runtime = body.get("runtimeType")
+    if runtime is not None or not partial:
+        runtime = runtime or "Python"
+        if str(runtime).lower() == "r":
+            raise bad_request("runtimeType 'R' is not supported by the local server: publish a Python service.")
+        if str(runtime).lower() != "python":
+            raise bad_request(f"Unknown runtimeType {runtime!r}: use 'Python'.")
+        clean["runtimeType"] = "Python"
+    for key in ("inputParameterDefinitions", "outputParameterDefinitions"):
+        if not partial or body.get(key) is not None:
+            clean[key] = _check_parameters(key, body.get(key))
+    if not partial or body.get("outputFileNames") is not None:
+        clean["outputFileNames"] = _check_file_names(body.get("outputFileNames"))
+    for key, value in clean.items():
+        if key in ("code", "initCode") and value:
+            try:
+                compile(value, f"<{key}>", "exec")
+            except SyntaxError as exc:
+                raise bad_request(f"'{key}' is not valid Python: {exc.msg} (line {exc.lineno}).") from None
+    return clean
+
+
+def public(service: dict[str, Any], user: str) -> dict[str, Any]:
+    """A stored service as the WebService object clients read."""
+    out = {
+        "name": service["name"],
+        "version": service["version"],
+        "versionPublishedBy": service["versionPublishedBy"],
+        "creationTime": service["creationTime"],
+        "snapshotId": service.get("snapshotId"),
+        "runtimeType": service.get("runtimeType", "Python"),
+        "initCode": service.get("initCode"),
+        "code": service["code"],
+        "description": service.get("description") or "",
+        "operationId": service.get("operationId"),
+        "inputParameterDefinitions": service.get("inputParameterDefinitions", []),
+        "outputParameterDefinitions": service.get("outputParameterDefinitions", []),
+        "outputFileNames": service.get("outputFileNames", []),
+        "myPermissionOnService": "read/write" if service["versionPublishedBy"] == user else "read only",
+    }
+    return out
+
+
+def _snapshot_objects(ctx: ServerContext, snapshot_id: str | None) -> Any:
+    if not snapshot_id:
+        return None
+    if ctx.store.get_snapshot(snapshot_id) is None:
+        raise bad_request(f"Snapshot '{snapshot_id}' not found: take one with POST /sessions/{{id}}/snapshot.")
+    return ctx.store.snapshot_dir(snapshot_id)
+
+
+async def _publish(request: Request, name: str, version: str) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    _check_name("service name", name)
+    _check_name("service version", version)
+    body = await read_json(request, dict, "a PublishWebServiceRequest object")
+    clean = _validate(body, partial=False)
+    if ctx.store.get_service(name, version) is not None:
+        raise ApiError(403, f"Web service '{name}' version '{version}' already exists: update it with PATCH.")
+    objects = _snapshot_objects(ctx, clean.get("snapshotId"))
+    service = {
+        "name": name,
+        "version": version,
+        "versionPublishedBy": current_user(request),
+        "creationTime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+        **clean,
+    }
+    ctx.store.put_service(service, objects)
+    return JSONResponse(f"/api/{name}/{version}", status_code=201)
+
+
+@router.get("/services")
+async def list_all(request: Request) -> list[dict[str, Any]]:
+    ctx: ServerContext = request.app.state.ctx
+    return [public(s, current_user(request)) for s in ctx.store.list_services()]
+
+
+@router.get("/services/{name}")
+async def list_versions(request: Request, name: str) -> list[dict[str, Any]]:
+    ctx: ServerContext = request.app.state.ctx
+    services = ctx.store.list_services(name)
+    if not services:
+        raise ApiError(404, f"Web service '{name}' not found. List the published services with GET /services.")
+    return [public(s, current_user(request)) for s in services]
+
+
+@router.get("/services/{name}/{version}")
+async def get_version(request: Request, name: str, version: str) -> list[dict[str, Any]]:
+    ctx: ServerContext = request.app.state.ctx
+    service, _ = ctx.service(name, version)
+    return [public(service, current_user(request))]
+
+
+@router.post("/services/{name}/{version}")
+async def publish_version(request: Request, name: str, version: str) -> Response:
+    return await _publish(request, name, version)
+
+
+@router.post("/services/{name}")
+async def publish_new_version(request: Request, name: str) -> Response:
+    return await _publish(request, name, str(uuid.uuid4()))
+
+
+def _owned(ctx: ServerContext, request: Request, name: str, version: str) -> dict[str, Any]:
+    service, _ = ctx.service(name, version)
+    if service["versionPublishedBy"] != current_user(request):
+        raise ApiError(
+            403,
+            f"Web service '{name}' version '{version}' belongs to '{service['versionPublishedBy']}': "
+            "only its publisher may change or delete it.",
+        )
+    return service
+
+
+@router.patch("/services/{name}/{version}")
+async def patch_version(request: Request, name: str, version: str) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    service = _owned(ctx, request, name, version)
+    body = await read_json(request, dict, "a PatchWebServiceRequest object")
+    clean = _validate(body, partial=True)
+    objects = _snapshot_objects(ctx, clean.get("snapshotId"))
+    service.update({k: v for k, v in clean.items() if k in _EDITABLE})
+    ctx.store.put_service(service, objects)
+    return JSONResponse(f"/api/{name}/{version}", status_code=200)
+
+
+@router.delete("/services/{name}/{version}")
+async def delete_version(request: Request, name: str, version: str) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    _owned(ctx, request, name, version)
+    ctx.store.delete_service(name, version)
+    return JSONResponse(True)
+
+
+_JSON_TYPES = {
+    "integer": {"type": "integer", "format": "int64"},
+    "numeric": {"type": "number", "format": "double"},
+    "character": {"type": "string"},
+    "logical": {"type": "boolean"},
+    "vector": {"type": "array", "items": {}},
+    "matrix": {"type": "array", "items": {"type": "array", "items": {}}},
+    "data.frame": {"type": "object", "additionalProperties": {"type": "array", "items": {}}},
+}
+
+
+def swagger_document(service: dict[str, Any], host: str) -> dict[str, Any]:
+    """A Swagger 2.0 document for consuming one service (request-response and batch)."""
+    name, version = service["name"], service["version"]
+
+    def schema(params: list[dict[str, str]]) -> dict[str, Any]:
+        return {"type": "object", "properties": {p["name"]: _JSON_TYPES[p["type"]] for p in params}}
+
+    inputs = schema(service.get("inputParameterDefinitions", []))
+    inputs["required"] = [p["name"] for p in service.get("inputParameterDefinitions", [])]
+    outputs = schema(service.get("outputParameterDefinitions", []))
+    op = service.get("operationId") or "consume"
+    base = f"/api/{name}/{version}"
+    error = {"description": "Error", "schema": {"$ref": "#/definitions/Error"}}
+    batch_id = {"name": "executionId", "in": "path", "required": True, "type": "string"}
+    index = {"name": "index", "in": "path", "required": True, "type": "integer", "description": "0-based"}
+    return {
+        "swagger": "2.0",
+        "info": {"title": name, "description": service.get("description") or "", "version": version},
+        "host": host,
+        "schemes": ["http"],
+        "consumes": ["application/json"],
+        "produces": ["application/json"],
+        "securityDefinitions": {"Bearer": {"type": "apiKey", "name": "Authorization", "in": "header"}},
+        "security": [{"Bearer": []}],
+        "paths": {
+            "/login": {
+                "post": {
+                    "operationId": "login",
+                    "parameters": [{"name": "loginRequest", "in": "body", "required": True,
+                                    "schema": {"$ref": "#/definitions/LoginRequest"}}],
+                    "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/AccessTokenResponse"}},
+                                  "default": error},
+                }
+            },
+            base: {
+                "post": {
+                    "operationId": op,
+                    "parameters": [{"name": "WebServiceParameters", "in": "body", "required": True,
+                                    "schema": {"$ref": "#/definitions/InputParameters"}}],
+                    "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/WebServiceResult"}},
+                                  "default": error},
+                }
+            },
+            f"{base}/batch": {
+                "post": {
+                    "operationId": "StartBatchExecution",
+                    "parameters": [
+                        {"name": "BatchWebServiceParameters", "in": "body", "required": True,
+                         "schema": {"type": "array", "items": {"$ref": "#/definitions/InputParameters"}}},
+                        {"name": "parallelCount", "in": "query", "type": "integer", "default": 10},
+                    ],
+                    "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/StartBatchExecutionResponse"}},
+                                  "default": error},
+                },
+                "get": {
+                    "operationId": "GetBatchExecutions",
+                    "responses": {"200": {"description": "OK", "schema": {"type": "array", "items": {"type": "string"}}},
+                                  "default": error},
+                },
+            },
+            f"{base}/batch/{{executionId}}": {
+                "get": {
+                    "operationId": "GetBatchExecutionStatus",
+                    "parameters": [batch_id, {"name": "showPartialResults", "in": "query", "type": "boolean",
+                                              "default": True}],
+                    "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/BatchWebServiceResult"}},
+                                  "default": error},
+                },
+                "delete": {
+                    "operationId": "CancelAndDeleteBatchExecution",
+                    "parameters": [batch_id],
+                    "responses": {"200": {"description": "OK"}, "default": error},
+                },
+            },
+            f"{base}/batch/{{executionId}}/{{index}}/files": {
+                "get": {
+                    "operationId": "GetBatchExecutionFiles",
+                    "parameters": [batch_id, index],
+                    "responses": {"200": {"description": "OK", "schema": {"type": "array", "items": {"type": "string"}}},
+                                  "default": error},
+                }
+            },
+            f"{base}/batch/{{executionId}}/{{index}}/files/{{fileName}}": {
+                "get": {
+                    "operationId": "GetBatchExecutionFile",
+                    "produces": ["application/octet-stream"],
+                    "parameters": [batch_id, index, {"name": "fileName", "in": "path", "required": True, "type": "string"}],
+                    "responses": {"200": {"description": "OK", "schema": {"type": "file"}}, "default": error},
+                }
+            },
+        },
+        "definitions": {
+            "InputParameters": inputs,
+            "OutputParameters": outputs,
+            "LoginRequest": {"type": "object", "properties": {"username": {"type": "string"},
+                                                              "password": {"type": "string"}}},
+            "AccessTokenResponse": {"type": "object", "properties": {
+                "token_type": {"type": "string"}, "access_token": {"type": "string"},
+                "expires_on": {"type": "string"}, "refresh_token": {"type": "string"}}},
+            "WebServiceResult": {"type": "object", "properties": {
+                "success": {"type": "boolean"}, "errorMessage": {"type": "string"},
+                "consoleOutput": {"type": "string"}, "changedFiles": {"type": "array", "items": {"type": "string"}},
+                "outputParameters": {"$ref": "#/definitions/OutputParameters"},
+                "outputFiles": {"type": "object", "additionalProperties": {"type": "string", "format": "byte"}}}},
+            "StartBatchExecutionResponse": {"type": "object", "properties": {"batchExecutionId": {"type": "string"}}},
+            "BatchWebServiceResult": {"type": "object", "properties": {
+                "state": {"type": "string"}, "totalItemCount": {"type": "integer"},
+                "completedItemCount": {"type": "integer"},
+                "batchExecutionResults": {"type": "array", "items": {"$ref": "#/definitions/WebServiceResult"}}}},
+            "Error": {"type": "object", "properties": {"message": {"type": "string"}, "link": {"type": "string"},
+                                                       "exceptionType": {"type": "string"}}},
+        },
+    }
+
+
+@router.get("/api/{name}/{version}/swagger.json")
+async def swagger(request: Request, name: str, version: str) -> dict[str, Any]:
+    ctx: ServerContext = request.app.state.ctx
+    service, _ = ctx.service(name, version)
+    return swagger_document(service, request.headers.get("host", "localhost:12800"))

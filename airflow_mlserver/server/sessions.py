@@ -1,0 +1,148 @@
+"""Sessions, workspace objects and snapshots: as much as Microsoft's Python client needs to publish.
+
+The client creates a session, uploads each model object (dill bytes) to its workspace, takes a
+snapshot, publishes with that snapshot id, then deletes the session and the snapshot right away. A
+published service therefore keeps its own copy of the snapshot's objects (see ``Store.put_service``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from airflow_mlserver.server.context import ServerContext, current_user
+from airflow_mlserver.server.errors import ApiError, bad_request
+
+router = APIRouter()
+
+_OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _session(ctx: ServerContext, session_id: str) -> dict[str, Any]:
+    session = ctx.store.get_session(session_id)
+    if session is None:
+        raise ApiError(404, f"Session '{session_id}' not found: create one with POST /sessions.")
+    return session
+
+
+@router.post("/sessions")
+async def create_session(request: Request) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON ({exc}); expected a CreateSessionRequest.") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a CreateSessionRequest object.")
+    runtime = body.get("runtimeType") or "Python"
+    if str(runtime).lower() != "python":
+        raise bad_request(f"runtimeType {runtime!r} is not supported by the local server: use 'Python'.")
+    session_id = str(uuid.uuid4())
+    ctx.store.put_session(
+        {"id": session_id, "name": body.get("name") or "", "owner": current_user(request), "runtimeType": "Python"}
+    )
+    if body.get("snapshotId"):
+        snapshot = ctx.store.get_snapshot(body["snapshotId"])
+        if snapshot is None:
+            raise bad_request(f"Snapshot '{body['snapshotId']}' not found.")
+        for path in ctx.store.snapshot_dir(body["snapshotId"]).iterdir():
+            (ctx.store.session_dir(session_id) / path.name).write_bytes(path.read_bytes())
+    return JSONResponse({"sessionId": session_id}, status_code=201)
+
+
+@router.get("/sessions")
+async def list_sessions(request: Request) -> list[dict[str, Any]]:
+    ctx: ServerContext = request.app.state.ctx
+    return [s for s in ctx.store.list_sessions() if s["owner"] == current_user(request)]
+
+
+@router.delete("/sessions/{session_id}")
+async def close_session(request: Request, session_id: str) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    _session(ctx, session_id)
+    ctx.store.delete_session(session_id)
+    return Response(status_code=200)
+
+
+@router.delete("/sessions/{session_id}/force")
+async def force_close_session(request: Request, session_id: str) -> Response:
+    return await close_session(request, session_id)
+
+
+@router.get("/sessions/{session_id}/workspace")
+async def list_workspace(request: Request, session_id: str) -> list[str]:
+    ctx: ServerContext = request.app.state.ctx
+    _session(ctx, session_id)
+    return sorted(p.name for p in ctx.store.session_dir(session_id).iterdir())
+
+
+@router.post("/sessions/{session_id}/workspace/{object_name}")
+async def upload_object(request: Request, session_id: str, object_name: str) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    _session(ctx, session_id)
+    if not _OBJECT_NAME.match(object_name):
+        raise bad_request(f"Invalid workspace object name {object_name!r}: use a Python variable name.")
+    body = await request.body()
+    if not body:
+        raise bad_request(f"Workspace object '{object_name}' is empty: send its dill-serialized bytes.")
+    (ctx.store.session_dir(session_id) / object_name).write_bytes(body)
+    return Response(status_code=200)
+
+
+@router.delete("/sessions/{session_id}/workspace/{object_name}")
+async def delete_object(request: Request, session_id: str, object_name: str) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    _session(ctx, session_id)
+    path = ctx.store.session_dir(session_id) / object_name
+    if not _OBJECT_NAME.match(object_name) or not path.is_file():
+        raise ApiError(404, f"Workspace object '{object_name}' not found in session '{session_id}'.")
+    path.unlink()
+    return Response(status_code=200)
+
+
+@router.post("/sessions/{session_id}/snapshot")
+async def create_snapshot(request: Request, session_id: str) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    session = _session(ctx, session_id)
+    snapshot_id = str(uuid.uuid4())
+    ctx.store.put_snapshot(
+        {
+            "id": snapshot_id,
+            "name": session.get("name") or "",
+            "owner": current_user(request),
+            "creationTime": time.strftime("%Y-%m-%d", time.gmtime()),
+        },
+        session_id,
+    )
+    return JSONResponse({"snapshotId": snapshot_id}, status_code=201)
+
+
+@router.get("/snapshots")
+async def list_snapshots(request: Request) -> list[dict[str, Any]]:
+    ctx: ServerContext = request.app.state.ctx
+    return [s for s in ctx.store.list_snapshots() if s["owner"] == current_user(request)]
+
+
+@router.get("/snapshots/{snapshot_id}")
+async def get_snapshot(request: Request, snapshot_id: str) -> dict[str, Any]:
+    ctx: ServerContext = request.app.state.ctx
+    snapshot = ctx.store.get_snapshot(snapshot_id)
+    if snapshot is None:
+        raise ApiError(404, f"Snapshot '{snapshot_id}' not found.")
+    return snapshot
+
+
+@router.delete("/snapshots/{snapshot_id}")
+async def delete_snapshot(request: Request, snapshot_id: str) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    if ctx.store.get_snapshot(snapshot_id) is None:
+        raise ApiError(404, f"Snapshot '{snapshot_id}' not found.")
+    ctx.store.delete_snapshot(snapshot_id)
+    return Response(status_code=200)

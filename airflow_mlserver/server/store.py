@@ -1,0 +1,309 @@
+"""Persistence of the local server: one SQLite database plus files under the data directory.
+
+Layout of ``data_dir``::
+
+    mlserver.db                      services, tokens, sessions, snapshots, executions, records
+    sessions/<id>/<object>           workspace objects (dill bytes), as the client uploaded them
+    snapshots/<id>/<object>          a snapshot's copy of its session's objects
+    services/<name>/<version>/objects/<object>   a published service's own copy of its objects
+    executions/<id>/<index>/         working folder (and artifacts) of each batch record
+
+Every finished record is committed with its result before it counts as completed, so stopping the
+server loses no finished record; a record without a result runs again after a restart.
+
+All writes go through one connection owned by the event loop's thread; long reads (a results list)
+open their own read-only connection so that they can stream from another thread (WAL mode).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    token TEXT PRIMARY KEY, kind TEXT NOT NULL, username TEXT NOT NULL, expires_on REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT NOT NULL, version TEXT NOT NULL, seq INTEGER NOT NULL, revision INTEGER NOT NULL,
+    body TEXT NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+    state TEXT NOT NULL, parallel_count INTEGER NOT NULL, total INTEGER NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, owner TEXT NOT NULL,
+    created REAL NOT NULL, finished REAL, error TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS executions_by_service ON executions (name, version, seq);
+CREATE TABLE IF NOT EXISTS records (
+    execution_id TEXT NOT NULL, idx INTEGER NOT NULL, input TEXT NOT NULL, result TEXT,
+    PRIMARY KEY (execution_id, idx)) WITHOUT ROWID;
+"""
+
+# Execution states (compared case-insensitively by clients).
+PENDING, RUNNING, COMPLETE, FAILED, CANCELED = "Pending", "Running", "Complete", "Failed", "Canceled"
+FINISHED = {COMPLETE, FAILED, CANCELED}
+
+
+@dataclass
+class Execution:
+    """One batch execution's row, without its records."""
+
+    id: str
+    name: str
+    version: str
+    state: str
+    parallel_count: int
+    total: int
+    completed: int
+    failed: int
+    owner: str
+    created: float
+    finished: float | None
+    error: str
+
+
+class Store:
+    """The server's persistent state."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / "mlserver.db"
+        self._db = self._connect()
+        self._db.executescript(_SCHEMA)
+        self._db.commit()
+        self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        with self._lock:
+            row: tuple[Any, ...] | None = self._db.execute(sql, args).fetchone()
+            return row
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def add_token(self, token: str, kind: str, username: str, expires_on: float) -> None:
+        self._write("INSERT INTO tokens VALUES (?, ?, ?, ?, 0)", (token, kind, username, expires_on))
+
+    def get_token(self, token: str, kind: str) -> tuple[str, float, bool] | None:
+        row = self._one("SELECT username, expires_on, revoked FROM tokens WHERE token=? AND kind=?", (token, kind))
+        return (row[0], row[1], bool(row[2])) if row else None
+
+    def revoke_token(self, token: str, kind: str) -> bool:
+        return self._write("UPDATE tokens SET revoked=1 WHERE token=? AND kind=?", (token, kind)).rowcount > 0
+
+    def purge_tokens(self, now: float) -> None:
+        self._write("DELETE FROM tokens WHERE expires_on < ?", (now - 24 * 3600,))
+
+    # -- services -------------------------------------------------------------------------------
+    def service_dir(self, name: str, version: str) -> Path:
+        return self.data_dir / "services" / name / version
+
+    def put_service(self, body: dict[str, Any], objects_from: Path | None) -> None:
+        """Insert or replace a service version; its objects are copied from a snapshot when given."""
+        name, version = body["name"], body["version"]
+        objects = self.service_dir(name, version) / "objects"
+        if objects_from is not None:
+            if objects.exists():
+                shutil.rmtree(objects)
+            shutil.copytree(objects_from, objects)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq, revision FROM services WHERE name=? AND version=?", (name, version)
+            ).fetchone()
+            if row:
+                self._db.execute(
+                    "UPDATE services SET revision=?, body=? WHERE name=? AND version=?",
+                    (row[1] + 1, json.dumps(body), name, version),
+                )
+            else:
+                seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM services").fetchone()[0]
+                self._db.execute("INSERT INTO services VALUES (?, ?, ?, 1, ?)", (name, version, seq, json.dumps(body)))
+
+    def get_service(self, name: str, version: str) -> tuple[dict[str, Any], int] | None:
+        row = self._one("SELECT body, revision FROM services WHERE name=? AND version=?", (name, version))
+        return (json.loads(row[0]), row[1]) if row else None
+
+    def list_services(self, name: str | None = None) -> list[dict[str, Any]]:
+        if name is None:
+            rows = self._all("SELECT body FROM services ORDER BY seq")
+        else:
+            rows = self._all("SELECT body FROM services WHERE name=? ORDER BY seq", (name,))
+        return [json.loads(r[0]) for r in rows]
+
+    def delete_service(self, name: str, version: str) -> None:
+        self._write("DELETE FROM services WHERE name=? AND version=?", (name, version))
+        shutil.rmtree(self.service_dir(name, version), ignore_errors=True)
+
+    # -- sessions and snapshots -----------------------------------------------------------------
+    def session_dir(self, session_id: str) -> Path:
+        return self.data_dir / "sessions" / session_id
+
+    def snapshot_dir(self, snapshot_id: str) -> Path:
+        return self.data_dir / "snapshots" / snapshot_id
+
+    def put_session(self, body: dict[str, Any]) -> None:
+        self.session_dir(body["id"]).mkdir(parents=True, exist_ok=True)
+        self._write("INSERT OR REPLACE INTO sessions VALUES (?, ?)", (body["id"], json.dumps(body)))
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT body FROM sessions WHERE id=?", (session_id,))
+        return json.loads(row[0]) if row else None
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self._all("SELECT body FROM sessions")]
+
+    def delete_session(self, session_id: str) -> None:
+        self._write("DELETE FROM sessions WHERE id=?", (session_id,))
+        shutil.rmtree(self.session_dir(session_id), ignore_errors=True)
+
+    def put_snapshot(self, body: dict[str, Any], session_id: str) -> None:
+        target = self.snapshot_dir(body["id"])
+        shutil.copytree(self.session_dir(session_id), target)
+        body["contentSize"] = sum(p.stat().st_size for p in target.iterdir())
+        self._write("INSERT INTO snapshots VALUES (?, ?)", (body["id"], json.dumps(body)))
+
+    def get_snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT body FROM snapshots WHERE id=?", (snapshot_id,))
+        return json.loads(row[0]) if row else None
+
+    def list_snapshots(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self._all("SELECT body FROM snapshots")]
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self._write("DELETE FROM snapshots WHERE id=?", (snapshot_id,))
+        shutil.rmtree(self.snapshot_dir(snapshot_id), ignore_errors=True)
+
+    # -- executions -----------------------------------------------------------------------------
+    def execution_dir(self, execution_id: str) -> Path:
+        return self.data_dir / "executions" / execution_id
+
+    def create_execution(
+        self, name: str, version: str, records: list[str], parallel_count: int, owner: str
+    ) -> Execution:
+        """Register an execution and its records (each already a JSON text) in one transaction."""
+        execution_id = str(uuid.uuid4())
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM executions").fetchone()[0]
+                self._db.execute(
+                    "INSERT INTO executions (id, seq, name, version, state, parallel_count, total, owner, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (execution_id, seq, name, version, PENDING, parallel_count, len(records), owner, now),
+                )
+                self._db.executemany(
+                    "INSERT INTO records (execution_id, idx, input) VALUES (?, ?, ?)",
+                    ((execution_id, i, r) for i, r in enumerate(records)),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return Execution(execution_id, name, version, PENDING, parallel_count, len(records), 0, 0, owner, now, None, "")
+
+    def get_execution(self, execution_id: str) -> Execution | None:
+        row = self._one(
+            "SELECT id, name, version, state, parallel_count, total, completed, failed, owner, created,"
+            " finished, error FROM executions WHERE id=?",
+            (execution_id,),
+        )
+        return Execution(*row) if row else None
+
+    def list_execution_ids(self, name: str, version: str) -> list[str]:
+        rows = self._all("SELECT id FROM executions WHERE name=? AND version=? ORDER BY seq", (name, version))
+        return [r[0] for r in rows]
+
+    def unfinished_execution_ids(self) -> list[str]:
+        rows = self._all("SELECT id FROM executions WHERE state IN (?, ?) ORDER BY seq", (PENDING, RUNNING))
+        return [r[0] for r in rows]
+
+    def set_state(self, execution_id: str, state: str, error: str = "") -> None:
+        finished = time.time() if state in FINISHED else None
+        self._write(
+            "UPDATE executions SET state=?, finished=?, error=? WHERE id=? AND state NOT IN (?, ?, ?)",
+            (state, finished, error, execution_id, *sorted(FINISHED)),
+        )
+
+    def pending_indexes(self, execution_id: str, after: int, limit: int) -> list[int]:
+        rows = self._all(
+            "SELECT idx FROM records WHERE execution_id=? AND idx>? AND result IS NULL ORDER BY idx LIMIT ?",
+            (execution_id, after, limit),
+        )
+        return [r[0] for r in rows]
+
+    def get_input(self, execution_id: str, index: int) -> dict[str, Any]:
+        row = self._one("SELECT input FROM records WHERE execution_id=? AND idx=?", (execution_id, index))
+        if row is None:
+            raise KeyError(index)
+        value: dict[str, Any] = json.loads(row[0])
+        return value
+
+    def save_result(self, execution_id: str, index: int, result: dict[str, Any]) -> None:
+        """Store a record's result once: a second result for the same record is ignored."""
+        text = json.dumps(result, separators=(",", ":"))
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                changed = self._db.execute(
+                    "UPDATE records SET result=? WHERE execution_id=? AND idx=? AND result IS NULL",
+                    (text, execution_id, index),
+                ).rowcount
+                if changed:
+                    self._db.execute(
+                        "UPDATE executions SET completed=completed+1, failed=failed+? WHERE id=?",
+                        (0 if result.get("success") else 1, execution_id),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def get_result(self, execution_id: str, index: int) -> dict[str, Any] | None:
+        row = self._one("SELECT result FROM records WHERE execution_id=? AND idx=?", (execution_id, index))
+        return json.loads(row[0]) if row and row[0] else None
+
+    def iter_result_texts(self, execution_id: str, page: int = 2000) -> Iterator[str]:
+        """Every finished record's result as stored JSON text, in input order, from a private connection."""
+        db = sqlite3.connect(self.db_path, check_same_thread=False)
+        try:
+            after = -1
+            while True:
+                rows = db.execute(
+                    "SELECT idx, result FROM records WHERE execution_id=? AND idx>? AND result IS NOT NULL"
+                    " ORDER BY idx LIMIT ?",
+                    (execution_id, after, page),
+                ).fetchall()
+                if not rows:
+                    return
+                for idx, text in rows:
+                    yield text
+                    after = idx
+        finally:
+            db.close()
