@@ -26,21 +26,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the local, wire-compatible Machine Learning Server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
-    serve.add_argument("--data-dir", type=Path, default=Path.home() / ".airflow-mlserver",
-                       help="where services, executions and artifacts are kept (default ~/.airflow-mlserver)")
-    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                       help="worker processes running service code (default: one per core)")
-    serve.add_argument("--admin-password", default=None,
-                       help=f"password of the 'admin' user (default: ${ADMIN_PASSWORD_ENV}, else generated and printed)")
-    serve.add_argument("--user", type=_user, action="append", default=[], metavar="NAME:PASSWORD",
-                       help="an extra user (repeatable)")
-    serve.add_argument("--token-ttl", type=int, default=3600, help="access-token lifetime in seconds (default 3600)")
-    serve.add_argument("--max-parallel-count", type=int, default=100,
-                       help="highest parallelCount a batch may ask for (default 100)")
-    serve.add_argument("--execution-timeout", type=float, default=600.0,
-                       help="seconds one execution may run before it is stopped (default 600)")
-    serve.add_argument("--max-body-mb", type=float, default=512.0, help="largest request body in MiB (default 512)")
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)"
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path.home() / ".airflow-mlserver",
+        help="where services, executions and artifacts are kept (default ~/.airflow-mlserver)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes running service code (default: one per core)",
+    )
+    serve.add_argument(
+        "--admin-password",
+        default=None,
+        help=f"password of the 'admin' user (default: ${ADMIN_PASSWORD_ENV}, else generated and printed)",
+    )
+    serve.add_argument(
+        "--user",
+        type=_user,
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="an extra user (repeatable)",
+    )
+    serve.add_argument(
+        "--token-ttl", type=int, default=3600, help="access-token lifetime in seconds (default 3600)"
+    )
+    serve.add_argument(
+        "--max-parallel-count",
+        type=int,
+        default=100,
+        help="highest parallelCount a batch may ask for (default 100)",
+    )
+    serve.add_argument(
+        "--execution-timeout",
+        type=float,
+        default=600.0,
+        help="seconds one execution may run before it is stopped (default 600)",
+    )
+    serve.add_argument(
+        "--max-body-mb", type=float, default=512.0, help="largest request body in MiB (default 512)"
+    )
     serve.add_argument("--faults", default="", help="fault injection, e.g. 503:0.3,reset:0.1,delay:2s:0.1")
     serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     return parser

@@ -68,7 +68,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            message = f"No route for {request.method} {request.url.path}: see the API reference for valid routes."
+            message = (
+                f"No route for {request.method} {request.url.path}: see the API reference for valid routes."
+            )
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
         else:

@@ -40,7 +40,9 @@ def issue_tokens(ctx: ServerContext, username: str) -> dict[str, Any]:
 def authenticate(ctx: ServerContext, header: str | None) -> str:
     """The user a ``Authorization: Bearer`` header belongs to, or a 401 that says why."""
     if not header:
-        raise ApiError(401, "Missing Authorization header: log in with POST /login and send 'Bearer <access_token>'.")
+        raise ApiError(
+            401, "Missing Authorization header: log in with POST /login and send 'Bearer <access_token>'."
+        )
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "Malformed Authorization header: expected 'Bearer <access_token>'.")
@@ -55,14 +57,16 @@ def authenticate(ctx: ServerContext, header: str | None) -> str:
     username, expires_on = cached
     if expires_on <= time.time():
         ctx.tokens.pop(token, None)
-        raise ApiError(401, "The access token has expired: refresh it with POST /login/refreshToken or log in again.")
+        raise ApiError(
+            401, "The access token has expired: refresh it with POST /login/refreshToken or log in again."
+        )
     return username
 
 
 @router.post("/login")
 async def login(request: Request) -> dict[str, Any]:
     ctx: ServerContext = request.app.state.ctx
-    body = await read_json(request, dict, "a JSON object {\"username\": ..., \"password\": ...}")
+    body = await read_json(request, dict, 'a JSON object {"username": ..., "password": ...}')
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         raise bad_request("The login body needs 'username' and 'password' strings.")
@@ -75,7 +79,7 @@ async def login(request: Request) -> dict[str, Any]:
 @router.post("/login/refreshToken")
 async def refresh(request: Request) -> dict[str, Any]:
     ctx: ServerContext = request.app.state.ctx
-    body = await read_json(request, dict, "a JSON object {\"refreshToken\": ...}")
+    body = await read_json(request, dict, 'a JSON object {"refreshToken": ...}')
     token = body.get("refreshToken")
     if not isinstance(token, str) or not token:
         raise bad_request("The refresh body needs a 'refreshToken' string.")
@@ -87,7 +91,7 @@ async def refresh(request: Request) -> dict[str, Any]:
 
 
 @router.delete("/login/refreshToken")
-async def revoke(request: Request, refreshToken: str = "") -> dict[str, Any]:  # noqa: N803 - wire name
+async def revoke(request: Request, refreshToken: str = "") -> dict[str, Any]:
     ctx: ServerContext = request.app.state.ctx
     authenticate(ctx, request.headers.get("authorization"))
     if not refreshToken:

@@ -75,8 +75,12 @@ class BatchRunner:
             return
         found = store.get_service(execution.name, execution.version)
         if found is None:
-            store.set_state(execution_id, FAILED, f"Web service '{execution.name}' version "
-                            f"'{execution.version}' was deleted before the execution finished.")
+            store.set_state(
+                execution_id,
+                FAILED,
+                f"Web service '{execution.name}' version "
+                f"'{execution.version}' was deleted before the execution finished.",
+            )
             return
         service, revision = found
         store.set_state(execution_id, RUNNING)
@@ -94,6 +98,8 @@ class BatchRunner:
                 shutil.rmtree(workdir, ignore_errors=True)  # a fresh folder, also after a restart
                 job = build_job(self.ctx, service, revision, store.get_input(execution_id, index), workdir)
                 result = await self.ctx.pool.run(job)
+                if self.ctx.pool.closing:
+                    return  # shutting down: the record runs again after a restart
                 if result.get("initFailed"):
                     failure.append(result["errorMessage"])
                     return
@@ -172,7 +178,9 @@ async def start(request: Request, name: str, version: str) -> dict[str, Any]:
     try:
         records = json.loads(raw) if raw else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad_request(f"The request body is not valid JSON ({exc}); expected a list of input records.") from None
+        raise bad_request(
+            f"The request body is not valid JSON ({exc}); expected a list of input records."
+        ) from None
     if not isinstance(records, list):
         raise bad_request("The request body must be a JSON list of input records, one object per record.")
     if not records:
@@ -184,7 +192,12 @@ async def start(request: Request, name: str, version: str) -> dict[str, Any]:
     execution = ctx.store.create_execution(name, version, texts, parallel, current_user(request))
     assert ctx.runner is not None
     ctx.runner.launch(execution.id)
-    return {"name": name, "version": version, "batchExecutionId": execution.id, "BatchExecutionId": execution.id}
+    return {
+        "name": name,
+        "version": version,
+        "batchExecutionId": execution.id,
+        "BatchExecutionId": execution.id,
+    }
 
 
 @router.get("/api/{name}/{version}/batch")
@@ -195,7 +208,9 @@ async def list_executions(request: Request, name: str, version: str) -> list[str
 
 
 def _flag(request: Request) -> bool:
-    raw = request.query_params.get("showPartialResults", request.query_params.get("showPartialResult", "true"))
+    raw = request.query_params.get(
+        "showPartialResults", request.query_params.get("showPartialResult", "true")
+    )
     if raw.lower() not in ("true", "false", "1", "0"):
         raise bad_request(f"showPartialResults must be true or false, not {raw!r}.")
     return raw.lower() in ("true", "1")
@@ -211,7 +226,7 @@ async def status(request: Request, name: str, version: str, execution_id: str) -
         return JSONResponse(head)
 
     def stream() -> Iterator[bytes]:
-        yield json.dumps(head)[:-1].encode() + b', "batchExecutionResults": ['
+        yield json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"batchExecutionResults":['
         first = True
         buffer: list[str] = []
         for text in ctx.store.iter_result_texts(execution_id):
@@ -242,7 +257,9 @@ def _record_dir(ctx: ServerContext, execution: Execution, index: str) -> Any:
     try:
         i = int(index)
     except ValueError:
-        raise bad_request(f"Record index must be a whole number, not {index!r} (indexes count from 0).") from None
+        raise bad_request(
+            f"Record index must be a whole number, not {index!r} (indexes count from 0)."
+        ) from None
     if not 0 <= i < execution.total:
         raise ApiError(
             404,
@@ -263,10 +280,14 @@ async def list_files(request: Request, name: str, version: str, execution_id: st
 
 
 @router.get("/api/{name}/{version}/batch/{execution_id}/{index}/files/{file_name}")
-async def get_file(request: Request, name: str, version: str, execution_id: str, index: str, file_name: str) -> Response:
+async def get_file(
+    request: Request, name: str, version: str, execution_id: str, index: str, file_name: str
+) -> Response:
     ctx: ServerContext = request.app.state.ctx
     if "/" in file_name or "\\" in file_name or file_name in (".", "..") or not file_name:
-        raise bad_request(f"Invalid file name {file_name!r}: give a plain artifact name, without path separators.")
+        raise bad_request(
+            f"Invalid file name {file_name!r}: give a plain artifact name, without path separators."
+        )
     execution = _execution(ctx, name, version, execution_id)
     folder = _record_dir(ctx, execution, index)
     path = folder / file_name
@@ -279,4 +300,4 @@ async def get_file(request: Request, name: str, version: str, execution_id: str,
     return FileResponse(path, media_type="application/octet-stream")
 
 
-__all__ = ["BatchRunner", "router", "current_user"]
+__all__ = ["BatchRunner", "current_user", "router"]

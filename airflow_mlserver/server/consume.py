@@ -35,7 +35,9 @@ def check_record(service: dict[str, Any], record: Any, where: str) -> None:
         )
 
 
-def build_job(ctx: ServerContext, service: dict[str, Any], revision: int, inputs: dict[str, Any], workdir: Path) -> dict[str, Any]:
+def build_job(
+    ctx: ServerContext, service: dict[str, Any], revision: int, inputs: dict[str, Any], workdir: Path
+) -> dict[str, Any]:
     """What a worker needs to run one execution of ``service`` (see ``runtime.Runtime.run``)."""
     name, version = service["name"], service["version"]
     service_dir = ctx.store.service_dir(name, version)
@@ -74,7 +76,9 @@ async def consume(request: Request, name: str, version: str) -> dict[str, Any]:
     workdir = ctx.store.data_dir / "consume" / str(uuid.uuid4())
     try:
         result = await ctx.pool.run(build_job(ctx, service, revision, inputs, workdir))
-        files = {f: base64.b64encode((workdir / f).read_bytes()).decode() for f in result.get("artifacts", [])}
+        files = {
+            f: base64.b64encode((workdir / f).read_bytes()).decode() for f in result.get("artifacts", [])
+        }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return answer(result, files)

@@ -86,7 +86,9 @@ class FaultInjector:
         if kind == "drop":
             scope["mlserver.drop_answer"] = True
             return False
-        body = json.dumps({"message": f"Injected fault: {kind}", "link": "", "exceptionType": "InjectedFault"})
+        body = json.dumps(
+            {"message": f"Injected fault: {kind}", "link": "", "exceptionType": "InjectedFault"}
+        )
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if kind == "429":
             headers.append((b"retry-after", b"1"))

@@ -65,7 +65,9 @@ class ServerMiddleware:
             return
         if not (path == "/login" or path.startswith("/login/")) or scope["method"] == "DELETE":
             try:
-                scope["mlserver.user"] = authenticate(self.ctx, headers.get(b"authorization", b"").decode("latin-1"))
+                scope["mlserver.user"] = authenticate(
+                    self.ctx, headers.get(b"authorization", b"").decode("latin-1")
+                )
             except ApiError as exc:
                 await send_error(send, exc, [(b"www-authenticate", b"Bearer")])
                 return

@@ -152,7 +152,7 @@ class Runtime:
         if service is None:
             try:
                 service = _ServiceRuntime(job)
-            except BaseException as exc:  # noqa: BLE001 - any failure of initCode fails the execution
+            except BaseException as exc:
                 return {
                     "initFailed": True,
                     "success": False,
@@ -186,7 +186,7 @@ class Runtime:
                 if name not in env:
                     raise NameError(f"the service code did not set its output '{name}'")
                 outputs[name] = encode_output(env[name])
-        except BaseException as exc:  # noqa: BLE001 - a failing record is a result, not a crash
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             error = _format_error(exc)
@@ -208,7 +208,10 @@ def worker_main(conn: Any, home: str) -> None:
     """Entry point of a worker process: answer jobs from ``conn`` until told to stop."""
     import signal
 
+    # The server owns its workers' lifetime: a signal sent to the whole process group (Ctrl-C, a service
+    # manager's stop) must not kill a record mid-way; the server stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.chdir(home)
     runtime = Runtime()
     while True:

@@ -43,17 +43,23 @@ def _check_parameters(field: str, value: Any) -> list[dict[str, str]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise bad_request(f"'{field}' must be a list of {{\"name\", \"type\"}} objects.")
+        raise bad_request(f'\'{field}\' must be a list of {{"name", "type"}} objects.')
     seen: set[str] = set()
     result = []
     for i, item in enumerate(value):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("type"), str):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("name"), str)
+            or not isinstance(item.get("type"), str)
+        ):
             raise bad_request(f"'{field}[{i}]' must be an object with string 'name' and 'type'.")
         name, kind = item["name"], item["type"]
         if not name.isidentifier() or keyword.iskeyword(name):
             raise bad_request(f"'{field}[{i}]': {name!r} is not a valid Python variable name.")
         if kind not in TYPES:
-            raise bad_request(f"'{field}[{i}]': unknown type {kind!r} for '{name}'; use one of {', '.join(TYPES)}.")
+            raise bad_request(
+                f"'{field}[{i}]': unknown type {kind!r} for '{name}'; use one of {', '.join(TYPES)}."
+            )
         if name in seen:
             raise bad_request(f"'{field}': the parameter '{name}' is declared twice.")
         seen.add(name)
@@ -89,7 +95,9 @@ def _validate(body: dict[str, Any], partial: bool) -> dict[str, Any]:
     if runtime is not None or not partial:
         runtime = runtime or "Python"
         if str(runtime).lower() == "r":
-            raise bad_request("runtimeType 'R' is not supported by the local server: publish a Python service.")
+            raise bad_request(
+                "runtimeType 'R' is not supported by the local server: publish a Python service."
+            )
         if str(runtime).lower() != "python":
             raise bad_request(f"Unknown runtimeType {runtime!r}: use 'Python'.")
         clean["runtimeType"] = "Python"
@@ -132,7 +140,9 @@ def _snapshot_objects(ctx: ServerContext, snapshot_id: str | None) -> Any:
     if not snapshot_id:
         return None
     if ctx.store.get_snapshot(snapshot_id) is None:
-        raise bad_request(f"Snapshot '{snapshot_id}' not found: take one with POST /sessions/{{id}}/snapshot.")
+        raise bad_request(
+            f"Snapshot '{snapshot_id}' not found: take one with POST /sessions/{{id}}/snapshot."
+        )
     return ctx.store.snapshot_dir(snapshot_id)
 
 
@@ -167,7 +177,9 @@ async def list_versions(request: Request, name: str) -> list[dict[str, Any]]:
     ctx: ServerContext = request.app.state.ctx
     services = ctx.store.list_services(name)
     if not services:
-        raise ApiError(404, f"Web service '{name}' not found. List the published services with GET /services.")
+        raise ApiError(
+            404, f"Web service '{name}' not found. List the published services with GET /services."
+        )
     return [public(s, current_user(request)) for s in services]
 
 
@@ -258,45 +270,82 @@ def swagger_document(service: dict[str, Any], host: str) -> dict[str, Any]:
             "/login": {
                 "post": {
                     "operationId": "login",
-                    "parameters": [{"name": "loginRequest", "in": "body", "required": True,
-                                    "schema": {"$ref": "#/definitions/LoginRequest"}}],
-                    "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/AccessTokenResponse"}},
-                                  "default": error},
+                    "parameters": [
+                        {
+                            "name": "loginRequest",
+                            "in": "body",
+                            "required": True,
+                            "schema": {"$ref": "#/definitions/LoginRequest"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "OK", "schema": {"$ref": "#/definitions/AccessTokenResponse"}},
+                        "default": error,
+                    },
                 }
             },
             base: {
                 "post": {
                     "operationId": op,
-                    "parameters": [{"name": "WebServiceParameters", "in": "body", "required": True,
-                                    "schema": {"$ref": "#/definitions/InputParameters"}}],
-                    "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/WebServiceResult"}},
-                                  "default": error},
+                    "parameters": [
+                        {
+                            "name": "WebServiceParameters",
+                            "in": "body",
+                            "required": True,
+                            "schema": {"$ref": "#/definitions/InputParameters"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "OK", "schema": {"$ref": "#/definitions/WebServiceResult"}},
+                        "default": error,
+                    },
                 }
             },
             f"{base}/batch": {
                 "post": {
                     "operationId": "StartBatchExecution",
                     "parameters": [
-                        {"name": "BatchWebServiceParameters", "in": "body", "required": True,
-                         "schema": {"type": "array", "items": {"$ref": "#/definitions/InputParameters"}}},
+                        {
+                            "name": "BatchWebServiceParameters",
+                            "in": "body",
+                            "required": True,
+                            "schema": {"type": "array", "items": {"$ref": "#/definitions/InputParameters"}},
+                        },
                         {"name": "parallelCount", "in": "query", "type": "integer", "default": 10},
                     ],
-                    "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/StartBatchExecutionResponse"}},
-                                  "default": error},
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "schema": {"$ref": "#/definitions/StartBatchExecutionResponse"},
+                        },
+                        "default": error,
+                    },
                 },
                 "get": {
                     "operationId": "GetBatchExecutions",
-                    "responses": {"200": {"description": "OK", "schema": {"type": "array", "items": {"type": "string"}}},
-                                  "default": error},
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "schema": {"type": "array", "items": {"type": "string"}},
+                        },
+                        "default": error,
+                    },
                 },
             },
             f"{base}/batch/{{executionId}}": {
                 "get": {
                     "operationId": "GetBatchExecutionStatus",
-                    "parameters": [batch_id, {"name": "showPartialResults", "in": "query", "type": "boolean",
-                                              "default": True}],
-                    "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/BatchWebServiceResult"}},
-                                  "default": error},
+                    "parameters": [
+                        batch_id,
+                        {"name": "showPartialResults", "in": "query", "type": "boolean", "default": True},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "schema": {"$ref": "#/definitions/BatchWebServiceResult"},
+                        },
+                        "default": error,
+                    },
                 },
                 "delete": {
                     "operationId": "CancelAndDeleteBatchExecution",
@@ -308,15 +357,24 @@ def swagger_document(service: dict[str, Any], host: str) -> dict[str, Any]:
                 "get": {
                     "operationId": "GetBatchExecutionFiles",
                     "parameters": [batch_id, index],
-                    "responses": {"200": {"description": "OK", "schema": {"type": "array", "items": {"type": "string"}}},
-                                  "default": error},
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "schema": {"type": "array", "items": {"type": "string"}},
+                        },
+                        "default": error,
+                    },
                 }
             },
             f"{base}/batch/{{executionId}}/{{index}}/files/{{fileName}}": {
                 "get": {
                     "operationId": "GetBatchExecutionFile",
                     "produces": ["application/octet-stream"],
-                    "parameters": [batch_id, index, {"name": "fileName", "in": "path", "required": True, "type": "string"}],
+                    "parameters": [
+                        batch_id,
+                        index,
+                        {"name": "fileName", "in": "path", "required": True, "type": "string"},
+                    ],
                     "responses": {"200": {"description": "OK", "schema": {"type": "file"}}, "default": error},
                 }
             },
@@ -324,23 +382,57 @@ def swagger_document(service: dict[str, Any], host: str) -> dict[str, Any]:
         "definitions": {
             "InputParameters": inputs,
             "OutputParameters": outputs,
-            "LoginRequest": {"type": "object", "properties": {"username": {"type": "string"},
-                                                              "password": {"type": "string"}}},
-            "AccessTokenResponse": {"type": "object", "properties": {
-                "token_type": {"type": "string"}, "access_token": {"type": "string"},
-                "expires_on": {"type": "string"}, "refresh_token": {"type": "string"}}},
-            "WebServiceResult": {"type": "object", "properties": {
-                "success": {"type": "boolean"}, "errorMessage": {"type": "string"},
-                "consoleOutput": {"type": "string"}, "changedFiles": {"type": "array", "items": {"type": "string"}},
-                "outputParameters": {"$ref": "#/definitions/OutputParameters"},
-                "outputFiles": {"type": "object", "additionalProperties": {"type": "string", "format": "byte"}}}},
-            "StartBatchExecutionResponse": {"type": "object", "properties": {"batchExecutionId": {"type": "string"}}},
-            "BatchWebServiceResult": {"type": "object", "properties": {
-                "state": {"type": "string"}, "totalItemCount": {"type": "integer"},
-                "completedItemCount": {"type": "integer"},
-                "batchExecutionResults": {"type": "array", "items": {"$ref": "#/definitions/WebServiceResult"}}}},
-            "Error": {"type": "object", "properties": {"message": {"type": "string"}, "link": {"type": "string"},
-                                                       "exceptionType": {"type": "string"}}},
+            "LoginRequest": {
+                "type": "object",
+                "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+            },
+            "AccessTokenResponse": {
+                "type": "object",
+                "properties": {
+                    "token_type": {"type": "string"},
+                    "access_token": {"type": "string"},
+                    "expires_on": {"type": "string"},
+                    "refresh_token": {"type": "string"},
+                },
+            },
+            "WebServiceResult": {
+                "type": "object",
+                "properties": {
+                    "success": {"type": "boolean"},
+                    "errorMessage": {"type": "string"},
+                    "consoleOutput": {"type": "string"},
+                    "changedFiles": {"type": "array", "items": {"type": "string"}},
+                    "outputParameters": {"$ref": "#/definitions/OutputParameters"},
+                    "outputFiles": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string", "format": "byte"},
+                    },
+                },
+            },
+            "StartBatchExecutionResponse": {
+                "type": "object",
+                "properties": {"batchExecutionId": {"type": "string"}},
+            },
+            "BatchWebServiceResult": {
+                "type": "object",
+                "properties": {
+                    "state": {"type": "string"},
+                    "totalItemCount": {"type": "integer"},
+                    "completedItemCount": {"type": "integer"},
+                    "batchExecutionResults": {
+                        "type": "array",
+                        "items": {"$ref": "#/definitions/WebServiceResult"},
+                    },
+                },
+            },
+            "Error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "link": {"type": "string"},
+                    "exceptionType": {"type": "string"},
+                },
+            },
         },
     }
 

@@ -38,7 +38,9 @@ async def create_session(request: Request) -> Response:
     try:
         body = json.loads(raw) if raw else {}
     except json.JSONDecodeError as exc:
-        raise bad_request(f"The request body is not valid JSON ({exc}); expected a CreateSessionRequest.") from None
+        raise bad_request(
+            f"The request body is not valid JSON ({exc}); expected a CreateSessionRequest."
+        ) from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a CreateSessionRequest object.")
     runtime = body.get("runtimeType") or "Python"
@@ -46,7 +48,12 @@ async def create_session(request: Request) -> Response:
         raise bad_request(f"runtimeType {runtime!r} is not supported by the local server: use 'Python'.")
     session_id = str(uuid.uuid4())
     ctx.store.put_session(
-        {"id": session_id, "name": body.get("name") or "", "owner": current_user(request), "runtimeType": "Python"}
+        {
+            "id": session_id,
+            "name": body.get("name") or "",
+            "owner": current_user(request),
+            "runtimeType": "Python",
+        }
     )
     if body.get("snapshotId"):
         snapshot = ctx.store.get_snapshot(body["snapshotId"])

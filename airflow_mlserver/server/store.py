@@ -111,7 +111,9 @@ class Store:
         self._write("INSERT INTO tokens VALUES (?, ?, ?, ?, 0)", (token, kind, username, expires_on))
 
     def get_token(self, token: str, kind: str) -> tuple[str, float, bool] | None:
-        row = self._one("SELECT username, expires_on, revoked FROM tokens WHERE token=? AND kind=?", (token, kind))
+        row = self._one(
+            "SELECT username, expires_on, revoked FROM tokens WHERE token=? AND kind=?", (token, kind)
+        )
         return (row[0], row[1], bool(row[2])) if row else None
 
     def revoke_token(self, token: str, kind: str) -> bool:
@@ -143,7 +145,9 @@ class Store:
                 )
             else:
                 seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM services").fetchone()[0]
-                self._db.execute("INSERT INTO services VALUES (?, ?, ?, 1, ?)", (name, version, seq, json.dumps(body)))
+                self._db.execute(
+                    "INSERT INTO services VALUES (?, ?, ?, 1, ?)", (name, version, seq, json.dumps(body))
+                )
 
     def get_service(self, name: str, version: str) -> tuple[dict[str, Any], int] | None:
         row = self._one("SELECT body, revision FROM services WHERE name=? AND version=?", (name, version))
@@ -226,7 +230,9 @@ class Store:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return Execution(execution_id, name, version, PENDING, parallel_count, len(records), 0, 0, owner, now, None, "")
+        return Execution(
+            execution_id, name, version, PENDING, parallel_count, len(records), 0, 0, owner, now, None, ""
+        )
 
     def get_execution(self, execution_id: str) -> Execution | None:
         row = self._one(

@@ -8,6 +8,7 @@ past the timeout, or dies, is killed and replaced, and its job answers as a fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import tempfile
@@ -42,6 +43,7 @@ class WorkerPool:
         self._threads = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="mlserver-worker")
         self._all: list[_Worker] = []
         self.busy = 0
+        self.closing = False
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -82,7 +84,9 @@ class WorkerPool:
             return await loop.run_in_executor(self._threads, self._call, worker, job, self.timeout)
         except _Timeout:
             worker = await loop.run_in_executor(self._threads, self._replace, worker)
-            return _failure(f"the execution ran longer than the server's execution timeout ({self.timeout:g} s)")
+            return _failure(
+                f"the execution ran longer than the server's execution timeout ({self.timeout:g} s)"
+            )
         except (EOFError, OSError):
             worker = await loop.run_in_executor(self._threads, self._replace, worker)
             return _failure("the worker process running this execution died")
@@ -91,11 +95,10 @@ class WorkerPool:
             self._idle.put_nowait(worker)
 
     def close(self) -> None:
+        self.closing = True
         for worker in self._all:
-            try:
+            with contextlib.suppress(OSError):
                 worker.conn.send(None)
-            except OSError:
-                pass
         for worker in self._all:
             worker.process.join(2)
             if worker.process.is_alive():
