@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m airflow_mlserver.demo
+	$(BIN)/python dags_examples/demo.py
 
 test: lint typecheck pytest
 
