@@ -468,3 +468,14 @@ def test_execution_timeout_fails_the_record_and_the_worker_is_replaced(
         assert first["success"] is False
         assert first["errorMessage"] == "the execution ran longer than the server's execution timeout (1 s)"
         assert second["success"] is True
+
+
+def test_republished_service_never_runs_stale_code(api: Api) -> None:
+    for attempt in range(3):
+        api.publish(
+            "republished", "v1", f"y = x + {attempt}", {"x": "integer"}, {"y": "integer"}, init_code="k = 1"
+        )
+        for _ in range(4):  # reach both workers
+            assert api.post("/api/republished/v1", json={"x": 10}).json()["outputParameters"] == {
+                "y": 10 + attempt
+            }

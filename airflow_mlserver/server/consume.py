@@ -36,7 +36,7 @@ def check_record(service: dict[str, Any], record: Any, where: str) -> None:
 
 
 def build_job(
-    ctx: ServerContext, service: dict[str, Any], revision: int, inputs: dict[str, Any], workdir: Path
+    ctx: ServerContext, service: dict[str, Any], revision: str, inputs: dict[str, Any], workdir: Path
 ) -> dict[str, Any]:
     """What a worker needs to run one execution of ``service`` (see ``runtime.Runtime.run``)."""
     name, version = service["name"], service["version"]

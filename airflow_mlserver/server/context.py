@@ -29,7 +29,7 @@ class ServerContext:
     runner: BatchRunner | None = None
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
 
-    def service(self, name: str, version: str) -> tuple[dict[str, Any], int]:
+    def service(self, name: str, version: str) -> tuple[dict[str, Any], str]:
         """A published service version and its revision, or a 404 that names what exists."""
         found = self.store.get_service(name, version)
         if found is not None:

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     token TEXT PRIMARY KEY, kind TEXT NOT NULL, username TEXT NOT NULL, expires_on REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS services (
-    name TEXT NOT NULL, version TEXT NOT NULL, seq INTEGER NOT NULL, revision INTEGER NOT NULL,
+    name TEXT NOT NULL, version TEXT NOT NULL, seq INTEGER NOT NULL, revision TEXT NOT NULL,
     body TEXT NOT NULL, PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (id TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -134,22 +134,26 @@ class Store:
             if objects.exists():
                 shutil.rmtree(objects)
             shutil.copytree(objects_from, objects)
+        # A new revision id on every publish or patch: workers cache a loaded service by it, so a patched, or
+        # deleted and republished, service is never run with stale code or objects.
+        revision = uuid.uuid4().hex
         with self._lock:
             row = self._db.execute(
-                "SELECT seq, revision FROM services WHERE name=? AND version=?", (name, version)
+                "SELECT seq FROM services WHERE name=? AND version=?", (name, version)
             ).fetchone()
             if row:
                 self._db.execute(
                     "UPDATE services SET revision=?, body=? WHERE name=? AND version=?",
-                    (row[1] + 1, json.dumps(body), name, version),
+                    (revision, json.dumps(body), name, version),
                 )
             else:
                 seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM services").fetchone()[0]
                 self._db.execute(
-                    "INSERT INTO services VALUES (?, ?, ?, 1, ?)", (name, version, seq, json.dumps(body))
+                    "INSERT INTO services VALUES (?, ?, ?, ?, ?)",
+                    (name, version, seq, revision, json.dumps(body)),
                 )
 
-    def get_service(self, name: str, version: str) -> tuple[dict[str, Any], int] | None:
+    def get_service(self, name: str, version: str) -> tuple[dict[str, Any], str] | None:
         row = self._one("SELECT body, revision FROM services WHERE name=? AND version=?", (name, version))
         return (json.loads(row[0]), row[1]) if row else None
 
