@@ -87,7 +87,7 @@ class BatchRunner:
         pending = self._pending(execution_id)
         failure: list[str] = []
         record_dir = store.execution_dir(execution_id)
-        keep = set(service.get("outputFileNames", []))
+        resumed = execution.state == RUNNING  # it ran before a restart: some folders may be half-written
 
         async def lane() -> None:
             while execution_id not in self._canceled and not failure:
@@ -95,17 +95,16 @@ class BatchRunner:
                 if index is None:
                     return
                 workdir = record_dir / str(index)
-                shutil.rmtree(workdir, ignore_errors=True)  # a fresh folder, also after a restart
+                if resumed and workdir.exists():
+                    shutil.rmtree(workdir)  # a fresh folder for a record that was cut short by a restart
                 job = build_job(self.ctx, service, revision, store.get_input(execution_id, index), workdir)
+                job["artifacts_only"] = True
                 result = await self.ctx.pool.run(job)
                 if self.ctx.pool.closing:
                     return  # shutting down: the record runs again after a restart
                 if result.get("initFailed"):
                     failure.append(result["errorMessage"])
                     return
-                for path in workdir.iterdir() if workdir.is_dir() else ():
-                    if path.name not in keep:  # only the declared output files are artifacts
-                        shutil.rmtree(path) if path.is_dir() else path.unlink()
                 store.save_result(execution_id, index, answer(result, {}))
 
         lanes = min(execution.parallel_count, max(1, execution.total - execution.completed))

@@ -16,6 +16,7 @@ import contextlib
 import io
 import math
 import os
+import shutil
 import traceback
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,14 @@ class Runtime:
             os.chdir(job["home"])
         changed = sorted(p.name for p in workdir.iterdir() if p.is_file())
         files = [f for f in job.get("output_files") or [] if (workdir / f).is_file()]
+        if job.get("artifacts_only"):
+            # batch records keep only their declared output files: they are the record's artifacts
+            keep = set(files)
+            for path in workdir.iterdir():
+                if path.name not in keep:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if not keep:
+                workdir.rmdir()
         return {
             "success": not error,
             "errorMessage": error,
