@@ -479,3 +479,36 @@ def test_republished_service_never_runs_stale_code(api: Api) -> None:
             assert api.post("/api/republished/v1", json={"x": 10}).json()["outputParameters"] == {
                 "y": 10 + attempt
             }
+
+
+def test_session_workspace_snapshot_publish(api: Api) -> None:
+    import dill
+
+    session_id = api.post("/sessions", json={"runtimeType": "Python"}).json()["sessionId"]
+    uploaded = api.post(
+        f"/sessions/{session_id}/workspace/offset",
+        data=dill.dumps(100),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert uploaded.status_code == 200
+    assert api.get(f"/sessions/{session_id}/workspace").json() == ["offset"]
+    snapshot_id = api.post(f"/sessions/{session_id}/snapshot", json={}).json()["snapshotId"]
+    body = {"code": "y = x + offset", "snapshotId": snapshot_id, "runtimeType": "Python",
+            "inputParameterDefinitions": [{"name": "x", "type": "integer"}],
+            "outputParameterDefinitions": [{"name": "y", "type": "integer"}]}  # fmt: skip
+    api.delete("/services/withobjects/v1")
+    assert api.post("/services/withobjects/v1", json=body).status_code == 201
+    # the client deletes both right after publishing: the service keeps its own copy of the objects
+    assert api.delete(f"/sessions/{session_id}").status_code == 200
+    assert api.delete(f"/snapshots/{snapshot_id}").status_code == 200
+    assert api.post("/api/withobjects/v1", json={"x": 1}).json()["outputParameters"] == {"y": 101}
+
+
+def test_session_from_unknown_snapshot(api: Api) -> None:
+    answer = api.post("/sessions", json={"runtimeType": "Python", "snapshotId": "nope"})
+    assert _message(answer, 400) == "Snapshot 'nope' not found: list the snapshots with GET /snapshots."
+
+
+def test_publish_with_unknown_snapshot(api: Api) -> None:
+    answer = api.post("/services/nosnap/v1", json={"code": "y = 1", "snapshotId": "nope"})
+    assert _message(answer, 400) == "Snapshot 'nope' not found: take one with POST /sessions/{id}/snapshot."

@@ -46,6 +46,9 @@ async def create_session(request: Request) -> Response:
     runtime = body.get("runtimeType") or "Python"
     if str(runtime).lower() != "python":
         raise bad_request(f"runtimeType {runtime!r} is not supported by the local server: use 'Python'.")
+    snapshot_id = body.get("snapshotId")
+    if snapshot_id and ctx.store.get_snapshot(snapshot_id) is None:
+        raise bad_request(f"Snapshot '{snapshot_id}' not found: list the snapshots with GET /snapshots.")
     session_id = str(uuid.uuid4())
     ctx.store.put_session(
         {
@@ -55,11 +58,8 @@ async def create_session(request: Request) -> Response:
             "runtimeType": "Python",
         }
     )
-    if body.get("snapshotId"):
-        snapshot = ctx.store.get_snapshot(body["snapshotId"])
-        if snapshot is None:
-            raise bad_request(f"Snapshot '{body['snapshotId']}' not found.")
-        for path in ctx.store.snapshot_dir(body["snapshotId"]).iterdir():
+    if snapshot_id:
+        for path in ctx.store.snapshot_dir(snapshot_id).iterdir():
             (ctx.store.session_dir(session_id) / path.name).write_bytes(path.read_bytes())
     return JSONResponse({"sessionId": session_id}, status_code=201)
 
