@@ -1,0 +1,320 @@
+"""Typed, immutable views of the objects the Machine Learning Server API answers with.
+
+Each ``from_api`` reads the wire form of the contract (``../shared/reference/mlserver-api.md``), accepts the
+spellings real servers and clients disagree on, and raises :class:`MalformedResponseError` naming the field
+when an answer lacks what the contract promises, so a broken server fails loudly instead of late.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_mlserver.exceptions import MalformedResponseError
+
+#: Declared parameter types of the contract (section 2).
+PARAMETER_TYPES = ("integer", "numeric", "character", "logical", "vector", "matrix", "data.frame")
+
+_FINISHED_STATES = ("complete", "failed", "canceled", "cancelled")
+
+_MISSING = object()
+
+
+def _field(
+    obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str, default: Any = _MISSING
+) -> Any:
+    """``obj[key]`` checked against ``kind``; a missing or mistyped field raises MalformedResponseError."""
+    value = obj.get(key, _MISSING)
+    if value is _MISSING or (value is None and default is not _MISSING):
+        if default is _MISSING:
+            raise MalformedResponseError(
+                f"The server's {what} has no '{key}' field. The server does not follow the Machine Learning "
+                "Server API: check the connection points at a Machine Learning Server (or a compatible one)."
+            )
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise MalformedResponseError(
+            f"The server's {what} has '{key}' = {value!r} ({type(value).__name__}), expected {names}. The server "
+            "does not follow the Machine Learning Server API."
+        )
+    return value
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedResponseError(
+            f"The server answered {type(value).__name__} where a {what} object was expected: "
+            f"{str(value)[:200]!r}. The server does not follow the Machine Learning Server API."
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ParameterDefinition:
+    """One declared input or output of a web service: its variable name and its contract type."""
+
+    name: str
+    type: str
+
+    @classmethod
+    def from_api(cls, value: Any, what: str = "parameter definition") -> ParameterDefinition:
+        obj = _object(value, what)
+        return cls(name=_field(obj, "name", str, what), type=_field(obj, "type", str, what))
+
+    def to_api(self) -> dict[str, str]:
+        return {"name": self.name, "type": self.type}
+
+
+@dataclass(frozen=True)
+class WebService:
+    """A published version of a web service, as ``GET /services`` describes it.
+
+    :param name: The service name.
+    :param version: The version string.
+    :param inputs: Declared inputs, in the order records are laid out.
+    :param outputs: Declared outputs.
+    :param output_file_names: Files the service writes that come back as artifacts.
+    :param operation_id: The consume function's name (``operationId``).
+    :param description: Free text.
+    :param runtime_type: ``Python`` or ``R``.
+    :param creation_time: When the version was published (as the server formats it).
+    :param published_by: The publishing user (``versionPublishedBy``).
+    :param snapshot_id: The snapshot the service was published from, if any.
+    :param permission: The caller's permission (``myPermissionOnService``).
+    """
+
+    name: str
+    version: str
+    inputs: tuple[ParameterDefinition, ...] = ()
+    outputs: tuple[ParameterDefinition, ...] = ()
+    output_file_names: tuple[str, ...] = ()
+    operation_id: str | None = None
+    description: str = ""
+    runtime_type: str | None = None
+    creation_time: str | None = None
+    published_by: str | None = None
+    snapshot_id: str | None = None
+    permission: str | None = None
+
+    @classmethod
+    def from_api(cls, value: Any) -> WebService:
+        what = "web service description"
+        obj = _object(value, what)
+
+        def params(key: str) -> tuple[ParameterDefinition, ...]:
+            items = _field(obj, key, list, what, [])
+            return tuple(ParameterDefinition.from_api(p, f"{what}'s {key} item") for p in items)
+
+        files = _field(obj, "outputFileNames", list, what, [])
+        if not all(isinstance(f, str) for f in files):
+            raise MalformedResponseError(f"The server's {what} has non-string 'outputFileNames': {files!r}.")
+        return cls(
+            name=_field(obj, "name", str, what),
+            version=_field(obj, "version", str, what),
+            inputs=params("inputParameterDefinitions"),
+            outputs=params("outputParameterDefinitions"),
+            output_file_names=tuple(files),
+            operation_id=_field(obj, "operationId", str, what, None),
+            description=_field(obj, "description", str, what, ""),
+            runtime_type=_field(obj, "runtimeType", str, what, None),
+            creation_time=_field(obj, "creationTime", str, what, None),
+            published_by=_field(obj, "versionPublishedBy", str, what, None),
+            snapshot_id=_field(obj, "snapshotId", str, what, None),
+            permission=_field(obj, "myPermissionOnService", str, what, None),
+        )
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An access token and what is needed to renew it; secrets are kept out of ``repr``.
+
+    :param access_token: The bearer token.
+    :param refresh_token: The token that buys a new access token, if the server gave one.
+    :param expires_at: When the access token expires, in seconds of this machine's ``time.time()``
+        (from ``expires_in`` when given, which is immune to clock skew, else from ``expires_on``).
+    :param lifetime: Seconds the token was valid for when issued, if known.
+    """
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None
+    lifetime: float | None = None
+
+    #: Refresh this long before expiry at most (a real server's tokens live an hour).
+    MAX_LEAD_SECONDS = 60.0
+    #: ... and at most this share of the token's lifetime, so short-lived tokens are not renewed constantly.
+    LEAD_SHARE = 0.1
+    #: ... but at least this long, so that a request started just before expiry still gets through.
+    MIN_LEAD_SECONDS = 0.5
+
+    @classmethod
+    def from_api(cls, value: Any, now: float | None = None) -> TokenInfo:
+        what = "login answer"
+        obj = _object(value, what)
+        now = time.time() if now is None else now
+        access = _field(obj, "access_token", str, what)
+        if not access:
+            raise MalformedResponseError("The server's login answer has an empty 'access_token'.")
+        refresh = _field(obj, "refresh_token", str, what, None) or None
+        expires_in = _number(obj.get("expires_in"))
+        expires_on = _number(obj.get("expires_on"))
+        expires_at: float | None = None
+        if expires_in is not None:
+            # Servers count whole seconds: assume the token may lapse up to a second early.
+            expires_at = now + expires_in - 1.0
+            if expires_on is not None and abs(expires_on - (now + expires_in)) < 5.0:
+                expires_at = min(expires_at, expires_on)  # same clock as ours: the stricter one holds
+        elif expires_on is not None:
+            expires_at = expires_on
+        lifetime = None if expires_at is None else max(0.0, expires_at - now)
+        return cls(access_token=access, refresh_token=refresh, expires_at=expires_at, lifetime=lifetime)
+
+    def refresh_due(self, now: float | None = None) -> bool:
+        """Whether the token should be renewed before its next use."""
+        if self.expires_at is None:
+            return False
+        now = time.time() if now is None else now
+        lead = self.MAX_LEAD_SECONDS
+        if self.lifetime is not None and self.lifetime > 0:
+            lead = min(lead, max(self.MIN_LEAD_SECONDS, self.lifetime * self.LEAD_SHARE))
+        return now >= self.expires_at - lead
+
+
+def _number(value: Any) -> float | None:
+    """A number that servers send as a JSON number or as a numeric string (``expires_on``)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """The answer of one execution: a request-response call, or one record of a batch.
+
+    :param index: Position in the batch's results list (0-based; equals the record's index once the
+        execution has completed; ``0`` for a request-response call).
+    :param success: Whether the service code ran without error.
+    :param error_message: The error when it did not.
+    :param console_output: What the code printed.
+    :param outputs: Output values by output name.
+    :param output_files: Base64 content of returned files by file name (request-response only).
+    :param changed_files: Files the code wrote in its working folder.
+    """
+
+    index: int
+    success: bool
+    error_message: str = ""
+    console_output: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict, hash=False)
+    output_files: dict[str, str] = field(default_factory=dict, hash=False)
+    changed_files: tuple[str, ...] = ()
+
+    @classmethod
+    def from_api(cls, value: Any, index: int = 0) -> RecordResult:
+        what = f"result of record {index}"
+        obj = _object(value, what)
+        changed = _field(obj, "changedFiles", list, what, [])
+        return cls(
+            index=index,
+            success=_field(obj, "success", bool, what),
+            error_message=_field(obj, "errorMessage", str, what, ""),
+            console_output=_field(obj, "consoleOutput", str, what, ""),
+            outputs=_field(obj, "outputParameters", dict, what, {}),
+            output_files=_field(obj, "outputFiles", dict, what, {}),
+            changed_files=tuple(str(c) for c in changed),
+        )
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """State and counts of a batch execution, and its results when they were asked for.
+
+    :param execution_id: The batch execution id.
+    :param name: The service name.
+    :param version: The service version.
+    :param state: The state exactly as the server spelled it (compare with the ``is_*`` properties).
+    :param total: Records in the execution (``totalItemCount``).
+    :param completed: Records finished so far (``completedItemCount``).
+    :param failed: Records whose code failed, when the server reports it.
+    :param error_message: Why the execution failed, when the server says.
+    :param results: The results list, or ``None`` when it was not read (a status poll).
+    """
+
+    execution_id: str
+    name: str
+    version: str
+    state: str
+    total: int
+    completed: int
+    failed: int | None = None
+    error_message: str | None = None
+    results: tuple[RecordResult, ...] | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        """Complete, failed or canceled: nothing will change any more. Unknown states count as running."""
+        return self.state.strip().lower() in _FINISHED_STATES
+
+    @property
+    def is_running(self) -> bool:
+        return not self.is_finished
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state.strip().lower() == "complete"
+
+    @property
+    def is_failed(self) -> bool:
+        return self.state.strip().lower() == "failed"
+
+    @property
+    def is_canceled(self) -> bool:
+        return self.state.strip().lower() in ("canceled", "cancelled")
+
+    @classmethod
+    def from_api(
+        cls,
+        value: Any,
+        execution_id: str = "",
+        name: str = "",
+        version: str = "",
+        results: tuple[RecordResult, ...] | None = None,
+    ) -> BatchStatus:
+        """Read the head fields of a batch answer; ``results`` are parsed separately (they may be streamed)."""
+        what = "batch execution status"
+        obj = _object(value, what)
+        found_id = obj.get("batchExecutionId", obj.get("BatchExecutionId"))
+        failed = _field(obj, "failedItemCount", int, what, None)
+        return cls(
+            execution_id=found_id if isinstance(found_id, str) and found_id else execution_id,
+            name=_field(obj, "name", str, what, name),
+            version=_field(obj, "version", str, what, version),
+            state=_field(obj, "state", str, what),
+            total=_field(obj, "totalItemCount", int, what),
+            completed=_field(obj, "completedItemCount", int, what),
+            failed=failed,
+            error_message=_field(obj, "errorMessage", str, what, None) or None,
+            results=results,
+        )
+
+
+def start_answer_execution_id(value: Any) -> str:
+    """The execution id of a start-batch answer; real servers spell the key either way."""
+    obj = _object(value, "start-batch answer")
+    for key in ("batchExecutionId", "BatchExecutionId"):
+        found = obj.get(key)
+        if isinstance(found, str) and found:
+            return found
+    raise MalformedResponseError(
+        "The server's start-batch answer has no 'batchExecutionId' (nor 'BatchExecutionId') field: "
+        f"{str(obj)[:200]}. The server does not follow the Machine Learning Server API."
+    )

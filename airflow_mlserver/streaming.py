@@ -1,0 +1,291 @@
+"""Incremental readers of answer bodies, fed chunk by chunk by the sync and the async transport alike.
+
+The batch answer ``{"state": ..., "totalItemCount": ..., "batchExecutionResults": [...]}`` can hold
+100,000 results. :class:`BatchAnswerParser` reads it as it arrives: head fields into a dict, then one result
+at a time, so memory stays bounded by one result, and a status poll can stop reading as soon as the head
+fields are in (constant bytes whatever the batch size). It uses the C JSON decoder on each value
+(``raw_decode``), never a byte-by-byte loop in Python.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from typing import Any, Protocol
+
+from airflow_mlserver.exceptions import MalformedResponseError
+
+RESULTS_KEY = "batchexecutionresults"
+#: Head fields a status poll needs before it may stop reading.
+_HEAD_NEEDED = ("state", "totalitemcount", "completeditemcount")
+#: A single value (one result, or one head field) larger than this is refused, to bound memory.
+MAX_VALUE_CHARS = 256 * 1024 * 1024
+#: Error bodies are read up to this many bytes.
+MAX_ERROR_BYTES = 64 * 1024
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+class BodyReader(Protocol):
+    """Consumes an answer body chunk by chunk; ``feed`` answers True when nothing more is needed."""
+
+    bytes_read: int
+
+    def feed(self, chunk: bytes) -> bool: ...
+
+    def finish(self, complete: bool) -> Any: ...
+
+
+def _malformed(what: str, why: str, sample: str) -> MalformedResponseError:
+    return MalformedResponseError(
+        f"The server's answer to {what} is not valid JSON ({why}): {sample[:120]!r}. Check that the connection "
+        "points at a Machine Learning Server (or a compatible one)."
+    )
+
+
+class JsonReader:
+    """Reads a whole (small) JSON body; an empty body is ``None``."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.parts: list[bytes] = []
+        self.bytes_read = 0
+
+    def feed(self, chunk: bytes) -> bool:
+        self.parts.append(chunk)
+        self.bytes_read += len(chunk)
+        return False
+
+    def finish(self, complete: bool) -> Any:
+        raw = b"".join(self.parts)
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _malformed(self.what, str(exc), raw.decode("utf-8", "replace")) from None
+
+
+class ErrorBodyReader:
+    """Reads at most :data:`MAX_ERROR_BYTES` of an error answer and extracts its ``message``."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.bytes_read = 0
+
+    def feed(self, chunk: bytes) -> bool:
+        self.parts.append(chunk)
+        self.bytes_read += len(chunk)
+        return self.bytes_read >= MAX_ERROR_BYTES
+
+    def finish(self, complete: bool) -> str:
+        raw = b"".join(self.parts)[:MAX_ERROR_BYTES]
+        text = raw.decode("utf-8", "replace")
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            return body["message"]
+        if isinstance(body, str):
+            return body
+        text = " ".join(text.split())
+        return text[:300] if text else "(no message)"
+
+
+class BatchAnswerParser:
+    """Incremental parser of a batch answer object: head fields, then results one by one.
+
+    :param what: What the answer answers, for error messages (e.g. ``GET /api/s/1/batch/x``).
+    :param head_only: Stop once the head fields are in and the results list begins (a status poll).
+    :param skip: Results to drop from the start of the list (to resume an interrupted read).
+    """
+
+    def __init__(self, what: str, head_only: bool = False, skip: int = 0) -> None:
+        self.what = what
+        self.head_only = head_only
+        self.skip = skip
+        self.head: dict[str, Any] = {}
+        self.seen_results = False
+        self.results_count = 0
+        self.done = False
+        self.bytes_read = 0
+        self._decoder = json.JSONDecoder()
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._buf = ""
+        self._pos = 0
+        self._state = "start"
+        self._key = ""
+        self._retry_at = 0
+        self._eof = False
+
+    # -- feeding --------------------------------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        """Take the next bytes; answer the results completed by them (raw JSON objects)."""
+        self.bytes_read += len(chunk)
+        try:
+            text = self._utf8.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise _malformed(self.what, str(exc), "") from None
+        if self.done:
+            return []
+        self._buf += text
+        if len(self._buf) < self._retry_at:
+            return []
+        out = self._run()
+        if self._pos:
+            self._buf, self._pos = self._buf[self._pos :], 0
+        return out
+
+    def close(self) -> list[Any]:
+        """The body has ended: answer the last results, or raise if the answer was cut short or malformed."""
+        self._eof = True
+        try:
+            self._buf += self._utf8.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise _malformed(self.what, str(exc), "") from None
+        out = [] if self.done else self._run()
+        if not self.done:
+            raise _malformed(self.what, "the answer ended early", self._buf[self._pos :])
+        return out
+
+    # -- the state machine ----------------------------------------------------------------------------------
+
+    def _skip_ws(self) -> bool:
+        self._pos = _WS.match(self._buf, self._pos).end()  # type: ignore[union-attr]
+        return self._pos < len(self._buf)
+
+    def _expect(self, allowed: str) -> str | None:
+        if not self._skip_ws():
+            return None
+        char = self._buf[self._pos]
+        if char not in allowed:
+            expected = " or ".join(repr(c) for c in allowed)
+            raise _malformed(
+                self.what, f"expected {expected} at character {self._pos}", self._buf[self._pos :]
+            )
+        self._pos += 1
+        return char
+
+    def _value(self) -> tuple[bool, Any]:
+        """Decode the value at the cursor: (True, value), or (False, None) when more bytes are needed."""
+        if not self._skip_ws():
+            return False, None
+        try:
+            value, end = self._decoder.raw_decode(self._buf, self._pos)
+        except json.JSONDecodeError as exc:
+            pending = len(self._buf) - self._pos
+            if self._eof:
+                raise _malformed(self.what, exc.msg, self._buf[self._pos :]) from None
+            if pending > MAX_VALUE_CHARS:
+                raise _malformed(self.what, f"a value larger than {MAX_VALUE_CHARS} characters", "") from None
+            self._retry_at = (
+                len(self._buf) + max(pending, 4096) - self._pos
+            )  # decode again once the pending part doubled
+            return False, None
+        if end == len(self._buf) and not self._eof and type(value) in (int, float):
+            return False, None  # a number at the very end may go on in the next chunk
+        self._pos = end
+        self._retry_at = 0
+        return True, value
+
+    def _run(self) -> list[Any]:
+        out: list[Any] = []
+        while not self.done:
+            state = self._state
+            if state == "start":
+                if self._expect("{") is None:
+                    break
+                self._state = "key_or_end"
+            elif state in ("key_or_end", "key"):
+                if not self._skip_ws():
+                    break
+                if state == "key_or_end" and self._buf[self._pos] == "}":
+                    self._pos += 1
+                    self._finish_object()
+                    break
+                ok, key = self._value()
+                if not ok:
+                    break
+                if not isinstance(key, str):
+                    raise _malformed(self.what, f"expected a field name, got {key!r}", self._buf[self._pos :])
+                self._key = key
+                self._state = "colon"
+            elif state == "colon":
+                if self._expect(":") is None:
+                    break
+                self._state = "value"
+            elif state == "value":
+                if not self._skip_ws():
+                    break
+                if self._key.lower() == RESULTS_KEY and self._buf[self._pos] == "[":
+                    self._pos += 1
+                    self.seen_results = True
+                    if self.head_only and all(k in {h.lower() for h in self.head} for k in _HEAD_NEEDED):
+                        self.done = True
+                        break
+                    self._state = "first_item"
+                    continue
+                ok, value = self._value()
+                if not ok:
+                    break
+                self.head[self._key] = value
+                self._state = "after_value"
+            elif state == "after_value":
+                char = self._expect(",}")
+                if char is None:
+                    break
+                if char == "}":
+                    self._finish_object()
+                    break
+                self._state = "key"
+            elif state in ("first_item", "item"):
+                if not self._skip_ws():
+                    break
+                if state == "first_item" and self._buf[self._pos] == "]":
+                    self._pos += 1
+                    self._state = "after_value"
+                    continue
+                ok, item = self._value()
+                if not ok:
+                    break
+                self.results_count += 1
+                if self.results_count > self.skip and not self.head_only:
+                    out.append(item)
+                self._state = "after_item"
+            elif state == "after_item":
+                char = self._expect(",]")
+                if char is None:
+                    break
+                self._state = "item" if char == "," else "after_value"
+        return out
+
+    def _finish_object(self) -> None:
+        self.done = True
+        if self._skip_ws():
+            raise _malformed(self.what, "unexpected data after the answer object", self._buf[self._pos :])
+
+
+class BatchReader:
+    """A :class:`BodyReader` over :class:`BatchAnswerParser` that keeps the head and (unless a poll) the results."""
+
+    def __init__(self, what: str, head_only: bool) -> None:
+        self.parser = BatchAnswerParser(what, head_only=head_only)
+        self.results: list[Any] = []
+
+    @property
+    def bytes_read(self) -> int:
+        return self.parser.bytes_read
+
+    def feed(self, chunk: bytes) -> bool:
+        self.results.extend(self.parser.feed(chunk))
+        return self.parser.done
+
+    def finish(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None]:
+        if complete and not self.parser.done:
+            self.results.extend(self.parser.close())
+        if not self.parser.done:
+            raise _malformed(self.parser.what, "the answer ended early", "")
+        return self.parser.head, (None if self.parser.head_only else self.results)

@@ -1,0 +1,291 @@
+"""The hook against the local server over real HTTP: every call, both auth modes, expiring tokens, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from airflow_mlserver.hooks.mlserver import ConnectionSettings, MLServerHook
+from airflow_mlserver.models import BatchStatus, TokenInfo
+from airflow_mlserver.server.process import LocalMLServer
+from tests.helpers import Api
+
+CONN_ID = "mlserver_test"
+
+
+def use_connection(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
+    """Airflow 3 reads ``AIRFLOW_CONN_*`` through the task SDK's env-var secrets backend, also outside a task."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", uri)
+
+
+def server_uri(server: LocalMLServer, query: str = "") -> str:
+    return f"mlserver://{server.username}:{server.password}@127.0.0.1:{server.port}" + (
+        f"?{query}" if query else ""
+    )
+
+
+def wait_finished(
+    hook: MLServerHook, name: str, version: str, execution_id: str, timeout: float = 120
+) -> BatchStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = hook.get_batch(name, version, execution_id)
+        if status.is_finished:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"execution {execution_id} did not finish in {timeout} s")
+
+
+@pytest.fixture
+def hook(mlserver: LocalMLServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MLServerHook]:
+    use_connection(monkeypatch, server_uri(mlserver))
+    hook = MLServerHook(CONN_ID, retry_wait=0.05, retry_wait_max=0.5)
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def add_service(api: Api) -> str:
+    """``y = x + 1`` that also writes ``out.txt``; version 1.0 and a later 2.0."""
+    code = "y = x + 1\nprint('row', x)\nopen('out.txt', 'w').write(str(y))"
+    for version in ("1.0", "2.0"):
+        api.publish("hookadd", version, code, {"x": "numeric"}, {"y": "numeric"}, files=["out.txt"])
+    return "hookadd"
+
+
+# --- connection and services -------------------------------------------------------------------------------
+
+
+def test_test_connection(hook: MLServerHook, mlserver: LocalMLServer) -> None:
+    assert hook.test_connection() == (
+        True,
+        f"Connected to the Machine Learning Server at http://127.0.0.1:{mlserver.port} as 'admin': status pass.",
+    )
+
+
+def test_connection_uri_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = {
+        "mlserver://admin:pw@localhost:12800": "http://localhost:12800",
+        "mlserver+https://admin:pw@ml.example.com": "https://ml.example.com:443",
+        "mlserver://admin:pw@ml.example.com:8443/https": "https://ml.example.com:8443",
+        "mlserver://admin:pw@https%3A%2F%2Fml.example.com%2Fbase": "https://ml.example.com:443/base",
+        "mlserver://admin:pw@localhost": "http://localhost:12800",
+    }
+    for uri, expected in cases.items():
+        use_connection(monkeypatch, uri)
+        assert MLServerHook(CONN_ID).settings.base_url == expected, uri
+    use_connection(monkeypatch, "mlserver://h?verify=false&timeout=5&max_retries=2&access_token=tok12345")
+    settings = MLServerHook(CONN_ID).settings
+    assert (settings.verify, settings.timeout, settings.max_retries) == (False, 5.0, 2)
+    assert settings.bearer_token == "tok12345"
+    assert "tok12345" not in repr(settings)
+
+
+def test_ui_field_behaviour_and_widgets() -> None:
+    behaviour = MLServerHook.get_ui_field_behaviour()
+    assert behaviour["relabeling"]["host"] == "Host or URL"
+    assert isinstance(MLServerHook.get_connection_form_widgets(), dict)  # {} without the UI packages
+
+
+def test_services(hook: MLServerHook, add_service: str) -> None:
+    names = {(s.name, s.version) for s in hook.list_services()}
+    assert {(add_service, "1.0"), (add_service, "2.0")} <= names
+    latest = hook.get_service(add_service)
+    assert latest.version == "2.0"
+    first = hook.get_service(add_service, "1.0")
+    assert [(p.name, p.type) for p in first.inputs] == [("x", "numeric")]
+    assert first.output_file_names == ("out.txt",)
+    assert first.published_by == "admin"
+    swagger = hook.get_swagger(add_service, "1.0")
+    assert swagger["swagger"] == "2.0"
+    assert "/api/hookadd/1.0/batch" in swagger["paths"]
+
+
+def test_publish_replace_and_delete(hook: MLServerHook) -> None:
+    hook.delete_service("hookpub", "1", missing_ok=True)
+    service = hook.publish_service(
+        "hookpub", "1", "z = a * 2", inputs={"a": "integer"}, outputs={"z": "integer"}, description="double"
+    )
+    assert (service.name, service.version, service.description) == ("hookpub", "1", "double")
+    assert hook.consume("hookpub", "1", {"a": 4}).outputs == {"z": 8}
+    replaced = hook.publish_service(
+        "hookpub", "1", "z = a * 3", inputs={"a": "integer"}, outputs={"z": "integer"}, replace=True
+    )
+    assert replaced.version == "1"
+    assert hook.consume("hookpub", "1", {"a": 4}).outputs == {"z": 12}
+    generated = hook.publish_service(
+        "hookpub", None, "z = a", inputs={"a": "integer"}, outputs={"z": "integer"}
+    )
+    assert generated.version not in ("", "1")
+    assert hook.delete_service("hookpub", generated.version) is True
+    assert hook.delete_service("hookpub", "1") is True
+    assert hook.delete_service("hookpub", "1", missing_ok=True) is False
+
+
+def test_consume(hook: MLServerHook, add_service: str) -> None:
+    result = hook.consume(add_service, "1.0", {"x": 41})
+    assert result.success
+    assert result.outputs == {"y": 42.0}
+    assert result.console_output == "row 41.0\n"
+    assert result.output_files == {"out.txt": "NDIuMA=="}
+
+
+# --- batch -------------------------------------------------------------------------------------------------
+
+
+def test_batch_every_call(hook: MLServerHook, add_service: str, tmp_path: Path) -> None:
+    frame = pd.DataFrame({"x": [float(i) for i in range(50)], "note": ["dropped"] * 50})
+    execution_id = hook.start_batch(add_service, "1.0", frame, parallel_count=5, extra_columns="drop")
+    assert execution_id in hook.list_batch_executions(add_service, "1.0")
+    status = wait_finished(hook, add_service, "1.0", execution_id)
+    assert (status.is_complete, status.total, status.completed, status.results) == (True, 50, 50, None)
+    full = hook.get_batch(add_service, "1.0", execution_id, partial=True)
+    assert full.results is not None and len(full.results) == 50
+    streamed = list(hook.iter_batch_results(add_service, "1.0", execution_id))
+    assert [r.outputs["y"] for r in streamed] == [i + 1.0 for i in range(50)]
+    assert [r.index for r in streamed] == list(range(50))
+    assert streamed == list(full.results)
+    assert hook.list_artifacts(add_service, "1.0", execution_id, 7) == ["out.txt"]
+    with hook.open_artifact(add_service, "1.0", execution_id, 7, "out.txt") as artifact:
+        assert artifact.read() == b"8.0"
+    target = tmp_path / "out.txt"
+    assert hook.download_artifact(add_service, "1.0", execution_id, 9, "out.txt", target) == 4
+    assert target.read_bytes() == b"10.0"
+    # Canceling a finished execution changes nothing.
+    assert hook.cancel_batch(add_service, "1.0", execution_id).is_complete
+
+
+def test_cancel_running_batch(hook: MLServerHook, api: Api) -> None:
+    api.publish("hookslow", "1", "import time\ntime.sleep(0.2)\ny = x", {"x": "integer"}, {"y": "integer"})
+    execution_id = hook.start_batch("hookslow", "1", {"x": list(range(100))}, parallel_count=1)
+    status = hook.cancel_batch("hookslow", "1", execution_id)
+    assert status.is_canceled and status.is_finished
+    time.sleep(0.5)
+    after = hook.get_batch("hookslow", "1", execution_id)
+    assert after.is_canceled and after.completed < 100
+
+
+def test_status_poll_costs_constant_bytes(hook: MLServerHook, api: Api) -> None:
+    api.publish("hookpoll", "1", "y = x", {"x": "integer"}, {"y": "integer"})
+    costs = []
+    for size in (10, 3000):
+        execution_id = hook.start_batch("hookpoll", "1", {"x": list(range(size))}, parallel_count=50)
+        wait_finished(hook, "hookpoll", "1", execution_id)
+        before = hook.bytes_received
+        hook.get_batch("hookpoll", "1", execution_id)
+        costs.append(hook.bytes_received - before)
+    assert costs[0] < 400 and abs(costs[1] - costs[0]) <= 8, (
+        costs
+    )  # only the head is read (ids are equally long)
+
+
+def test_async_status_and_cancel(hook: MLServerHook, api: Api) -> None:
+    api.publish("hookasync", "1", "import time\ntime.sleep(0.1)\ny = x", {"x": "integer"}, {"y": "integer"})
+    execution_id = hook.start_batch("hookasync", "1", [{"x": i} for i in range(40)], parallel_count=1)
+
+    async def poll_then_cancel() -> tuple[BatchStatus, BatchStatus]:
+        fresh = MLServerHook(CONN_ID)  # reads the connection with the async API
+        first = await fresh.async_get_batch("hookasync", "1", execution_id)
+        canceled = await fresh.async_cancel_batch("hookasync", "1", execution_id)
+        return first, canceled
+
+    first, canceled = asyncio.run(poll_then_cancel())
+    assert first.total == 40 and not first.is_finished and first.results is None
+    assert canceled.is_canceled
+
+
+# --- authentication ----------------------------------------------------------------------------------------
+
+
+def test_bearer_token_modes(
+    mlserver: LocalMLServer, api: Api, add_service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = api.login(mlserver.username, mlserver.password)["access_token"]
+    use_connection(monkeypatch, f"mlserver://127.0.0.1:{mlserver.port}?access_token={token}")
+    assert MLServerHook(CONN_ID).get_service(add_service, "1.0").name == add_service
+    use_connection(
+        monkeypatch, f"mlserver://:{token}@127.0.0.1:{mlserver.port}"
+    )  # password as token, no login
+    hook = MLServerHook(CONN_ID)
+    assert hook.consume(add_service, "1.0", {"x": 1}).outputs == {"y": 2.0}
+    assert hook.test_connection()[1].endswith("with a bearer token: status pass.")
+
+
+def test_401_reauthenticates_once(hook: MLServerHook, add_service: str) -> None:
+    hook.get_service(add_service, "1.0")
+    hook._token = TokenInfo(access_token="revoked-or-unknown-token", refresh_token=None, expires_at=None)
+    assert hook.get_service(add_service, "1.0").name == add_service
+    assert hook._token is not None and hook._token.access_token != "revoked-or-unknown-token"
+
+
+def test_token_expiry_during_long_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Tokens live 3 s; a batch polled for longer never surfaces an auth error, and refreshes happen."""
+    with LocalMLServer(tmp_path, workers=2, extra_args=["--token-ttl", "3"]) as server:
+        Api(server).publish(
+            "hookttl", "1", "import time\ntime.sleep(0.05)\ny = x", {"x": "integer"}, {"y": "integer"}
+        )
+        use_connection(monkeypatch, server_uri(server))
+        hook = MLServerHook(CONN_ID, retry_wait=0.05)
+        execution_id = hook.start_batch("hookttl", "1", {"x": list(range(150))}, parallel_count=1)
+        tokens = set()
+        started = time.monotonic()
+        while True:
+            status = hook.get_batch("hookttl", "1", execution_id)
+            assert hook._token is not None
+            tokens.add(hook._token.access_token)
+            if status.is_finished and time.monotonic() - started > 7:
+                break
+            time.sleep(0.25)
+        asyncio.run(hook.async_get_batch("hookttl", "1", execution_id))
+        assert status.is_complete
+        assert len(tokens) >= 3  # renewed ahead of expiry, repeatedly
+        assert len(list(hook.iter_batch_results("hookttl", "1", execution_id))) == 150
+        out = capfd.readouterr().out
+        assert "answered 401" not in out  # refreshed before expiry, never after a rejection
+
+
+# --- faults ------------------------------------------------------------------------------------------------
+
+
+def test_faulty_server_batch_completes_exactly_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    faults = "503:0.3,reset:0.1,drop:0.05,delay:2s:0.1,seed:1"
+    with LocalMLServer(tmp_path, workers=2, extra_args=["--faults", faults]) as server:
+        use_connection(monkeypatch, server_uri(server, "max_retries=25"))
+        hook = MLServerHook(CONN_ID, retry_wait=0.05, retry_wait_max=0.5)
+        hook.publish_service("hookinc", "1", "y = x + 1", inputs={"x": "integer"}, outputs={"y": "integer"})
+        execution_id = hook.start_batch("hookinc", "1", {"x": list(range(5000))}, parallel_count=100)
+        status = wait_finished(hook, "hookinc", "1", execution_id, timeout=150)
+        assert (status.is_complete, status.completed) == (True, 5000)
+        outputs = [r.outputs["y"] for r in hook.iter_batch_results("hookinc", "1", execution_id)]
+        assert outputs == list(range(1, 5001))  # every result, once, in order
+        assert hook.list_batch_executions("hookinc", "1") == [execution_id]  # no second execution
+
+
+def test_ambiguous_start_adopts_the_created_execution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Answers dropped after the server acted: each start still yields exactly one execution."""
+    with LocalMLServer(tmp_path, workers=1, extra_args=["--faults", "drop:0.4,seed:3"]) as server:
+        use_connection(monkeypatch, server_uri(server, "max_retries=30"))
+        hook = MLServerHook(CONN_ID, retry_wait=0.01, retry_wait_max=0.05)
+        hook.publish_service("hookdrop", "1", "y = x", inputs={"x": "integer"}, outputs={"y": "integer"})
+        ids = [hook.start_batch("hookdrop", "1", [{"x": 1}], parallel_count=1) for _ in range(8)]
+        assert len(set(ids)) == 8
+        assert sorted(hook.list_batch_executions("hookdrop", "1")) == sorted(ids)
+        assert "adopting execution" in capfd.readouterr().out  # the hook logs through Airflow's structlog
+
+
+def test_settings_from_connection_object() -> None:
+    from airflow.sdk import Connection
+
+    conn = Connection(
+        conn_id="x", conn_type="mlserver", host="https://h.example", login="u", password="secret"
+    )
+    assert ConnectionSettings.from_connection(conn, {}).base_url == "https://h.example:443"
