@@ -8,13 +8,15 @@ import sys
 import time
 import traceback
 
-from bench import server
+from bench import hook, server
 from bench.common import Benchmark, BenchResult, Figure
 
 BENCHMARKS: dict[str, Benchmark] = {
     "server.latency": server.bench_latency,
     "server.batch": server.bench_batch,
     "server.scaling": server.bench_scaling,
+    "hook.poll": hook.bench_poll,
+    "hook.results": hook.bench_results,
 }
 
 
