@@ -1,0 +1,438 @@
+"""``MLServerBatchOperator``: score a data set against a published web service in asynchronous batch.
+
+How a run goes:
+
+1. The service is resolved (``service_version=None`` means the latest, resolved and logged once) and every
+   input record is checked against its declared inputs before anything is sent.
+2. The records are cut into chunks of ``chunk_size``; each chunk is one batch execution. At most
+   ``max_active_executions`` run at once; each id is stored in the task-state store right after its start
+   succeeds, before any waiting.
+3. While executions run the task defers to :class:`~airflow_mlserver.triggers.batch.MLServerBatchTrigger`
+   (or polls in the worker when ``deferrable=False``), then starts the next chunks, until all are complete.
+4. Results are read back chunk by chunk and written to ``output_path`` in input order; the task fails when
+   more than ``max_failed_records`` records failed, and returns a small summary.
+
+Crash safety: the task-state store survives retries and worker crashes (XCom does not). Its key is the task
+instance's own ``(dag, run, task, map index)`` scope, never the try number, so a retry finds the executions of
+the earlier try and reattaches to every running or complete one; only a failed or canceled execution is
+started again. An execution that finished while nobody watched is used without deferring. The deadline for
+``timeout`` is stored with them, so it holds across retries and triggerer restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, BaseOperatorLink, BaseXCom, conf
+
+from airflow_mlserver.exceptions import (
+    MLServerBatchFailedError,
+    MLServerBatchTimeoutError,
+    MLServerConfigError,
+)
+from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.models import BatchStatus, RecordResult, WebService
+from airflow_mlserver.records import ExtraColumns, prepare_records
+from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, results_frame, storage_path
+from airflow_mlserver.triggers.batch import CANCELED, COMPLETE, FAILED, TIMEOUT, MLServerBatchTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
+
+STATE_KEY = "mlserver_batch"
+SWAGGER_XCOM_KEY = "swagger_url"
+EXECUTIONS_XCOM_KEY = "execution_ids"
+MAX_FAILURES_SHOWN = 5
+
+
+class MLServerSwaggerLink(BaseOperatorLink):
+    """Link from the task to the ``swagger.json`` of the service it scored against."""
+
+    name = "Service swagger.json"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        value = BaseXCom.get_value(ti_key=ti_key, key=SWAGGER_XCOM_KEY)  # type: ignore[arg-type]
+        return str(value) if value else ""
+
+
+class MLServerBatchOperator(BaseOperator):
+    """Score records against a Machine Learning Server web service in asynchronous batch.
+
+    :param service_name: The published web service. (templated)
+    :param service_version: Its version; None for the latest, resolved once and logged. (templated)
+    :param records: The input records: a DataFrame, a list of dicts, a dict of columns, or a path/URI of a
+        CSV, TSV, Parquet or JSON-lines file read through Airflow's object storage. (templated)
+    :param records_format: ``csv``, ``tsv``, ``parquet`` or ``jsonl`` when the file's suffix does not tell.
+    :param records_conn_id: Connection for reading a records URI (e.g. ``aws_default`` for ``s3://``).
+    :param output_path: Where results go (a URI or ``ObjectStoragePath``); None to write nothing. (templated)
+    :param output_format: ``parquet`` (default) or ``csv``.
+    :param output_conn_id: Connection for writing ``output_path``.
+    :param parallel_count: Records the server runs at a time in one execution (1 to 100, default 10).
+    :param chunk_size: Records per batch execution (default: all in one); memory is bounded by a chunk.
+    :param max_active_executions: Chunks running at once (default 1).
+    :param extra_columns: ``error`` (default) or ``drop`` for input columns the service does not declare.
+    :param max_failed_records: Failed records tolerated before the task fails (default 0).
+    :param poll_interval: Seconds between status polls (default 10).
+    :param timeout: Longest time the batch may take (seconds or timedelta); the executions are then canceled
+        and the task fails. Measured from the first start, across retries. None for no limit.
+    :param deferrable: Free the worker slot while the server works (default ``[operators] default_deferrable``).
+    :param cancel_on_kill: Cancel the executions when a user kills the task (default True).
+    :param return_results: Also return the result rows in the summary (small batches only, at most 1,000).
+    :param mlserver_conn_id: The Machine Learning Server connection (default ``mlserver_default``).
+    """
+
+    template_fields: Sequence[str] = ("service_name", "service_version", "records", "output_path")
+    operator_extra_links = (MLServerSwaggerLink(),)
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        service_name: str,
+        records: Any,
+        service_version: str | None = None,
+        records_format: str | None = None,
+        records_conn_id: str | None = None,
+        output_path: Any = None,
+        output_format: str = "parquet",
+        output_conn_id: str | None = None,
+        parallel_count: int = 10,
+        chunk_size: int | None = None,
+        max_active_executions: int = 1,
+        extra_columns: ExtraColumns = "error",
+        max_failed_records: int = 0,
+        poll_interval: float = 10.0,
+        timeout: float | timedelta | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        cancel_on_kill: bool = True,
+        return_results: bool = False,
+        mlserver_conn_id: str = MLServerHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.service_name = service_name
+        self.service_version = service_version
+        self.records = records
+        self.records_format = records_format
+        self.records_conn_id = records_conn_id
+        self.output_path = output_path
+        self.output_format = output_format
+        self.output_conn_id = output_conn_id
+        self.parallel_count = parallel_count
+        self.chunk_size = chunk_size
+        self.max_active_executions = max_active_executions
+        self.extra_columns = extra_columns
+        self.max_failed_records = max_failed_records
+        self.poll_interval = poll_interval
+        self.batch_timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        self.deferrable = deferrable
+        self.cancel_on_kill = cancel_on_kill
+        self.return_results = return_results
+        self.mlserver_conn_id = mlserver_conn_id
+        self._check_arguments()
+
+    def _check_arguments(self) -> None:
+        if isinstance(self.parallel_count, bool) or not isinstance(self.parallel_count, int):
+            raise MLServerConfigError(
+                f"parallel_count must be a whole number from 1 to 100, not {self.parallel_count!r}."
+            )
+        if not 1 <= self.parallel_count <= 100:
+            raise MLServerConfigError(
+                f"parallel_count {self.parallel_count} is out of range: use 1 to 100 (the server's maximum "
+                "threads per batch execution)."
+            )
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise MLServerConfigError(f"chunk_size must be at least 1, not {self.chunk_size}.")
+        if self.max_active_executions < 1:
+            raise MLServerConfigError(
+                f"max_active_executions must be at least 1, not {self.max_active_executions}."
+            )
+        if self.max_failed_records < 0:
+            raise MLServerConfigError(f"max_failed_records must be 0 or more, not {self.max_failed_records}.")
+        if self.output_format not in ("parquet", "csv"):
+            raise MLServerConfigError(
+                f"output_format must be 'parquet' or 'csv', not {self.output_format!r}."
+            )
+        if self.extra_columns not in ("error", "drop"):
+            raise MLServerConfigError(f"extra_columns must be 'error' or 'drop', not {self.extra_columns!r}.")
+        if self.poll_interval <= 0:
+            raise MLServerConfigError(f"poll_interval must be positive, not {self.poll_interval}.")
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    @property
+    def hook(self) -> MLServerHook:
+        return MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
+
+    def _frames(self, chunk_size: int) -> Any:
+        return iter_frames(self.records, chunk_size, self.records_format, self.records_conn_id)
+
+    def _chunk_size(self) -> int:
+        return self.chunk_size or 2**62
+
+    def _chunk(self, index: int) -> Any:
+        """Input chunk ``index`` (0-based), read again from the source."""
+        for i, frame in enumerate(self._frames(self._chunk_size())):
+            if i == index:
+                return frame
+        raise MLServerConfigError(f"The records have no chunk {index}: did the input change between tries?")
+
+    def _load_state(self, context: Context) -> dict[str, Any]:
+        store = context.get("task_state_store")
+        value = store.get(STATE_KEY) if store is not None else None
+        return dict(value) if isinstance(value, dict) else {}
+
+    def _save_state(self, context: Context, state: dict[str, Any]) -> None:
+        store = context.get("task_state_store")
+        if store is None:
+            return
+        from airflow.sdk.execution_time.context import NEVER_EXPIRE
+
+        store.set(STATE_KEY, state, retention=NEVER_EXPIRE)
+
+    # -- the run ---------------------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        hook = self.hook
+        state = self._load_state(context)
+        if state and state.get("service") != self.service_name:
+            state = {}
+        version = state.get("version") or self.service_version
+        service = hook.get_service(self.service_name, version)
+        if self.service_version is None and not state:
+            self.log.info("Latest version of web service '%s' is '%s'", service.name, service.version)
+        chunks = self._validate(service)
+        if not state:
+            state = {
+                "service": service.name,
+                "version": service.version,
+                "chunks": chunks,
+                "executions": {},
+                "started": time.time(),
+                "deadline": time.time() + self.batch_timeout if self.batch_timeout else None,
+            }
+        else:
+            self.log.info("Found the executions of an earlier try: %s", state.get("executions"))
+        context["ti"].xcom_push(
+            key=SWAGGER_XCOM_KEY,
+            value=f"{hook.settings.base_url}/api/{service.name}/{service.version}/swagger.json",
+        )
+        return self._advance(context, service, state)
+
+    def _validate(self, service: WebService) -> int:
+        """Check every record against the service's inputs (chunk by chunk); answer the number of chunks."""
+        count = 0
+        for frame in self._frames(self._chunk_size()):
+            prepare_records(frame, service, self.extra_columns)
+            count += 1
+        if count == 0:
+            raise MLServerConfigError("The records are empty: a batch needs at least one record.")
+        return count
+
+    def _advance(self, context: Context, service: WebService, state: dict[str, Any]) -> Any:
+        """Reattach, start what is missing, and wait (defer or poll) until every chunk is complete."""
+        hook = self.hook
+        executions: dict[str, str] = state["executions"]
+        while True:
+            statuses: dict[int, BatchStatus] = {}
+            for key, execution_id in list(executions.items()):
+                status = hook.get_batch(service.name, service.version, execution_id)
+                if status.is_failed or status.is_canceled:
+                    self.log.warning(
+                        "Execution %s of chunk %s ended %s: starting that chunk again",
+                        execution_id,
+                        key,
+                        status.state,
+                    )
+                    del executions[key]
+                else:
+                    statuses[int(key)] = status
+            self._check_deadline(context, service, state, statuses)
+            running = [i for i, s in statuses.items() if not s.is_complete]
+            for index in range(state["chunks"]):
+                if len(running) >= self.max_active_executions:
+                    break
+                if str(index) in executions:
+                    continue
+                execution_id = hook.start_batch(
+                    service.name,
+                    service.version,
+                    self._records_of(index, service),
+                    self.parallel_count,
+                    service=service,
+                )
+                executions[str(index)] = execution_id
+                self._save_state(context, state)  # before any waiting: a crash from here on reattaches
+                self.log.info(
+                    "Started batch execution %s for chunk %d of %d", execution_id, index + 1, state["chunks"]
+                )
+                running.append(index)
+            context["ti"].xcom_push(
+                key=EXECUTIONS_XCOM_KEY, value=[executions[k] for k in sorted(executions, key=int)]
+            )
+            if not running:
+                return self._finish(context, service, state)
+            watched = [executions[str(i)] for i in running]
+            if self.deferrable:
+                self.defer(
+                    trigger=MLServerBatchTrigger(
+                        mlserver_conn_id=self.mlserver_conn_id,
+                        service_name=service.name,
+                        service_version=service.version,
+                        execution_ids=watched,
+                        poll_interval=self.poll_interval,
+                        deadline=state.get("deadline"),
+                        cancel_on_kill=self.cancel_on_kill,
+                    ),
+                    method_name="execute_complete",
+                )
+            self._poll(service, watched, state)
+
+    def _records_of(self, index: int, service: WebService) -> list[dict[str, Any]]:
+        return prepare_records(self._chunk(index), service, self.extra_columns)
+
+    def _poll(self, service: WebService, watched: list[str], state: dict[str, Any]) -> None:
+        """Non-deferrable wait in the worker, with the trigger's semantics: until all finished or one failed."""
+        hook = self.hook
+        while True:
+            statuses = [hook.get_batch(service.name, service.version, e) for e in watched]
+            if all(s.is_finished for s in statuses) or any(s.is_failed or s.is_canceled for s in statuses):
+                return
+            deadline = state.get("deadline")
+            if deadline is not None and time.time() >= deadline:
+                return
+            done, total = sum(s.completed for s in statuses), sum(s.total for s in statuses)
+            self.log.info("Batch progress: %d/%d records", done, total)
+            time.sleep(
+                self.poll_interval
+                if deadline is None
+                else max(0.0, min(self.poll_interval, deadline - time.time()))
+            )
+
+    def _check_deadline(
+        self, context: Context, service: WebService, state: dict[str, Any], statuses: dict[int, BatchStatus]
+    ) -> None:
+        deadline = state.get("deadline")
+        if deadline is None or time.time() < deadline:
+            return
+        unfinished = [s for s in statuses.values() if not s.is_finished]
+        for status in unfinished:
+            self.hook.cancel_batch(service.name, service.version, status.execution_id)
+        if unfinished or len(statuses) < state["chunks"]:
+            done = sum(s.completed for s in statuses.values())
+            raise MLServerBatchTimeoutError(
+                f"The batch on web service '{service.name}' version '{service.version}' did not finish within its "
+                f"timeout of {self.batch_timeout:g} s ({done} records done); canceled "
+                f"{', '.join(s.execution_id for s in unfinished) or 'nothing (no execution was running)'}. "
+                "Raise timeout, parallel_count or max_active_executions, or score fewer records per run."
+            )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resume after the trigger: fail on anything but ``complete``, else go on with the next chunks."""
+        status = event.get("status")
+        message = event.get("message", "")
+        if status == TIMEOUT:
+            hook = self.hook
+            for execution_id in event.get("execution_ids", []):
+                hook.cancel_batch(event["service_name"], event["service_version"], execution_id)
+            raise MLServerBatchTimeoutError(
+                f"{message}; canceled {', '.join(event.get('execution_ids', []))}. Raise timeout, parallel_count or "
+                "max_active_executions, or score fewer records per run."
+            )
+        if status in (FAILED, CANCELED):
+            raise MLServerBatchFailedError(
+                f"{message}. Look at the execution on the server; a retry of this task starts the failed chunk again."
+            )
+        if status != COMPLETE:
+            raise MLServerBatchFailedError(f"Waiting for the batch failed: {message or event!r}")
+        state = self._load_state(context)
+        if not state:
+            raise MLServerBatchFailedError(
+                "The task-state store holds no batch for this task: it was cleared while the task was deferred. "
+                "Clear the task to score again."
+            )
+        service = self.hook.get_service(state["service"], state["version"])
+        return self._advance(context, service, state)
+
+    def _finish(self, context: Context, service: WebService, state: dict[str, Any]) -> dict[str, Any]:
+        """Read every chunk's results in input order, write them, check failures, answer the summary."""
+        hook = self.hook
+        executions: dict[str, str] = state["executions"]
+        writer = None
+        if self.output_path:
+            path = storage_path(self.output_path, self.output_conn_id)
+            writer = ResultsWriter(path, self.output_format, service)  # type: ignore[arg-type]
+        total = failed = 0
+        failures: list[str] = []
+        kept: list[dict[str, Any]] = []
+        try:
+            for index, frame in enumerate(self._frames(self._chunk_size())):
+                execution_id = executions[str(index)]
+                results: list[RecordResult] = list(
+                    hook.iter_batch_results(service.name, service.version, execution_id)
+                )
+                chunk = results_frame(frame, results, service, offset=total)
+                for position, result in enumerate(results):
+                    if not result.success:
+                        failed += 1
+                        if len(failures) < MAX_FAILURES_SHOWN:
+                            reason = (result.error_message or "failed").splitlines()[0]
+                            failures.append(f"record {total + position}: {reason}")
+                if writer is not None:
+                    writer.write(chunk)
+                if self.return_results and total + len(chunk) <= 1000:
+                    kept.extend(
+                        {str(k): v for k, v in row.items()}
+                        for row in chunk.astype(object).where(chunk.notna(), None).to_dict("records")
+                    )
+                total += len(chunk)
+            if writer is not None:
+                writer.commit()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        summary: dict[str, Any] = {
+            "service_name": service.name,
+            "service_version": service.version,
+            "execution_ids": [executions[k] for k in sorted(executions, key=int)],
+            "total": total,
+            "succeeded": total - failed,
+            "failed": failed,
+            "output_uri": str(writer.path) if writer is not None else None,
+            "duration_seconds": round(time.time() - state["started"], 3),
+        }
+        if failed > self.max_failed_records:
+            raise MLServerBatchFailedError(
+                f"{failed} of {total} records failed (max_failed_records={self.max_failed_records}); first failures: "
+                + "; ".join(failures)
+                + (f". Results are in {summary['output_uri']}." if writer is not None else ".")
+            )
+        self.log.info("Batch done: %s", summary)
+        if self.return_results:
+            summary["results"] = kept if total <= 1000 else None
+        return summary
+
+    def on_kill(self) -> None:
+        """A user killed the running (non-deferred) task: cancel its executions if ``cancel_on_kill``."""
+        if not self.cancel_on_kill:
+            return
+        from airflow.sdk import get_current_context
+
+        try:
+            context = get_current_context()
+        except Exception:  # pragma: no cover - no context outside a task
+            return
+        state = self._load_state(context)
+        for execution_id in state.get("executions", {}).values():
+            try:
+                self.hook.cancel_batch(state["service"], state["version"], execution_id)
+            except Exception as exc:
+                self.log.warning("Could not cancel batch execution %s: %s", execution_id, exc)
+
+
+__all__ = ["MLServerBatchOperator", "MLServerSwaggerLink", "is_path_like"]

@@ -1,0 +1,119 @@
+"""``MLServerBatchSensor``: wait for a batch execution, e.g. one started outside Airflow, to complete."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, conf
+
+from airflow_mlserver.exceptions import MLServerExecutionEndedError
+from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.models import BatchStatus
+from airflow_mlserver.triggers.batch import COMPLETE, TIMEOUT, MLServerBatchTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class MLServerBatchSensor(BaseSensorOperator):
+    """Wait until a batch execution reaches ``Complete``; ``Failed`` or canceled fails the task.
+
+    Works in ``poke`` and ``reschedule`` mode and, with ``deferrable=True``, on the triggerer through the same
+    :class:`~airflow_mlserver.triggers.batch.MLServerBatchTrigger` as the batch operator. ``timeout`` is
+    measured from the first poke in every mode. With ``soft_fail`` a failed or canceled execution, or the
+    timeout, skips the task instead of failing it. The sensor returns the execution's final counts.
+
+    :param service_name: The web service. (templated)
+    :param service_version: Its version. (templated)
+    :param execution_id: The batch execution to wait for. (templated)
+    :param deferrable: Wait on the triggerer (default ``[operators] default_deferrable``).
+    :param mlserver_conn_id: The Machine Learning Server connection (default ``mlserver_default``).
+    """
+
+    template_fields: Sequence[str] = ("service_name", "service_version", "execution_id")
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        service_name: str,
+        service_version: str,
+        execution_id: str,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        mlserver_conn_id: str = MLServerHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.service_name = service_name
+        self.service_version = service_version
+        self.execution_id = execution_id
+        self.deferrable = deferrable
+        self.mlserver_conn_id = mlserver_conn_id
+
+    def _status(self) -> BatchStatus:
+        hook = MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
+        return hook.get_batch(self.service_name, self.service_version, self.execution_id)
+
+    def _check(self, status: BatchStatus) -> bool:
+        if status.is_failed or status.is_canceled:
+            detail = f": {status.error_message}" if status.error_message else ""
+            raise MLServerExecutionEndedError(
+                f"Batch execution {self.execution_id} of web service '{self.service_name}' version "
+                f"'{self.service_version}' ended {status.state}{detail} ({status.completed}/{status.total} "
+                "records done). Start a new execution; this one will not complete."
+            )
+        self.log.info(
+            "Batch execution %s: %s, %d/%d records",
+            self.execution_id,
+            status.state,
+            status.completed,
+            status.total,
+        )
+        return status.is_complete
+
+    def poke(self, context: Context) -> bool:
+        return self._check(self._status())
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            super().execute(context)
+            return self._summary(self._status())
+        status = self._status()
+        if self._check(status):
+            return self._summary(status)
+        self.defer(
+            trigger=MLServerBatchTrigger(
+                mlserver_conn_id=self.mlserver_conn_id,
+                service_name=self.service_name,
+                service_version=self.service_version,
+                execution_ids=[self.execution_id],
+                poll_interval=self.poke_interval,
+                deadline=time.time() + self.timeout,
+                cancel_on_kill=False,  # the sensor does not own the execution
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        if event.get("status") == TIMEOUT:
+            from airflow.sdk.exceptions import AirflowSensorTimeout
+
+            raise AirflowSensorTimeout(
+                f"Batch execution {self.execution_id} did not complete within the sensor's timeout of "
+                f"{self.timeout:g} s: {event.get('message', '')}"
+            )
+        if event.get("status") != COMPLETE:
+            raise MLServerExecutionEndedError(f"{event.get('message', event)}. Start a new execution.")
+        return self._summary(self._status())
+
+    @staticmethod
+    def _summary(status: BatchStatus) -> dict[str, Any]:
+        return {
+            "execution_id": status.execution_id,
+            "state": status.state,
+            "total": status.total,
+            "completed": status.completed,
+            "failed": status.failed,
+        }

@@ -1,0 +1,242 @@
+"""Reading input records and writing result tables, chunk by chunk, through Airflow's object storage.
+
+Inputs can be a DataFrame, a list of dicts, a dict of columns, or a path/URI readable through
+``ObjectStoragePath`` (CSV, TSV, Parquet, JSON lines). Every reader yields DataFrames of at most
+``chunk_size`` rows, so memory stays bounded by the chunk whatever the size of the data set; reading the
+same source twice yields the same chunks, which is what lets a retried task find "chunk 3" again.
+
+Results are written as Parquet (default) or CSV, one row per input record: the input columns, then each
+declared output, then ``success`` and ``error_message``. Output types follow the service's declaration
+(``vector``, ``matrix`` and ``data.frame`` outputs are stored as JSON text). The file is written under a
+temporary name and moved into place, so a reader never sees a half-written result.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from airflow_mlserver.exceptions import MLServerConfigError
+from airflow_mlserver.models import RecordResult, WebService
+
+RecordsFormat = Literal["csv", "tsv", "parquet", "jsonl"]
+ResultsFormat = Literal["parquet", "csv"]
+
+_SUFFIXES: dict[str, RecordsFormat] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "integer": pa.int64(),
+    "numeric": pa.float64(),
+    "character": pa.string(),
+    "logical": pa.bool_(),
+    "vector": pa.string(),
+    "matrix": pa.string(),
+    "data.frame": pa.string(),
+}
+
+
+def records_format(path: str, records_format: str | None) -> RecordsFormat:
+    """The format of a records file: the one given, else read from the file's suffix."""
+    if records_format:
+        fmt = records_format.lower().lstrip(".")
+        fmt = {"json": "jsonl", "ndjson": "jsonl", "tab": "tsv", "pq": "parquet"}.get(fmt, fmt)
+        if fmt not in ("csv", "tsv", "parquet", "jsonl"):
+            raise MLServerConfigError(
+                f"records_format {records_format!r} is not supported: use csv, tsv, parquet or jsonl."
+            )
+        return fmt  # type: ignore[return-value]
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    for suffix, fmt in _SUFFIXES.items():
+        if name.endswith(suffix) or name.endswith(suffix + ".gz"):
+            return fmt
+    raise MLServerConfigError(
+        f"Cannot tell the format of records file {path!r} from its name: give records_format "
+        "(csv, tsv, parquet or jsonl)."
+    )
+
+
+def storage_path(uri: Any, conn_id: str | None = None) -> Any:
+    """An ``ObjectStoragePath`` for a URI or local path (a plain path means ``file://``)."""
+    from airflow.sdk import ObjectStoragePath
+
+    if isinstance(uri, ObjectStoragePath):
+        return uri
+    text = str(uri)
+    if "://" not in text:
+        text = "file://" + (
+            text if text.startswith("/") else str(__import__("pathlib").Path(text).absolute())
+        )
+    return ObjectStoragePath(text, conn_id=conn_id) if conn_id else ObjectStoragePath(text)
+
+
+def is_path_like(records: Any) -> bool:
+    if isinstance(records, str):
+        return True
+    return type(records).__name__ in ("ObjectStoragePath", "PosixPath", "WindowsPath")
+
+
+def iter_frames(
+    records: Any, chunk_size: int, records_format_: str | None = None, conn_id: str | None = None
+) -> Iterator[pd.DataFrame]:
+    """The records as DataFrames of at most ``chunk_size`` rows, in input order (index restarts per chunk)."""
+    if chunk_size < 1:
+        raise MLServerConfigError(f"chunk_size must be at least 1, not {chunk_size}.")
+    if isinstance(records, pd.DataFrame):
+        for start in range(0, len(records), chunk_size):
+            yield records.iloc[start : start + chunk_size].reset_index(drop=True)
+        return
+    if isinstance(records, Mapping):
+        yield from iter_frames(pd.DataFrame(dict(records)), chunk_size)
+        return
+    if is_path_like(records):
+        yield from _iter_file(storage_path(records, conn_id), chunk_size, records_format_)
+        return
+    if isinstance(records, Sequence):
+        for start in range(0, len(records), chunk_size):
+            yield pd.DataFrame.from_records(list(records[start : start + chunk_size]))
+        return
+    raise MLServerConfigError(
+        f"records is a {type(records).__name__}: give a DataFrame, a list of dicts, a dict of columns, "
+        "or a path/URI of a CSV, TSV, Parquet or JSON-lines file."
+    )
+
+
+def _iter_file(path: Any, chunk_size: int, records_format_: str | None) -> Iterator[pd.DataFrame]:
+    fmt = records_format(str(path), records_format_)
+    if not path.exists():
+        raise MLServerConfigError(f"Records file {path} does not exist: check the path and its connection.")
+    compression: Literal["gzip"] | None = "gzip" if str(path).endswith(".gz") else None
+    with path.open("rb") as handle:
+        if fmt == "parquet":
+            parquet = pq.ParquetFile(handle)
+            for batch in parquet.iter_batches(batch_size=chunk_size):
+                yield batch.to_pandas()
+        elif fmt == "jsonl":
+            yield from pd.read_json(  # type: ignore[call-overload]
+                handle, lines=True, chunksize=chunk_size, compression=compression
+            )
+        else:
+            sep = "\t" if fmt == "tsv" else ","
+            yield from pd.read_csv(handle, sep=sep, chunksize=chunk_size, compression=compression)
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def results_frame(
+    inputs: pd.DataFrame, results: Sequence[RecordResult], service: WebService, offset: int
+) -> pd.DataFrame:
+    """One chunk's result rows: the input columns, each declared output, ``success``, ``error_message``.
+
+    ``record`` is the 0-based row number in the whole input (chunk offset + position in the chunk).
+    """
+    if len(results) != len(inputs):
+        raise ValueError(f"{len(results)} results for {len(inputs)} input records")
+    frame = inputs.reset_index(drop=True).copy()
+    frame.insert(0, "record", range(offset, offset + len(inputs)))
+    for output in service.outputs:
+        values = [r.outputs.get(output.name) if r.success else None for r in results]
+        if output.type in ("vector", "matrix", "data.frame"):
+            values = [_json_text(v) for v in values]
+        frame[_unique(frame, output.name)] = values
+    frame[_unique(frame, "success")] = [r.success for r in results]
+    frame[_unique(frame, "error_message")] = [r.error_message or None for r in results]
+    return frame
+
+
+def _unique(frame: pd.DataFrame, name: str) -> str:
+    """``name``, or ``output_<name>`` when an input column already has that name."""
+    return name if name not in frame.columns else f"output_{name}"
+
+
+def results_schema(first: pd.DataFrame, service: WebService) -> pa.Schema:
+    """A stable Arrow schema for every chunk: inputs as inferred from the first chunk, outputs as declared."""
+    declared = {o.name: _ARROW_TYPES.get(o.type, pa.string()) for o in service.outputs}
+    inferred = pa.Schema.from_pandas(first, preserve_index=False)
+    fields = []
+    for field in inferred:
+        if field.name in ("success",):
+            fields.append(pa.field(field.name, pa.bool_()))
+        elif field.name == "error_message":
+            fields.append(pa.field(field.name, pa.string()))
+        elif field.name == "record":
+            fields.append(pa.field(field.name, pa.int64()))
+        elif field.name in declared or field.name.removeprefix("output_") in declared:
+            key = field.name if field.name in declared else field.name.removeprefix("output_")
+            fields.append(pa.field(field.name, declared[key]))
+        elif pa.types.is_null(field.type):
+            fields.append(pa.field(field.name, pa.string()))
+        else:
+            fields.append(field)
+    return pa.schema(fields)
+
+
+class ResultsWriter:
+    """Writes result chunks to ``path`` (Parquet or CSV) under a temporary name; :meth:`commit` moves it in place.
+
+    :param path: The destination, an ``ObjectStoragePath``.
+    :param fmt: ``parquet`` or ``csv``.
+    :param service: The service, whose declared outputs fix the output columns' types.
+    """
+
+    def __init__(self, path: Any, fmt: ResultsFormat, service: WebService) -> None:
+        if fmt not in ("parquet", "csv"):
+            raise MLServerConfigError(f"results format {fmt!r} is not supported: use parquet or csv.")
+        self.path = path
+        self.fmt = fmt
+        self.service = service
+        self.tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.rows = 0
+        self._handle: Any = None
+        self._writer: Any = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self._schema is None:
+            self._schema = results_schema(frame, self.service)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.tmp.open("wb")
+            if self.fmt == "parquet":
+                self._writer = pq.ParquetWriter(self._handle, self._schema)
+            else:
+                self._writer = pa_csv.CSVWriter(self._handle, self._schema)
+        table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False, safe=False)
+        self._writer.write_table(table)
+        self.rows += len(frame)
+
+    def commit(self) -> None:
+        """Close the temporary file and move it to the destination (replacing an older result)."""
+        if self._writer is None:
+            raise ValueError("no results were written")
+        self._writer.close()
+        self._handle.close()
+        if self.path.exists():
+            self.path.unlink()
+        self.tmp.rename(self.path)
+
+    def abort(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if self._handle is not None:
+                self._handle.close()
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()

@@ -1,0 +1,196 @@
+"""The async poll behind every deferral of this provider: wait for batch executions to finish.
+
+The trigger only observes. It polls the cheap status (``showPartialResults=false``) of each execution it
+watches, logs progress, and yields exactly one event: ``complete`` when every execution is complete,
+``failed`` or ``canceled`` as soon as one is, ``timeout`` once the deadline (computed once, before
+deferring, and passed in as a timestamp so that it holds across triggerer restarts) has passed, or
+``error`` when an execution is unknown to the server. While the server cannot be read it keeps polling
+with backoff and logs the state as unknown, never as failed.
+
+Cancelling the executions is not its job, except in :meth:`MLServerBatchTrigger.on_kill`, which Airflow
+calls only when a user kills the task (mark failed, mark success, clear), never on a triggerer restart;
+:meth:`cleanup` runs on every exit, restarts included, and therefore cancels nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_mlserver.exceptions import (
+    ExecutionNotFoundError,
+    MLServerAuthError,
+    MLServerConfigError,
+    MLServerError,
+    ServiceNotFoundError,
+)
+from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.models import BatchStatus
+
+# Outcomes carried by the event's "status".
+COMPLETE, FAILED, CANCELED, TIMEOUT, ERROR = "complete", "failed", "canceled", "timeout", "error"
+
+_PERMANENT = (ExecutionNotFoundError, ServiceNotFoundError, MLServerAuthError, MLServerConfigError)
+
+
+class MLServerBatchTrigger(BaseTrigger):
+    """Wait until every given batch execution of one service has finished.
+
+    :param mlserver_conn_id: The Airflow connection of the server (never a token: kwargs are stored).
+    :param service_name: The web service.
+    :param service_version: Its version.
+    :param execution_ids: The batch executions to watch.
+    :param poll_interval: Seconds between two rounds of status polls.
+    :param deadline: A Unix timestamp after which a ``timeout`` event is sent; None for no deadline.
+    :param cancel_on_kill: Cancel the unfinished executions when a user kills the task.
+    :param progress_interval: Seconds between two progress log lines.
+    """
+
+    def __init__(
+        self,
+        mlserver_conn_id: str,
+        service_name: str,
+        service_version: str,
+        execution_ids: list[str],
+        poll_interval: float = 10.0,
+        deadline: float | None = None,
+        cancel_on_kill: bool = True,
+        progress_interval: float = 60.0,
+    ) -> None:
+        super().__init__()
+        self.mlserver_conn_id = mlserver_conn_id
+        self.service_name = service_name
+        self.service_version = service_version
+        self.execution_ids = list(execution_ids)
+        self.poll_interval = poll_interval
+        self.deadline = deadline
+        self.cancel_on_kill = cancel_on_kill
+        self.progress_interval = progress_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "mlserver_conn_id": self.mlserver_conn_id,
+                "service_name": self.service_name,
+                "service_version": self.service_version,
+                "execution_ids": self.execution_ids,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "cancel_on_kill": self.cancel_on_kill,
+                "progress_interval": self.progress_interval,
+            },
+        )
+
+    def _hook(self) -> MLServerHook:
+        return MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
+
+    def _event(
+        self, status: str, message: str, statuses: dict[str, BatchStatus], **extra: Any
+    ) -> TriggerEvent:
+        return TriggerEvent(
+            {
+                "status": status,
+                "message": message,
+                "service_name": self.service_name,
+                "service_version": self.service_version,
+                "execution_ids": self.execution_ids,
+                "executions": {
+                    eid: {"state": s.state, "total": s.total, "completed": s.completed, "failed": s.failed}
+                    for eid, s in statuses.items()
+                },
+                **extra,
+            }
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._hook()
+        statuses: dict[str, BatchStatus] = {}
+        pending = list(self.execution_ids)
+        started = time.monotonic()
+        first_done: int | None = None
+        last_progress = 0.0
+        unknown_since: float | None = None
+        backoff = self.poll_interval
+        while True:
+            try:
+                for execution_id in list(pending):
+                    status = await hook.async_get_batch(self.service_name, self.service_version, execution_id)
+                    statuses[execution_id] = status
+                    if status.is_complete:
+                        pending.remove(execution_id)
+                    elif status.is_failed or status.is_canceled:
+                        outcome = FAILED if status.is_failed else CANCELED
+                        detail = f": {status.error_message}" if status.error_message else ""
+                        yield self._event(
+                            outcome,
+                            f"Batch execution {execution_id} of web service '{self.service_name}' version "
+                            f"'{self.service_version}' ended {status.state}{detail}",
+                            statuses,
+                            execution_id=execution_id,
+                        )
+                        return
+                unknown_since = None
+                backoff = self.poll_interval
+            except _PERMANENT as exc:
+                yield self._event(ERROR, str(exc), statuses)
+                return
+            except MLServerError as exc:  # the server cannot be read for now: unknown, not failed
+                unknown_since = unknown_since or time.monotonic()
+                backoff = min(max(backoff * 2, 1.0), max(self.poll_interval, 60.0))
+                self.log.warning(
+                    "Batch state unknown for %.0f s (server not readable: %s); polling again in %.0f s",
+                    time.monotonic() - unknown_since,
+                    exc,
+                    backoff,
+                )
+            if not pending:
+                yield self._event(
+                    COMPLETE,
+                    f"{len(self.execution_ids)} batch execution(s) of web service '{self.service_name}' version "
+                    f"'{self.service_version}' complete",
+                    statuses,
+                )
+                return
+            now = time.monotonic()
+            total = sum(s.total for s in statuses.values())
+            done = sum(s.completed for s in statuses.values())
+            first_done = done if first_done is None else first_done
+            if statuses and now - last_progress >= self.progress_interval:
+                last_progress = now
+                self.log.info("Batch progress: %s", _progress(done, total, done - first_done, now - started))
+            if self.deadline is not None and time.time() >= self.deadline:
+                yield self._event(
+                    TIMEOUT,
+                    f"The batch did not finish before its timeout: {done}/{total} records done",
+                    statuses,
+                )
+                return
+            wait = backoff
+            if self.deadline is not None:
+                wait = max(0.0, min(wait, self.deadline - time.time()))
+            await asyncio.sleep(wait)
+
+    async def on_kill(self) -> None:
+        """A user killed the task: cancel each watched execution once (only if ``cancel_on_kill``)."""
+        if not self.cancel_on_kill:
+            return
+        hook = self._hook()
+        for execution_id in self.execution_ids:
+            try:
+                status = await hook.async_cancel_batch(self.service_name, self.service_version, execution_id)
+                self.log.info("Canceled batch execution %s on kill (now %s)", execution_id, status.state)
+            except MLServerError as exc:
+                self.log.warning("Could not cancel batch execution %s on kill: %s", execution_id, exc)
+
+
+def _progress(done: int, total: int, gained: int, elapsed: float) -> str:
+    """``completed/total (pct), rate, ETA`` for a progress log line."""
+    pct = 100.0 * done / total if total else 0.0
+    rate = gained / elapsed if elapsed > 0 else 0.0
+    eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "unknown"
+    return f"{done}/{total} records ({pct:.1f}%), {rate:.1f} records/s, ETA {eta}"

@@ -1,0 +1,61 @@
+"""DAGs the operator tests run with ``dag.test()``; each test picks its service, records and output by params."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+from airflow.sdk import DAG
+
+from airflow_mlserver.operators.batch import MLServerBatchOperator
+from airflow_mlserver.sensors.batch import MLServerBatchSensor
+
+PARAMS = {"service": "scorer", "version": "v1", "records": "", "output": "", "execution_id": ""}
+COMMON = {"schedule": None, "start_date": datetime(2026, 1, 1), "catchup": False,
+          "render_template_as_native_obj": True, "params": PARAMS}  # fmt: skip
+
+
+def _batch(dag_id: str, **kwargs: object) -> DAG:
+    with DAG(dag_id, **COMMON) as dag:  # type: ignore[arg-type]
+        MLServerBatchOperator(
+            task_id="score",
+            service_name="{{ params.service }}",
+            service_version="{{ params.version }}",
+            records=kwargs.pop("records", "{{ params.records }}"),
+            output_path="{{ params.output }}",
+            poll_interval=0.3,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    return dag
+
+
+deferrable = _batch("mlserver_test_deferrable", deferrable=True)
+in_worker = _batch("mlserver_test_in_worker", deferrable=False, output_format="csv")
+tolerant = _batch("mlserver_test_tolerant", deferrable=True, max_failed_records=5)
+chunked = _batch("mlserver_test_chunked", deferrable=True, chunk_size=7, max_active_executions=2)
+timed = _batch("mlserver_test_timeout", deferrable=True, timeout=3)
+from_frame = _batch(
+    "mlserver_test_dataframe",
+    deferrable=True,
+    records=pd.DataFrame({"x": [1.5, 2.0, 3.0], "name": ["a", "b", "c"]}),
+)
+
+
+def _sensor(dag_id: str, mode: str, deferrable: bool) -> DAG:
+    with DAG(dag_id, **COMMON) as dag:  # type: ignore[arg-type]
+        MLServerBatchSensor(
+            task_id="wait",
+            service_name="{{ params.service }}",
+            service_version="{{ params.version }}",
+            execution_id="{{ params.execution_id }}",
+            mode=mode,
+            deferrable=deferrable,
+            poke_interval=0.5,
+            timeout=60,
+        )
+    return dag
+
+
+sensor_poke = _sensor("mlserver_test_sensor_poke", "poke", False)
+sensor_reschedule = _sensor("mlserver_test_sensor_reschedule", "reschedule", False)
+sensor_deferrable = _sensor("mlserver_test_sensor_deferrable", "poke", True)

@@ -1,0 +1,202 @@
+"""The batch operator, trigger and sensor in real Airflow (``dag.test()``, deferral included) on the local server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.helpers import Api
+
+SCORER = "if x < 0:\n    raise ValueError(f'negative input {x}')\ny = x * 2\nlabel = name.upper()\n"
+SLOW = "import time\ntime.sleep(1)\ny = x\nlabel = name\n"
+
+
+@pytest.fixture(scope="module")
+def services(api: Api) -> None:
+    outputs = {"y": "numeric", "label": "character"}
+    api.publish("scorer", "v1", SCORER, {"x": "numeric", "name": "character"}, outputs)
+    api.publish("slowpoke", "v1", SLOW, {"x": "numeric", "name": "character"}, outputs)
+
+
+@pytest.fixture
+def run_dag(airflow_db: Path, mlserver_conn: str, services: None) -> Any:
+    """Run one of ``tests/dags/batch_dags.py``'s DAGs with ``dag.test()``; answer the finished DagRun."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).parent / "dags" / "batch_dags.py"))
+    assert not bag.import_errors, bag.import_errors
+
+    def run(dag_id: str, **params: Any) -> Any:
+        return bag.get_dag(dag_id).test(run_conf=params)
+
+    return run
+
+
+def _frame(n: int, negative: tuple[int, ...] = ()) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"x": [float(-i if i in negative else i) for i in range(n)], "name": [f"n{i}" for i in range(n)]}
+    )
+
+
+def _write(frame: pd.DataFrame, path: Path) -> str:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".tsv":
+        frame.to_csv(path, index=False, sep="\t")
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    return f"file://{path}"
+
+
+def _summary(dagrun: Any, task_id: str = "score") -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=dagrun.dag_id, run_id=dagrun.run_id, task_id=task_id, key="return_value")
+            .one_or_none()
+        )
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def _task_state(dagrun: Any, task_id: str = "score") -> str:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = (
+            session.query(TaskInstance)
+            .filter_by(dag_id=dagrun.dag_id, run_id=dagrun.run_id, task_id=task_id)
+            .one()
+        )
+        return str(ti.state)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", ".jsonl"])
+def test_deferrable_batch_from_each_file_format(run_dag: Any, api: Api, tmp_path: Path, suffix: str) -> None:
+    frame = _frame(12)
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        "mlserver_test_deferrable", records=_write(frame, tmp_path / f"in{suffix}"), output=str(out)
+    )
+    assert dagrun.state == "success"
+    results = pd.read_parquet(out)
+    assert list(results.columns) == ["record", "x", "name", "y", "label", "success", "error_message"]
+    assert results["record"].tolist() == list(range(12))
+    assert results["y"].tolist() == [2.0 * i for i in range(12)]
+    assert results["label"].tolist() == [f"N{i}" for i in range(12)]
+    assert results["success"].all()
+    summary = _summary(dagrun)
+    assert summary["total"] == 12 and summary["succeeded"] == 12 and summary["failed"] == 0
+    assert summary["service_version"] == "v1"
+    assert len(summary["execution_ids"]) == 1
+    assert summary["execution_ids"][0] in api.get("/api/scorer/v1/batch").json()
+
+
+def test_in_worker_batch_writes_csv_results(
+    run_dag: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.csv"
+    dagrun = run_dag(
+        "mlserver_test_in_worker", records=_write(_frame(5), tmp_path / "in.csv"), output=f"file://{out}"
+    )
+    assert dagrun.state == "success"
+    assert "new_state=deferred" not in capfd.readouterr().out
+    assert (
+        pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0] if out.suffix == ".parquet" else True
+    )
+
+
+def test_dataframe_records_and_latest_version(run_dag: Any, tmp_path: Path) -> None:
+    out = tmp_path / "frame.parquet"
+    dagrun = run_dag("mlserver_test_dataframe", version=None, output=str(out))
+    assert dagrun.state == "success"
+    assert pd.read_parquet(out)["y"].tolist() == [3.0, 4.0, 6.0]
+
+
+def test_failed_records_fail_the_task_by_default(run_dag: Any, tmp_path: Path) -> None:
+    out = tmp_path / "results.parquet"
+    records = _write(_frame(8, negative=(3, 5)), tmp_path / "in.csv")
+    dagrun = run_dag("mlserver_test_deferrable", records=records, output=str(out))
+    assert dagrun.state == "failed"
+    results = pd.read_parquet(out)  # the results are written all the same, for inspection
+    assert results["success"].tolist() == [True, True, True, False, True, False, True, True]
+    assert results["error_message"][3] == "ValueError: negative input -3.0\n  line 2 in <module> (code)"
+
+
+def test_failed_records_within_tolerance(run_dag: Any, tmp_path: Path) -> None:
+    out = tmp_path / "results.parquet"
+    records = _write(_frame(8, negative=(3, 5)), tmp_path / "in.csv")
+    dagrun = run_dag("mlserver_test_tolerant", records=records, output=str(out))
+    assert dagrun.state == "success"
+    summary = _summary(dagrun)
+    assert (summary["succeeded"], summary["failed"]) == (6, 2)
+    assert pd.read_parquet(out)["y"].isna().tolist() == [False, False, False, True, False, True, False, False]
+
+
+def test_chunks_run_as_separate_executions_and_results_keep_input_order(
+    run_dag: Any, api: Api, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        "mlserver_test_chunked", records=_write(_frame(30), tmp_path / "in.parquet"), output=str(out)
+    )
+    assert dagrun.state == "success"
+    summary = _summary(dagrun)
+    assert len(summary["execution_ids"]) == 5  # 30 records in chunks of 7
+    for execution_id in summary["execution_ids"]:
+        assert api.status("scorer", "v1", execution_id)["state"] == "Complete"
+    results = pd.read_parquet(out)
+    assert results["record"].tolist() == list(range(30))
+    assert results["y"].tolist() == [2.0 * i for i in range(30)]
+
+
+def test_timeout_cancels_the_execution_and_fails_the_task(run_dag: Any, api: Api, tmp_path: Path) -> None:
+    before = set(api.get("/api/slowpoke/v1/batch").json())
+    records = _write(_frame(40), tmp_path / "in.csv")
+    started = time.monotonic()
+    dagrun = run_dag(
+        "mlserver_test_timeout", service="slowpoke", records=records, output=str(tmp_path / "o.parquet")
+    )
+    assert dagrun.state == "failed"
+    assert time.monotonic() - started < 60
+    (execution_id,) = set(api.get("/api/slowpoke/v1/batch").json()) - before
+    assert api.status("slowpoke", "v1", execution_id)["state"] == "Canceled"
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_bad_records_fail_before_anything_is_sent(run_dag: Any, api: Api, tmp_path: Path) -> None:
+    before = api.get("/api/scorer/v1/batch").json()
+    bad = pd.DataFrame({"x": [1.0, 2.0], "nom": ["a", "b"]})
+    dagrun = run_dag(
+        "mlserver_test_deferrable", records=_write(bad, tmp_path / "bad.csv"), output=str(tmp_path / "o")
+    )
+    assert dagrun.state == "failed"
+    assert api.get("/api/scorer/v1/batch").json() == before
+
+
+@pytest.mark.parametrize("dag_id", ["mlserver_test_sensor_poke", "mlserver_test_sensor_reschedule",
+                                    "mlserver_test_sensor_deferrable"])  # fmt: skip
+def test_sensor_waits_for_an_execution_started_outside_airflow(run_dag: Any, api: Api, dag_id: str) -> None:
+    execution_id = api.start_batch("slowpoke", "v1", [{"x": float(i), "name": "s"} for i in range(3)], 3)
+    dagrun = run_dag(dag_id, service="slowpoke", execution_id=execution_id)
+    assert dagrun.state == "success"
+    assert api.status("slowpoke", "v1", execution_id)["state"] == "Complete"
+    assert _summary(dagrun, "wait")["completed"] == 3
+
+
+@pytest.mark.parametrize("dag_id", ["mlserver_test_sensor_poke", "mlserver_test_sensor_deferrable"])
+def test_sensor_fails_on_a_canceled_execution(run_dag: Any, api: Api, dag_id: str) -> None:
+    execution_id = api.start_batch("slowpoke", "v1", [{"x": float(i), "name": "s"} for i in range(30)], 1)
+    api.delete(f"/api/slowpoke/v1/batch/{execution_id}")
+    dagrun = run_dag(dag_id, service="slowpoke", execution_id=execution_id)
+    assert dagrun.state == "failed"
+    assert _task_state(dagrun, "wait") == "failed"
