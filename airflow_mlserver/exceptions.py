@@ -6,7 +6,7 @@ Every message says what went wrong and what to do about it. All derive from :cla
 
 from __future__ import annotations
 
-from airflow.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 
 class MLServerError(AirflowException):
@@ -75,3 +75,50 @@ class ExecutionNotFoundError(MLServerApiError):
 
 class ArtifactNotFoundError(MLServerApiError):
     """A record index or an artifact file name does not exist for that execution."""
+
+
+class ArtifactsConfigError(MLServerConfigError, ValueError):
+    """An argument of the artifacts operator is not usable (a bad ``dest``, index, glob or path template)."""
+
+
+class UnsafeArtifactNameError(MLServerError):
+    """An artifact name (or the destination path made from it) could escape or break the destination.
+
+    Names with a path separator, ``..``, an absolute path, control characters, or that the store cannot
+    hold are refused and never written.
+    """
+
+
+class ArtifactSizeMismatchError(MLServerError):
+    """The bytes written to the destination are not the bytes read from the server; nothing was kept."""
+
+
+class ArtifactTransferError(MLServerError):
+    """Some artifacts could not be copied (or were refused); the manifest lists each one with its error.
+
+    :param summary: The operator's summary of the run (counts, bytes, manifest URI).
+    """
+
+    def __init__(self, message: str, summary: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or {}
+
+
+class ExecutionWaitTimeoutError(MLServerError):
+    """The batch execution did not finish within the time the operator was given to wait."""
+
+
+class MLServerBatchError(MLServerError):
+    """A batch execution did not end well: it failed, was canceled, or ran past its timeout."""
+
+
+class MLServerBatchFailedError(MLServerBatchError):
+    """An execution failed or was canceled on the server, or more records failed than allowed."""
+
+
+class MLServerBatchTimeoutError(MLServerBatchError):
+    """The batch did not finish before the task's ``timeout``; its executions were canceled."""
+
+
+class MLServerExecutionEndedError(MLServerBatchFailedError, AirflowFailException):
+    """The awaited execution ended Failed or Canceled: waiting again cannot help, so no retry."""
