@@ -47,12 +47,15 @@ from airflow_mlserver.models import (
     WebService,
     start_answer_execution_id,
 )
-from airflow_mlserver.records import ExtraColumns, RecordsInput, prepare_inputs, prepare_records
 from airflow_mlserver.streaming import BatchAnswerParser, BatchReader, ErrorBodyReader, JsonReader
 
 if TYPE_CHECKING:
+    # pandas (behind the records module) is imported only where records are prepared: a trigger imports
+    # this module inside the triggerer's event loop, where a slow import would block every other trigger.
     import aiohttp
     from airflow.sdk import Connection
+
+    from airflow_mlserver.records import ExtraColumns, RecordsInput
 
 T = TypeVar("T")
 
@@ -1100,6 +1103,8 @@ class MLServerHook(BaseHook):
 
         def flow() -> Flow[RecordResult]:
             known = service or (yield from self._flow_get_service(name, version))
+            from airflow_mlserver.records import prepare_inputs
+
             body = json.dumps(prepare_inputs(inputs, known)).encode()
             path = f"/api/{_quote(name)}/{_quote(version)}"
             spec = _Spec(
@@ -1170,6 +1175,8 @@ class MLServerHook(BaseHook):
                 f"threads per batch execution), not {parallel_count!r}."
             )
         known = service or (yield from self._flow_get_service(name, version))
+        from airflow_mlserver.records import prepare_records
+
         body = _encode_records(prepare_records(records, known, extra_columns))
         settings = self._conf
         before = set((yield from self._flow_list_executions(name, version)))

@@ -162,6 +162,7 @@ def _head(execution: Execution) -> dict[str, Any]:
         "completedItemCount": execution.completed,
         "failedItemCount": execution.failed,
         "parallelCount": execution.parallel_count,
+        "cancelRequestCount": execution.cancel_requests,
     }
     if execution.error:
         head["errorMessage"] = execution.error
@@ -244,6 +245,7 @@ async def status(request: Request, name: str, version: str, execution_id: str) -
 async def cancel(request: Request, name: str, version: str, execution_id: str) -> dict[str, Any]:
     ctx: ServerContext = request.app.state.ctx
     execution = _execution(ctx, name, version, execution_id)
+    ctx.store.count_cancel_request(execution_id)
     if execution.state not in FINISHED:
         assert ctx.runner is not None
         ctx.runner.cancel(execution_id)

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
     state TEXT NOT NULL, parallel_count INTEGER NOT NULL, total INTEGER NOT NULL,
     completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, owner TEXT NOT NULL,
-    created REAL NOT NULL, finished REAL, error TEXT NOT NULL DEFAULT '');
+    created REAL NOT NULL, finished REAL, error TEXT NOT NULL DEFAULT '',
+    cancel_requests INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS executions_by_service ON executions (name, version, seq);
 CREATE TABLE IF NOT EXISTS records (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, input TEXT NOT NULL, result TEXT,
@@ -69,6 +70,7 @@ class Execution:
     created: float
     finished: float | None
     error: str
+    cancel_requests: int = 0
 
 
 class Store:
@@ -241,7 +243,7 @@ class Store:
     def get_execution(self, execution_id: str) -> Execution | None:
         row = self._one(
             "SELECT id, name, version, state, parallel_count, total, completed, failed, owner, created,"
-            " finished, error FROM executions WHERE id=?",
+            " finished, error, cancel_requests FROM executions WHERE id=?",
             (execution_id,),
         )
         return Execution(*row) if row else None
@@ -253,6 +255,9 @@ class Store:
     def unfinished_execution_ids(self) -> list[str]:
         rows = self._all("SELECT id FROM executions WHERE state IN (?, ?) ORDER BY seq", (PENDING, RUNNING))
         return [r[0] for r in rows]
+
+    def count_cancel_request(self, execution_id: str) -> None:
+        self._write("UPDATE executions SET cancel_requests=cancel_requests+1 WHERE id=?", (execution_id,))
 
     def set_state(self, execution_id: str, state: str, error: str = "") -> None:
         finished = time.time() if state in FINISHED else None

@@ -1,0 +1,232 @@
+"""Crash safety in a real Airflow deployment: scheduler (LocalExecutor), triggerer, API server, DAG processor.
+
+The fixture starts the processes as ``airflow standalone`` would (SQLite, private ``AIRFLOW_HOME``) next to
+a local ML Server, and the tests act on them from outside: they trigger runs and mark tasks through the REST
+API and kill or restart the real processes. Nothing of the provider is called directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import requests
+
+from airflow_mlserver.server.process import LocalMLServer
+from tests.helpers import Api
+
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+DAGS = Path(__file__).parent / "deploy_dags"
+SLOW = "import time\ntime.sleep(0.2)\ny = x * 2\n"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Deployment:
+    """The Airflow processes of one test module, and a REST client for them."""
+
+    def __init__(self, home: Path, env: dict[str, str], port: int) -> None:
+        self.home = home
+        self.env = env
+        self.url = f"http://127.0.0.1:{port}/api/v2"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, component: str) -> None:
+        log = open(self.home / f"{component}.log", "ab")  # noqa: SIM115 - owned by the child process
+        self.procs[component] = subprocess.Popen(
+            [AIRFLOW, component], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def stop(self, component: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        proc = self.procs.pop(component)
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.home.glob("*.log")))
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = requests.request(method, f"{self.url}{path}", timeout=30, **kwargs)
+        assert answer.status_code < 300, f"{method} {path}: {answer.status_code} {answer.text}"
+        return answer.json()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        run = self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        run_id: str = run["dag_run_id"]
+        return run_id
+
+    def task(self, dag_id: str, run_id: str, task_id: str = "score") -> dict[str, Any]:
+        ti: dict[str, Any] = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+        return ti
+
+    def wait_task(self, dag_id: str, run_id: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ti = self.task(dag_id, run_id)
+            if ti["state"] in states:
+                return ti
+            time.sleep(0.5)
+        raise AssertionError(f"task of {run_id} never reached {states} (now {ti['state']})\n{self.logs()}")
+
+
+@pytest.fixture(scope="module")
+def ml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMLServer]:
+    with LocalMLServer(tmp_path_factory.mktemp("deploy-mlserver"), workers=2) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, ml: LocalMLServer) -> Iterator[Deployment]:
+    home = tmp_path_factory.mktemp("airflow-deployment")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "deployment-test-secret-0123456789abcdef",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW_CONN_MLSERVER_DEFAULT": f"mlserver://admin:{ml.password}@127.0.0.1:{ml.port}",
+    }
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    deploy = Deployment(home, env, port)
+    for component in COMPONENTS:
+        deploy.start(component)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                dags = requests.get(f"{deploy.url}/dags", timeout=5).json()
+                if {d["dag_id"] for d in dags.get("dags", [])} >= {
+                    "mlserver_deploy_in_worker",
+                    "mlserver_deploy_deferrable",
+                }:
+                    break
+            except (requests.ConnectionError, ValueError):
+                pass
+            assert time.monotonic() < deadline, f"the deployment did not come up\n{deploy.logs()}"
+            time.sleep(1)
+        yield deploy
+    finally:
+        for component in list(deploy.procs):
+            deploy.stop(component, signal.SIGKILL)
+
+
+def _setup(ml: LocalMLServer, tmp_path: Path, service: str, rows: int) -> tuple[Api, dict[str, Any]]:
+    api = Api(ml)
+    api.publish(service, "v1", SLOW, {"x": "numeric"}, {"y": "numeric"})
+    pd.DataFrame({"x": [float(i) for i in range(rows)]}).to_csv(tmp_path / "in.csv", index=False)
+    conf = {
+        "service": service,
+        "records": f"file://{tmp_path}/in.csv",
+        "output": str(tmp_path / "out.parquet"),
+    }
+    return api, conf
+
+
+def _wait_for_execution(api: Api, service: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = api.get(f"/api/{service}/v1/batch").json()
+        if ids:
+            execution_id: str = ids[0]
+            return execution_id
+        time.sleep(0.2)
+    raise AssertionError(f"no execution of {service} started")
+
+
+def test_worker_crash_retry_reattaches(deployment: Deployment, ml: LocalMLServer, tmp_path: Path) -> None:
+    api, conf = _setup(ml, tmp_path, "crash_svc", 60)
+    run_id = deployment.trigger("mlserver_deploy_in_worker", conf)
+    execution_id = _wait_for_execution(api, "crash_svc")
+    ti = deployment.wait_task("mlserver_deploy_in_worker", run_id, {"running"})
+    assert api.status("crash_svc", "v1", execution_id)["state"] in ("Pending", "Running")
+    task_process = subprocess.run(
+        ["pgrep", "-f", f"^airflow worker -- {ti['id']}$"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(task_process) == 1, task_process
+    os.kill(int(task_process[0]), signal.SIGKILL)
+    done = deployment.wait_task("mlserver_deploy_in_worker", run_id, {"success", "failed"})
+    assert done["state"] == "success", deployment.logs()
+    assert done["try_number"] == 2
+    assert api.get("/api/crash_svc/v1/batch").json() == [execution_id]  # reattached: one execution only
+    results = pd.read_parquet(tmp_path / "out.parquet")
+    assert results["y"].tolist() == [2.0 * i for i in range(60)]
+
+
+def test_triggerer_restart_keeps_waiting(deployment: Deployment, ml: LocalMLServer, tmp_path: Path) -> None:
+    api, conf = _setup(ml, tmp_path, "restart_svc", 60)
+    run_id = deployment.trigger("mlserver_deploy_deferrable", conf)
+    deployment.wait_task("mlserver_deploy_deferrable", run_id, {"deferred"})
+    execution_id = _wait_for_execution(api, "restart_svc")
+    deployment.stop("triggerer")  # the trigger is dropped with its triggerer ...
+    assert api.status("restart_svc", "v1", execution_id)["state"] == "Running"
+    deployment.start("triggerer")  # ... and recreated from its serialized kwargs by the new one
+    done = deployment.wait_task("mlserver_deploy_deferrable", run_id, {"success", "failed"})
+    assert done["state"] == "success", deployment.logs()
+    assert api.get("/api/restart_svc/v1/batch").json() == [execution_id]
+    status = api.status("restart_svc", "v1", execution_id)
+    assert status["state"] == "Complete"
+    assert status["cancelRequestCount"] == 0
+    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 60
+
+
+def test_user_kill_cancels_the_execution_once(
+    deployment: Deployment, ml: LocalMLServer, tmp_path: Path
+) -> None:
+    api, conf = _setup(ml, tmp_path, "kill_svc", 400)
+    run_id = deployment.trigger("mlserver_deploy_deferrable", conf)
+    deployment.wait_task("mlserver_deploy_deferrable", run_id, {"deferred"})
+    execution_id = _wait_for_execution(api, "kill_svc")
+    # on_kill runs in the triggerer, so the trigger must be running there before the user acts
+    deadline = time.monotonic() + 60
+    while (deployment.task("mlserver_deploy_deferrable", run_id).get("trigger") or {}).get(
+        "triggerer_id"
+    ) is None:
+        assert time.monotonic() < deadline, "no triggerer picked the trigger up"
+        time.sleep(0.5)
+    time.sleep(2)
+    deployment.request(
+        "PATCH",
+        f"/dags/mlserver_deploy_deferrable/dagRuns/{run_id}/taskInstances/score",
+        json={"new_state": "failed"},
+    )
+    deadline = time.monotonic() + 60
+    while api.status("kill_svc", "v1", execution_id)["state"] != "Canceled":
+        assert time.monotonic() < deadline, f"the execution was not canceled\n{deployment.logs()}"
+        time.sleep(0.5)
+    time.sleep(3)  # a second cancel would have come by now
+    status = api.status("kill_svc", "v1", execution_id)
+    assert status["cancelRequestCount"] == 1
+    assert status["completedItemCount"] < 400
+    assert deployment.task("mlserver_deploy_deferrable", run_id)["state"] == "failed"
