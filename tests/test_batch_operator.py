@@ -200,3 +200,52 @@ def test_sensor_fails_on_a_canceled_execution(run_dag: Any, api: Api, dag_id: st
     dagrun = run_dag(dag_id, service="slowpoke", execution_id=execution_id)
     assert dagrun.state == "failed"
     assert _task_state(dagrun, "wait") == "failed"
+
+
+def test_openlineage_facets(mlserver_conn: str) -> None:
+    from airflow_mlserver.operators.batch import MLServerBatchOperator
+
+    operator = MLServerBatchOperator(
+        task_id="lineage",
+        service_name="scorer",
+        service_version="v1",
+        records="s3://bucket/in/records.csv",
+        output_path="file:///data/out/results.parquet",
+    )
+    lineage = operator.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [("s3://bucket", "in/records.csv")]
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("file", "/data/out/results.parquet")]
+    facet = lineage.job_facets["mlserverService"]
+    assert (facet.service, facet.version) == ("scorer", "v1")
+    assert facet.swagger.endswith("/api/scorer/v1/swagger.json")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"parallel_count": 0}, "parallel_count 0 is out of range: use 1 to 100 (the server's maximum threads per "
+                                "batch execution)."),
+        ({"parallel_count": "ten"}, "parallel_count must be a whole number from 1 to 100, not 'ten'."),
+        ({"chunk_size": 0}, "chunk_size must be at least 1, not 0."),
+        ({"max_failed_records": -1}, "max_failed_records must be 0 or more, not -1."),
+        ({"output_format": "xlsx"}, "output_format must be 'parquet' or 'csv', not 'xlsx'."),
+        ({"extra_columns": "keep"}, "extra_columns must be 'error' or 'drop', not 'keep'."),
+    ],
+)  # fmt: skip
+def test_bad_arguments_fail_when_the_dag_is_parsed(kwargs: dict[str, Any], message: str) -> None:
+    from airflow_mlserver.exceptions import MLServerConfigError
+    from airflow_mlserver.operators.batch import MLServerBatchOperator
+
+    with pytest.raises(MLServerConfigError) as raised:
+        MLServerBatchOperator(task_id="bad", service_name="scorer", records=[{"x": 1}], **kwargs)
+    assert str(raised.value) == message
+
+
+def test_return_results_on_a_small_batch(run_dag: Any, tmp_path: Path) -> None:
+    dagrun = run_dag(
+        "mlserver_test_return_results", records=_write(_frame(3), tmp_path / "in.csv"), output=None
+    )
+    assert dagrun.state == "success"
+    summary = _summary(dagrun)
+    assert summary["output_uri"] is None
+    assert [r["y"] for r in summary["results"]] == [0.0, 2.0, 4.0]

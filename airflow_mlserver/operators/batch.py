@@ -412,10 +412,36 @@ class MLServerBatchOperator(BaseOperator):
                 + "; ".join(failures)
                 + (f". Results are in {summary['output_uri']}." if writer is not None else ".")
             )
+        self._lineage_service = (
+            service.name,
+            service.version,
+        )  # read by the OpenLineage method, same process
         self.log.info("Batch done: %s", summary)
         if self.return_results:
             summary["results"] = kept if total <= 1000 else None
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the records as input data set, the results as output, the service as a job facet.
+
+        Used only when the OpenLineage provider is installed; answers None otherwise.
+        """
+        try:
+            from airflow.providers.openlineage.extractors import OperatorLineage
+            from openlineage.client.event_v2 import Dataset
+        except ImportError:
+            return None
+        from airflow_mlserver.lineage import service_job_facet, uri_dataset
+
+        inputs = [uri_dataset(Dataset, self.records)] if is_path_like(self.records) else []
+        outputs = [uri_dataset(Dataset, self.output_path)] if self.output_path else []
+        service = getattr(self, "_lineage_service", None) or (self.service_name, self.service_version or "")
+        url = self.hook.settings.base_url
+        return OperatorLineage(
+            inputs=inputs,
+            outputs=outputs,
+            job_facets={"mlserverService": service_job_facet(url, service[0], service[1])},
+        )
 
     def on_kill(self) -> None:
         """A user killed the running (non-deferred) task: cancel its executions if ``cancel_on_kill``."""
