@@ -1,0 +1,578 @@
+"""MLServerArtifactsToObjectStorageOperator against the local server (real HTTP), to file:// and to S3 (moto).
+
+The only patching is the fault injection of the interrupted-transfer tests: the artifact stream raises
+after a given number of bytes, for one given file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from airflow_mlserver.exceptions import (
+    ArtifactsConfigError,
+    ArtifactTransferError,
+    ExecutionWaitTimeoutError,
+    MLServerConnectionError,
+    UnsafeArtifactNameError,
+)
+from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.operators.artifacts import (
+    MLServerArtifactsToObjectStorageOperator,
+    check_artifact_name,
+    parse_indexes,
+)
+from airflow_mlserver.server.process import LocalMLServer
+from tests.helpers import Api
+
+ML_CONN = "mlserver_artifacts"
+S3_CONN = "s3_artifacts"
+BUCKET = "artifacts"
+VERSION = "1.0"
+
+# Record n writes a.txt unless n % 10 == 0 (so 20 of 200 records produce nothing) and b.bin when n % 3 == 0.
+SERVICE_CODE = """
+import hashlib
+n = int(x)
+y = x
+if n % 10 != 0:
+    open('a.txt', 'w').write(f'record {n}\\n' * (n + 1))
+    if n % 3 == 0:
+        block = hashlib.sha256(str(n).encode()).digest()
+        open('b.bin', 'wb').write(block * (100 * n + 1))
+"""
+# Record 0 writes a 12 MiB file (several S3 parts), record 1 a small one.
+BIG_CODE = """
+n = int(x)
+y = x
+size = 12 * 1024 * 1024 if n == 0 else 1000
+block = bytes(range(256)) * 4096
+with open('big.bin', 'wb') as f:
+    left = size
+    while left:
+        f.write(block[: min(left, len(block))])
+        left -= min(left, len(block))
+"""
+SLOW_CODE = """
+import time
+n = int(x)
+y = x
+if n >= 3:
+    time.sleep(1.5)
+open('out.txt', 'w').write(str(n))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- fixtures ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env(mlserver: LocalMLServer) -> Iterator[dict[str, str]]:
+    """Connections for the module (set in os.environ: Airflow caches object stores per connection id)."""
+    port = _free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    values = {
+        f"AIRFLOW_CONN_{ML_CONN.upper()}": f"mlserver://{mlserver.username}:{mlserver.password}@127.0.0.1:{mlserver.port}",
+        f"AIRFLOW_CONN_{S3_CONN.upper()}": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+            }
+        ),
+        "MOTO_ENDPOINT": endpoint,
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket=BUCKET)
+    try:
+        yield values
+    finally:
+        moto.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def s3(env: dict[str, str]) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=env["MOTO_ENDPOINT"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+def _finished(api: Api, name: str, execution_id: str) -> dict[str, Any]:
+    return api.wait(name, VERSION, execution_id, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def batch200(api: Api) -> str:
+    api.publish("artsvc", VERSION, SERVICE_CODE, {"x": "numeric"}, {"y": "numeric"}, files=["a.txt", "b.bin"])
+    execution_id = api.start_batch("artsvc", VERSION, [{"x": float(i)} for i in range(200)], parallel=10)
+    status = _finished(api, "artsvc", execution_id)
+    assert status["state"] == "Complete", status
+    return execution_id
+
+
+@pytest.fixture(scope="module")
+def big_batch(api: Api) -> str:
+    api.publish("artbig", VERSION, BIG_CODE, {"x": "numeric"}, {"y": "numeric"}, files=["big.bin"])
+    execution_id = api.start_batch("artbig", VERSION, [{"x": 0.0}, {"x": 1.0}], parallel=2)
+    assert _finished(api, "artbig", execution_id)["state"] == "Complete"
+    return execution_id
+
+
+def expected_files(index: int) -> list[str]:
+    if index % 10 == 0:
+        return []
+    return ["a.txt", "b.bin"] if index % 3 == 0 else ["a.txt"]
+
+
+def operator(
+    execution_id: str, dest: str, service: str = "artsvc", **kwargs: Any
+) -> MLServerArtifactsToObjectStorageOperator:
+    kwargs.setdefault("mlserver_conn_id", ML_CONN)
+    kwargs.setdefault("poll_interval", 0.2)
+    return MLServerArtifactsToObjectStorageOperator(
+        task_id=f"copy_{time.monotonic_ns()}",
+        service_name=service,
+        service_version=VERSION,
+        execution_id=execution_id,
+        dest=dest,
+        **kwargs,
+    )
+
+
+def run(op: MLServerArtifactsToObjectStorageOperator) -> dict[str, Any]:
+    return op.execute({})  # type: ignore[arg-type]
+
+
+def server_bytes(api: Api, service: str, execution_id: str, index: int, name: str) -> bytes:
+    answer = api.get(f"/api/{service}/{VERSION}/batch/{execution_id}/{index}/files/{name}")
+    assert answer.status_code == 200, answer.text
+    return answer.content
+
+
+def local_tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+class _Breaking(io.RawIOBase):
+    """An artifact stream that raises (as a dropped connection does) once ``limit`` bytes were read."""
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self.inner, self.left = inner, limit
+        self.raw = getattr(inner, "raw", None)  # keeps the announced Content-Length visible
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            raise MLServerConnectionError("Reading an artifact broke off (injected fault); open it again.")
+        view = memoryview(buffer)[: min(len(buffer), self.left)]
+        n = int(self.inner.readinto(view))
+        self.left -= n
+        return n
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+def break_after(monkeypatch: pytest.MonkeyPatch, index: int, file_name: str, limit: int) -> list[int]:
+    """Make the stream of one artifact raise after ``limit`` bytes; answer a list counting the faults."""
+    original = MLServerHook.open_artifact
+    faults: list[int] = []
+
+    def open_artifact(self: MLServerHook, name: str, version: str, eid: str, i: int, fname: str) -> Any:
+        stream = original(self, name, version, eid, i, fname)
+        if (i, fname) == (index, file_name):
+            faults.append(i)
+            return _Breaking(stream, limit)
+        return stream
+
+    monkeypatch.setattr(MLServerHook, "open_artifact", open_artifact)
+    return faults
+
+
+# --- pure validation ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../x",
+        "..",
+        ".",
+        "a/b",
+        "a\\b",
+        "/etc/passwd",
+        "C:evil",
+        "bad\x00name",
+        "bell\x07",
+        "new\nline",
+        "",
+        " pad",
+    ],
+)
+def test_hostile_names_are_refused(name: str) -> None:
+    with pytest.raises(UnsafeArtifactNameError, match="refused"):
+        check_artifact_name(name)
+
+
+def test_plain_names_pass() -> None:
+    for name in ("answer.csv", "plot (1).png", "résumé.txt", "a..b", ".hidden"):
+        assert check_artifact_name(name) == name
+
+
+def test_parse_indexes() -> None:
+    assert parse_indexes(None, 3) == [0, 1, 2]
+    assert parse_indexes("0-2,5", 10) == [0, 1, 2, 5]
+    assert parse_indexes(range(2, 4), 10) == [2, 3]
+    assert parse_indexes([3, 1, 3], 10) == [1, 3]
+    with pytest.raises(ArtifactsConfigError, match="out of range"):
+        parse_indexes([10], 10)
+    with pytest.raises(ArtifactsConfigError, match="cannot be read"):
+        parse_indexes("a-b", 10)
+
+
+def test_dest_with_credentials_is_refused() -> None:
+    with pytest.raises(ArtifactsConfigError, match="Credentials come from an Airflow connection"):
+        run(operator("e", "s3://KEY:SECRET@bucket/prefix"))
+
+
+def test_file_names_hostile_literal_refused_before_anything(
+    env: dict[str, str], batch200: str, tmp_path: Path
+) -> None:
+    with pytest.raises(UnsafeArtifactNameError, match="path separator"):
+        run(operator(batch200, f"file://{tmp_path}/out", file_names=["../../x"]))
+    assert not any(tmp_path.rglob("*"))
+
+
+# --- file:// --------------------------------------------------------------------------------------------------
+
+
+def test_file_copy_all_manifest_and_rerun(
+    env: dict[str, str], api: Api, batch200: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "out"
+    summary = run(operator(batch200, f"file://{dest}", max_concurrency=4))
+    expected = {(i, f) for i in range(200) for f in expected_files(i)}
+    assert summary["copied"] == len(expected) and summary["failed"] == summary["refused"] == 0
+    assert summary["records"] == 200 and summary["records_without_artifacts"] == 20
+    assert summary["finished"] is True
+    assert summary["manifest"] == f"file://{dest}/{batch200}/manifest.json"
+
+    manifest = json.loads((dest / batch200 / "manifest.json").read_text())
+    assert manifest["records_without_artifacts"] == [i for i in range(200) if i % 10 == 0]
+    entries = {(e["index"], e["file_name"]): e for e in manifest["artifacts"]}
+    assert set(entries) == expected
+    total = 0
+    for (index, name), entry in entries.items():
+        data = (dest / batch200 / str(index) / name).read_bytes()
+        assert data == server_bytes(api, "artsvc", batch200, index, name)
+        assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["status"] == "copied"
+        assert entry["destination"] == f"file://{dest}/{batch200}/{index}/{name}"
+        total += len(data)
+    assert summary["bytes_copied"] == summary["bytes_total"] == total
+    assert not [p for p in dest.rglob("*.part")]
+
+    mtimes = {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    again = run(operator(batch200, f"file://{dest}"))
+    assert again["copied"] == 0 and again["skipped"] == len(expected) and again["bytes_copied"] == 0
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    rerun_manifest = json.loads((dest / batch200 / "manifest.json").read_text())
+    assert all(e["status"] == "skipped" for e in rerun_manifest["artifacts"])
+    assert [e["sha256"] for e in rerun_manifest["artifacts"]] == [e["sha256"] for e in manifest["artifacts"]]
+
+    # a destination of another size is copied again; overwrite=True copies everything
+    (dest / batch200 / "1" / "a.txt").write_text("tampered")
+    third = run(operator(batch200, f"file://{dest}"))
+    assert third["copied"] == 1
+    assert (dest / batch200 / "1" / "a.txt").read_bytes() == server_bytes(api, "artsvc", batch200, 1, "a.txt")
+    assert run(operator(batch200, f"file://{dest}", overwrite=True, indexes="1-5"))["copied"] == 6
+
+
+def test_file_indexes_globs_and_template(env: dict[str, str], batch200: str, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    summary = run(
+        operator(
+            batch200,
+            f"file://{dest}",
+            indexes="0-9,30",
+            file_names=["*.bin"],
+            path_template="{service_name}/{execution_id}/{index:04d}-{file_name}",
+        )
+    )
+    bins = [i for i in [*range(10), 30] if "b.bin" in expected_files(i)]
+    assert bins == [3, 6, 9]
+    assert summary["copied"] == 3 and summary["records"] == 11
+    assert summary["records_without_artifacts"] == 2  # records 0 and 30
+    names = sorted(p.name for p in (dest / "artsvc" / batch200).iterdir())
+    assert names == ["0003-b.bin", "0006-b.bin", "0009-b.bin"]
+    assert (dest / batch200 / "manifest.json").is_file()
+    only_a = run(operator(batch200, f"file://{dest}/lit", indexes=[11, 12], file_names="a.txt"))
+    assert only_a["copied"] == 2
+
+
+def test_template_collisions_and_unknown_placeholders(
+    env: dict[str, str], batch200: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ArtifactsConfigError, match="same place"):
+        run(operator(batch200, f"file://{tmp_path}", indexes=[1, 2], path_template="x/{file_name}"))
+    with pytest.raises(ArtifactsConfigError, match="placeholders"):
+        run(operator(batch200, f"file://{tmp_path}", path_template="{record}/{file_name}"))
+    with pytest.raises(UnsafeArtifactNameError, match="outside dest"):
+        run(operator(batch200, f"file://{tmp_path}", path_template="../{index}/{file_name}"))
+
+
+def test_file_transfer_killed_midway_then_rerun(
+    env: dict[str, str], api: Api, batch200: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "out"
+    faults = break_after(monkeypatch, 99, "b.bin", 1000)  # b.bin of record 99 has 316,832 bytes
+    with pytest.raises(ArtifactTransferError, match="1 artifacts failed") as info:
+        run(operator(batch200, f"file://{dest}", indexes="90-99", transfer_retries=1, chunk_size=4096))
+    assert len(faults) == 2  # the first try and one retry, each cut after 1,000 bytes
+    assert info.value.summary["failed"] == 1 and info.value.summary["copied"] == 11
+    assert not (dest / batch200 / "99" / "b.bin").exists()
+    assert [p.name for p in (dest / batch200 / "99").iterdir()] == ["a.txt"]  # no temporary left behind
+    manifest = json.loads((dest / batch200 / "manifest.json").read_text())
+    failed = [e for e in manifest["artifacts"] if e["status"] == "failed"]
+    assert [(e["index"], e["file_name"]) for e in failed] == [(99, "b.bin")]
+    assert "injected fault" in failed[0]["error"]
+
+    monkeypatch.undo()
+    summary = run(operator(batch200, f"file://{dest}", indexes="90-99"))
+    assert summary["copied"] == 1 and summary["skipped"] == 11 and summary["failed"] == 0
+    data = (dest / batch200 / "99" / "b.bin").read_bytes()
+    assert data == server_bytes(api, "artsvc", batch200, 99, "b.bin")
+
+
+def test_running_execution_copies_what_exists(env: dict[str, str], api: Api, tmp_path: Path) -> None:
+    api.publish("artslow", VERSION, SLOW_CODE, {"x": "numeric"}, {"y": "numeric"}, files=["out.txt"])
+    execution_id = api.start_batch("artslow", VERSION, [{"x": float(i)} for i in range(8)], parallel=1)
+    try:
+        deadline = time.monotonic() + 60
+        while api.status("artslow", VERSION, execution_id)["completedItemCount"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(ExecutionWaitTimeoutError, match="wait_for_completion=False"):
+            run(
+                operator(
+                    execution_id, f"file://{tmp_path}/w", service="artslow", timeout=0.5, poll_interval=0.2
+                )
+            )
+        summary = run(
+            operator(execution_id, f"file://{tmp_path}/out", service="artslow", wait_for_completion=False)
+        )
+        assert summary["finished"] is False and summary["state"].lower() in ("running", "pending")
+        assert 3 <= summary["copied"] < 8
+        assert summary["records_without_artifacts"] == 8 - summary["copied"]
+        copied = sorted(int(p.parent.name) for p in (tmp_path / "out" / execution_id).rglob("out.txt"))
+        assert copied == list(range(summary["copied"]))
+    finally:
+        api.delete(f"/api/artslow/{VERSION}/batch/{execution_id}")
+
+
+# --- hostile names from a server (a loopback stub: the local server refuses such outputFileNames) -------------
+
+HOSTILE = ["good.txt", "../../evil.txt", "/etc/passwd-copy", "a\\b.txt", "..", "bell\x07.txt", "ok2.csv"]
+
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/login":
+            self._send(
+                200, json.dumps({"token_type": "Bearer", "access_token": "t", "expires_in": 3600}).encode()
+            )
+        else:
+            self._send(404, b'{"message": "no"}')
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        base = "/api/stub/1.0/batch/ex1"
+        if path == base:
+            head = {"name": "stub", "version": "1.0", "batchExecutionId": "ex1", "state": "Complete"}
+            self._send(200, json.dumps({**head, "totalItemCount": 1, "completedItemCount": 1}).encode())
+        elif path == f"{base}/0/files":
+            self._send(200, json.dumps(HOSTILE).encode())
+        elif path.startswith(f"{base}/0/files/"):
+            self._send(200, b"content of " + path.rsplit("/", 1)[1].encode(), "application/octet-stream")
+        else:
+            self._send(404, b'{"message": "not found"}')
+
+
+def test_hostile_names_from_server_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AIRFLOW_CONN_STUB", f"mlserver://u:p@127.0.0.1:{stub.server_address[1]}")
+    root = tmp_path / "root"
+    dest = root / "a" / "b" / "dest"
+    try:
+        op = operator("ex1", f"file://{dest}", service="stub", mlserver_conn_id="stub")
+        with pytest.raises(ArtifactTransferError, match="5 were refused") as info:
+            run(op)
+        assert info.value.summary["refused"] == 5 and info.value.summary["copied"] == 2
+        lenient = operator(
+            "ex1", f"file://{dest}", service="stub", mlserver_conn_id="stub", fail_on_refused=False
+        )
+        summary = run(lenient)
+        assert summary["refused"] == 5 and summary["skipped"] == 2
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    assert sorted(local_tree(root)) == [
+        "a/b/dest/ex1/0/good.txt",
+        "a/b/dest/ex1/0/ok2.csv",
+        "a/b/dest/ex1/manifest.json",
+    ]
+    manifest = json.loads((dest / "ex1" / "manifest.json").read_text())
+    refused = {e["file_name"]: e for e in manifest["artifacts"] if e["status"] == "refused"}
+    assert set(refused) == set(HOSTILE) - {"good.txt", "ok2.csv"}
+    assert all(e["destination"] is None and "refused" in e["error"] for e in refused.values())
+
+
+# --- S3 through moto ----------------------------------------------------------------------------------------
+
+
+def s3_objects(s3: Any, prefix: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for item in page.get("Contents", []):
+            found[item["Key"]] = item["Size"]
+    return found
+
+
+def test_s3_copy_all_manifest_and_rerun(env: dict[str, str], api: Api, s3: Any, batch200: str) -> None:
+    dest = f"s3://{BUCKET}/run1"
+    summary = run(operator(batch200, dest, dest_conn_id=S3_CONN, max_concurrency=8))
+    expected = {(i, f) for i in range(200) for f in expected_files(i)}
+    assert summary["copied"] == len(expected) and summary["failed"] == 0
+    assert summary["manifest"] == f"s3://{BUCKET}/run1/{batch200}/manifest.json"
+    objects = s3_objects(s3, f"run1/{batch200}/")
+    assert len(objects) == len(expected) + 1
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"run1/{batch200}/manifest.json")["Body"].read())
+    for entry in manifest["artifacts"]:
+        key = f"run1/{batch200}/{entry['index']}/{entry['file_name']}"
+        data = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
+        assert entry["destination"] == f"s3://{BUCKET}/{key}"
+    sample = {(3, "b.bin"), (199, "a.txt")}
+    for index, name in sample:
+        key = f"run1/{batch200}/{index}/{name}"
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == server_bytes(
+            api, "artsvc", batch200, index, name
+        )
+
+    again = run(operator(batch200, dest, dest_conn_id=S3_CONN))
+    assert again["copied"] == 0 and again["skipped"] == len(expected)
+
+
+def test_s3_transfer_killed_midway_then_rerun(
+    env: dict[str, str], s3: Any, big_batch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = f"s3://{BUCKET}/big"
+    faults = break_after(monkeypatch, 0, "big.bin", 7 * 1024 * 1024)  # after one 5 MiB part was uploaded
+    with pytest.raises(ArtifactTransferError, match="1 artifacts failed"):
+        run(operator(big_batch, dest, service="artbig", dest_conn_id=S3_CONN, transfer_retries=0))
+    assert faults == [0]
+    objects = s3_objects(s3, "big/")
+    assert sorted(objects) == [f"big/{big_batch}/1/big.bin", f"big/{big_batch}/manifest.json"]
+    assert not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads")  # the started upload was aborted
+
+    monkeypatch.undo()
+    summary = run(operator(big_batch, dest, service="artbig", dest_conn_id=S3_CONN))
+    assert summary["copied"] == 1 and summary["skipped"] == 1
+    body = s3.get_object(Bucket=BUCKET, Key=f"big/{big_batch}/0/big.bin")["Body"].read()
+    assert body == (bytes(range(256)) * 4096) * 12
+
+
+# --- a real DAG ---------------------------------------------------------------------------------------------
+
+
+def test_in_a_dag_with_dag_test(env: dict[str, str], s3: Any, batch200: str, airflow_db: Path) -> None:
+    """``tests/dags/artifacts_dags.py`` run by ``dag.test()``: templated fields, XCom summary, Asset outlet."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    bag = DagBag(dag_folder=str(Path(__file__).parent / "dags" / "artifacts_dags.py"))
+    assert not bag.import_errors, bag.import_errors
+    dagrun = bag.get_dag("artifacts_to_storage").test(run_conf={"execution_id": batch200, "bucket": BUCKET})
+    with create_session() as session:
+        ti = (
+            session.query(TaskInstance)
+            .filter_by(dag_id=dagrun.dag_id, run_id=dagrun.run_id, task_id="copy")
+            .one()
+        )
+        assert str(ti.state) == "success"
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=dagrun.dag_id, run_id=dagrun.run_id, task_id="copy", key="return_value")
+            .one()
+        )
+        summary = XComModel.deserialize_value(row)
+    assert summary["copied"] == 18 and summary["records_without_artifacts"] == 2, summary
+    assert summary["manifest"] == f"s3://{BUCKET}/dag/artifacts_to_storage/{batch200}/manifest.json"
+    assert len(s3_objects(s3, "dag/artifacts_to_storage/")) == 19
+
+
+def test_dest_as_outlet_declares_an_asset(tmp_path: Path) -> None:
+    from airflow.sdk import Asset
+
+    op = operator("e", f"file://{tmp_path}/out", dest_as_outlet=True)
+    assert op.outlets == [Asset(f"file://{tmp_path}/out")]
+    s3op = operator("e", "s3://bucket/prefix", dest_conn_id=S3_CONN, dest_as_outlet=True)
+    assert [a.uri for a in s3op.outlets] == ["s3://bucket/prefix"]
+    with pytest.raises(ArtifactsConfigError, match="Jinja template"):
+        operator("e", "s3://bucket/{{ ds }}", dest_as_outlet=True)
