@@ -24,10 +24,39 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_mlserver.hooks.mlserver.MLServerHook",
             }
         ],
+        "integrations": [
+            {
+                "integration-name": "Machine Learning Server",
+                "external-doc-url": "https://learn.microsoft.com/machine-learning-server/",
+                "tags": ["software"],
+            }
+        ],
         "hooks": [
             {
                 "integration-name": "Machine Learning Server",
                 "python-modules": ["airflow_mlserver.hooks.mlserver"],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "Machine Learning Server",
+                "python-modules": [
+                    "airflow_mlserver.operators.batch",
+                    "airflow_mlserver.operators.artifacts",
+                ],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Machine Learning Server",
+                "python-modules": ["airflow_mlserver.sensors.batch"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Machine Learning Server",
+                "python-modules": ["airflow_mlserver.triggers.batch"],
+            }
+        ],
+        "extra-links": ["airflow_mlserver.operators.batch.MLServerSwaggerLink"],
     }

@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 
-from bench import hook, server
+from bench import artifacts, hook, operator, server
 from bench.common import Benchmark, BenchResult, Figure
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -17,6 +17,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     "server.scaling": server.bench_scaling,
     "hook.poll": hook.bench_poll,
     "hook.results": hook.bench_results,
+    "artifacts.copy": artifacts.bench_copy,
+    "operator.overhead": operator.bench_overhead,
+    "operator.triggers": operator.bench_triggers,
 }
 
 

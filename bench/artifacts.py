@@ -77,15 +77,15 @@ def _side_baseline(args: dict[str, Any]) -> dict[str, Any]:
 
     def session() -> requests.Session:
         if not hasattr(local, "s"):
-            s = requests.Session()
-            token = s.post(
+            fresh = requests.Session()
+            token = fresh.post(
                 f"{url}/login", json={"username": "admin", "password": args["password"]}, timeout=60
             )
-            s.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-            local.s = s
-            sessions.append(s)
-        s: requests.Session = local.s
-        return s
+            fresh.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+            local.s = fresh
+            sessions.append(fresh)
+        current: requests.Session = local.s
+        return current
 
     base = _vm_hwm_mib()
     t0 = time.perf_counter()

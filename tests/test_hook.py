@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from airflow_mlserver.exceptions import MLServerAuthError
 from airflow_mlserver.hooks.mlserver import ConnectionSettings, MLServerHook
 from airflow_mlserver.models import BatchStatus, TokenInfo
 from airflow_mlserver.server.process import LocalMLServer
@@ -289,3 +290,22 @@ def test_settings_from_connection_object() -> None:
         conn_id="x", conn_type="mlserver", host="https://h.example", login="u", password="secret"
     )
     assert ConnectionSettings.from_connection(conn, {}).base_url == "https://h.example:443"
+
+
+def test_hooks_of_one_connection_share_one_login(
+    mlserver: LocalMLServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hundreds of triggers on one connection must not log in (and mask new secrets) once each."""
+    from airflow_mlserver.hooks import mlserver as module
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLSERVER_SHARED", f"mlserver://admin:{mlserver.password}@127.0.0.1:{mlserver.port}"
+    )
+    module._TOKENS.clear()
+    first, second = MLServerHook("mlserver_shared"), MLServerHook("mlserver_shared")
+    first.list_services()
+    second.list_services()
+    assert first._token is not None and second._token is first._token
+    monkeypatch.setenv("AIRFLOW_CONN_MLSERVER_SHARED", f"mlserver://admin:wrong@127.0.0.1:{mlserver.port}")
+    with pytest.raises(MLServerAuthError):
+        MLServerHook("mlserver_shared").list_services()  # other credentials never borrow that token

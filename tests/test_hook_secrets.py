@@ -10,6 +10,7 @@ import time
 import pytest
 
 from airflow_mlserver.exceptions import MLServerAuthError
+from airflow_mlserver.hooks import mlserver as mlserver_hook
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
@@ -48,6 +49,7 @@ def test_no_secret_in_logs(
     # Force a refresh ahead of expiry, then a 401 and a re-login.
     assert hook._token is not None
     hook._token = dataclasses.replace(hook._token, expires_at=time.time())
+    mlserver_hook._TOKENS.clear()  # expired for every hook of the process, not only this one
     hook.get_batch("secretsvc", "1", execution_id)
     remember(hook)
     hook._token = dataclasses.replace(hook._token, access_token="x" * 40, expires_at=None)

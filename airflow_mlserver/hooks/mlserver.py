@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import threading
 import time
 import urllib.parse
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -58,6 +59,14 @@ if TYPE_CHECKING:
     from airflow_mlserver.records import ExtraColumns, RecordsInput
 
 T = TypeVar("T")
+
+# Tokens are shared by every hook of the same connection in a process: a triggerer running hundreds of
+# triggers logs in once per connection, not once per trigger. Secrets are handed to Airflow's masker once per
+# process: each new mask recompiles the masker's pattern of every secret, which is costly to repeat.
+_TOKENS: dict[tuple[str, str, str, str], TokenInfo] = {}
+_MASKED: set[str] = set()
+_SYNC_LOGIN_LOCKS: dict[tuple[str, str, str, str], threading.Lock] = {}
+_ASYNC_LOGIN_LOCKS: dict[tuple[int, tuple[str, str, str, str]], asyncio.Lock] = {}
 
 DEFAULT_PORT = 12800
 DEFAULT_TIMEOUT = 60.0
@@ -426,6 +435,8 @@ class MLServerHook(BaseHook):
         self._session: requests.Session | None = None
         self._token: TokenInfo | None = None
         self._to_mask: list[str] = []
+        self._asession: aiohttp.ClientSession | None = None
+        self._asession_loop: asyncio.AbstractEventLoop | None = None
         #: Bytes of answer bodies read so far (for benchmarks and tests of polling cost).
         self.bytes_received = 0
 
@@ -535,6 +546,12 @@ class MLServerHook(BaseHook):
             self._session.close()
             self._session = None
 
+    async def aclose(self) -> None:
+        """Close the async side's HTTP session (a trigger calls this when it ends)."""
+        if self._asession is not None and not self._asession.closed:
+            await self._asession.close()
+        self._asession = None
+
     def test_connection(self) -> tuple[bool, str]:
         """Log in and ask ``GET /status`` (or list the services); answer success and a message for the UI."""
         try:
@@ -564,17 +581,33 @@ class MLServerHook(BaseHook):
 
     # -- secrets -------------------------------------------------------------------------------------------
 
+    def _new_masks(self) -> list[str]:
+        fresh = [value for value in dict.fromkeys(self._to_mask) if value not in _MASKED]
+        self._to_mask.clear()
+        return fresh
+
     def _flush_masks(self) -> None:
         from airflow.sdk.log import mask_secret
 
-        while self._to_mask:
-            mask_secret(self._to_mask.pop())
+        for value in self._new_masks():
+            mask_secret(value)
+            _MASKED.add(value)
 
     async def _aflush_masks(self) -> None:
         from airflow.sdk.log import amask_secret
 
-        while self._to_mask:
-            await amask_secret(self._to_mask.pop())
+        for value in self._new_masks():
+            await amask_secret(value)
+            _MASKED.add(value)
+
+    def _token_key(self) -> tuple[str, str, str, str]:
+        """Whose token: the same server, user and password (a changed password must log in again)."""
+        import hashlib
+
+        settings = self._settings
+        assert settings is not None
+        secret = hashlib.sha256((settings.password or "").encode()).hexdigest()
+        return (settings.conn_id, settings.base_url, settings.login or "", secret)
 
     # -- authentication (one rule set for both sides) -----------------------------------------------------
 
@@ -583,6 +616,13 @@ class MLServerHook(BaseHook):
         settings = self._conf
         if settings.bearer_token:
             return
+        shared = _TOKENS.get(self._token_key())
+        if force and shared is not None and shared is self._token:
+            del _TOKENS[self._token_key()]  # refused by the server: no other hook should use it either
+        elif shared is not None and (
+            self._token is None or (self._token.refresh_due() and not shared.refresh_due())
+        ):
+            self._token = shared  # another hook of this connection already logged in or refreshed
         token = self._token
         if token is not None and not force and not token.refresh_due():
             return
@@ -615,6 +655,7 @@ class MLServerHook(BaseHook):
     def _accept_token(self, value: Any) -> None:
         token = TokenInfo.from_api(value)
         self._token = token
+        _TOKENS[self._token_key()] = token
         self._to_mask.extend(s for s in (token.access_token, token.refresh_token) if s)
         self.log.debug("Got an access token valid for %s s", token.lifetime)
 
@@ -832,9 +873,25 @@ class MLServerHook(BaseHook):
             if response is not None:
                 response.close()
 
+    def _login_due(self) -> bool:
+        """True when this call would have to log in or refresh (no usable token here or in the shared cache)."""
+        settings = self._settings
+        if settings is None or settings.bearer_token:
+            return False
+        shared = _TOKENS.get(self._token_key())
+        token = self._token if self._token is not None and not self._token.refresh_due() else shared
+        return token is None or token.refresh_due()
+
     def _run(self, flow: Flow[T]) -> T:
         """Run a flow with the sync transport."""
         self.settings  # noqa: B018 - load the connection before the flow needs it
+        if self._login_due():
+            # one login at a time per connection: threads that wait adopt the token the first one got
+            with _SYNC_LOGIN_LOCKS.setdefault(self._token_key(), threading.Lock()):
+                self._drive(self._authenticate())
+        return self._drive(flow)
+
+    def _drive(self, flow: Flow[T]) -> T:
         try:
             step = next(flow)
             while True:
@@ -860,36 +917,52 @@ class MLServerHook(BaseHook):
         import aiohttp
 
         settings = await self._asettings()
-        ssl: Any = None
-        if settings.verify is False:
-            ssl = False
-        elif isinstance(settings.verify, str):
-            import ssl as ssl_module
+        session = self._asession
+        if session is None or session.closed or self._asession_loop is not asyncio.get_running_loop():
+            ssl: Any = None
+            if settings.verify is False:
+                ssl = False
+            elif isinstance(settings.verify, str):
+                import ssl as ssl_module
 
-            ssl = await asyncio.to_thread(ssl_module.create_default_context, cafile=settings.verify)
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=min(10.0, settings.timeout), sock_read=settings.timeout
-        )
-        async with aiohttp.ClientSession(
-            timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl), headers={"Accept": "application/json"}
-        ) as session:
-            try:
-                step = next(flow)
-                while True:
-                    await self._aflush_masks()
-                    if isinstance(step, _Sleep):
-                        await asyncio.sleep(step.seconds)
-                        step = flow.send(None)
-                        continue
-                    try:
-                        answer = await self._asend(session, step)
-                    except _AmbiguousSend as exc:
-                        step = flow.throw(exc)
-                        continue
-                    step = flow.send(answer)
-            except StopIteration as stop:
+                ssl = await asyncio.to_thread(ssl_module.create_default_context, cafile=settings.verify)
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=min(10.0, settings.timeout), sock_read=settings.timeout
+            )
+            # kept for the next call: a trigger polling every few seconds reuses its keep-alive connection
+            session = aiohttp.ClientSession(
+                timeout=timeout,
+                connector=aiohttp.TCPConnector(ssl=ssl),
+                headers={"Accept": "application/json"},
+            )
+            self._asession, self._asession_loop = session, asyncio.get_running_loop()
+        if self._login_due():
+            # one login at a time per connection and event loop: hundreds of triggers starting together
+            # would otherwise each log in (and each add new secrets to the masker)
+            loop = asyncio.get_running_loop()
+            lock = _ASYNC_LOGIN_LOCKS.setdefault((id(loop), self._token_key()), asyncio.Lock())
+            async with lock:
+                await self._adrive(session, self._authenticate())
+        return await self._adrive(session, flow)
+
+    async def _adrive(self, session: aiohttp.ClientSession, flow: Flow[T]) -> T:
+        try:
+            step = next(flow)
+            while True:
                 await self._aflush_masks()
-                return stop.value  # type: ignore[no-any-return]
+                if isinstance(step, _Sleep):
+                    await asyncio.sleep(step.seconds)
+                    step = flow.send(None)
+                    continue
+                try:
+                    answer = await self._asend(session, step)
+                except _AmbiguousSend as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(answer)
+        except StopIteration as stop:
+            await self._aflush_masks()
+            return stop.value  # type: ignore[no-any-return]
 
     async def _asend(self, session: aiohttp.ClientSession, wire: _Wire) -> _Answer:
         try:

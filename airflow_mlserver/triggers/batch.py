@@ -109,6 +109,14 @@ class MLServerBatchTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self._hook()
+        try:
+            async for event in self._watch(hook):
+                yield event
+                return
+        finally:
+            await hook.aclose()
+
+    async def _watch(self, hook: MLServerHook) -> AsyncIterator[TriggerEvent]:
         statuses: dict[str, BatchStatus] = {}
         pending = list(self.execution_ids)
         started = time.monotonic()
@@ -186,6 +194,7 @@ class MLServerBatchTrigger(BaseTrigger):
                 self.log.info("Canceled batch execution %s on kill (now %s)", execution_id, status.state)
             except MLServerError as exc:
                 self.log.warning("Could not cancel batch execution %s on kill: %s", execution_id, exc)
+        await hook.aclose()
 
 
 def _progress(done: int, total: int, gained: int, elapsed: float) -> str:
