@@ -1,75 +1,72 @@
 """The main job, end to end on one machine: ``make demo``.
 
-Starts the local Machine Learning Server on a free loopback port, publishes the seed's mtcars model as a
-service, scores the 32 mtcars records in one asynchronous batch, polls it to completion, prints the
-results and the artifacts of the first record, and stops the server. Nothing is left running.
+Starts the local Machine Learning Server in the background on a free loopback port, points Airflow at it
+through an environment connection, runs ``airflow dags test mlserver_batch_scoring`` (deferral included) in a
+private ``AIRFLOW_HOME`` under ``.demo/``, then prints where the results and the artifacts are and a few
+result rows, and stops the server. Results and artifacts stay in ``.demo/storage``; nothing is left running.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import requests
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import mtcars_service
+from urllib.parse import quote
 
 from airflow_mlserver.server.process import LocalMLServer
 
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / ".demo"
+DAG_ID = "mlserver_batch_scoring"
+
 
 def main() -> int:
-    frame = mtcars_service.load_mtcars()
-    coefficients = mtcars_service.fit_logistic(frame)
-    print(
-        f"Fitted am ~ hp + wt: prediction for hp=120, wt=2.8 is {mtcars_service.predict(coefficients, 120, 2.8):.7f}"
-    )
-    with tempfile.TemporaryDirectory(prefix="mlserver-demo-") as data_dir, LocalMLServer(data_dir) as server:
-        print(f"Local Machine Learning Server at {server.url}")
-        http = requests.Session()
-        login = http.post(
-            f"{server.url}/login", json={"username": server.username, "password": server.password}
+    started = time.monotonic()
+    shutil.rmtree(DEMO, ignore_errors=True)
+    storage = DEMO / "storage"
+    storage.mkdir(parents=True)
+    bin_dir = Path(sys.executable).parent
+    with LocalMLServer(DEMO / "mlserver", workers=2) as server:
+        print(f"Local Machine Learning Server at {server.url} (data in {server.data_dir})", flush=True)
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(DEMO / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags_examples"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+            "AIRFLOW_CONN_MLSERVER_DEFAULT": (
+                f"mlserver://{server.username}:{quote(server.password, safe='')}@127.0.0.1:{server.port}"
+            ),
+            "MLSERVER_EXAMPLES_STORAGE": storage.as_uri(),
+        }
+        subprocess.run([bin_dir / "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+        print(f"Running: airflow dags test {DAG_ID}", flush=True)
+        run = subprocess.run(
+            [bin_dir / "airflow", "dags", "test", DAG_ID], env=env, capture_output=True, text=True
         )
-        login.raise_for_status()
-        http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
-        name, version = mtcars_service.SERVICE_NAME, mtcars_service.SERVICE_VERSION
-        answer = http.post(
-            f"{server.url}/services/{name}/{version}", json=mtcars_service.publish_request(coefficients)
-        )
-        answer.raise_for_status()
-        api = f"{server.url}/api/{name}/{version}"
-        one = http.post(api, json={"hp": 120, "wt": 2.8}).json()
-        print(f"Request-response: manualTransmission(120, 2.8) = {one['outputParameters']['answer']:.7f}")
-        records = frame[["hp", "wt"]].astype(float).to_dict("records")
-        started = http.post(f"{api}/batch?parallelCount=10", json=records)
-        started.raise_for_status()
-        execution_id = started.json()["batchExecutionId"]
-        print(f"Batch execution {execution_id}: {len(records)} records, parallelCount 10")
-        while True:
-            status = http.get(f"{api}/batch/{execution_id}?showPartialResults=false").json()
-            print(f"  {status['state']}: {status['completedItemCount']}/{status['totalItemCount']}")
-            if status["state"].lower() in ("complete", "failed", "canceled"):
-                break
-            time.sleep(0.5)
-        results = http.get(f"{api}/batch/{execution_id}?showPartialResults=true").json()[
-            "batchExecutionResults"
-        ]
-        print(f"\n{'model':<20} {'hp':>5} {'wt':>6} {'P(manual)':>10}  am")
-        for row, result in zip(frame.itertuples(), results, strict=True):
-            print(
-                f"{row.model:<20} {row.hp:>5} {row.wt:>6} {result['outputParameters']['answer']:>10.4f}  {row.am}"
-            )
-        files = http.get(f"{api}/batch/{execution_id}/0/files").json()
-        print(f"\nArtifacts of record 0: {', '.join(files)}")
-        print(http.get(f"{api}/batch/{execution_id}/0/files/answer.csv").text)
-        if status["state"].lower() != "complete":
-            print(f"The batch ended {status['state']}", file=sys.stderr)
+        (DEMO / "dags-test.log").write_text(run.stdout + run.stderr)
+        print("\n".join(line for line in run.stdout.splitlines() if _is_summary(line)))
+        if run.returncode != 0:
+            print(f"The DAG run failed: see {DEMO / 'dags-test.log'}", file=sys.stderr)
             return 1
-    print("Demo finished; the server is stopped.")
+    results = sorted(storage.glob("scores/*/mtcars.parquet"))
+    manifest = sorted(storage.glob("artifacts/*/*/manifest.json"))[-1]
+    files = sum(1 for p in manifest.parent.rglob("*") if p.is_file() and p != manifest)
+    print(f"\nResults (Parquet): {results[-1]}")
+    print(f"Artifacts:         {manifest.parent} ({files} files)")
+    print(f"Manifest:          {manifest}")
+    print(f"Airflow log:       {DEMO / 'dags-test.log'}")
+    print(f"Done in {time.monotonic() - started:.0f} s; the local server is stopped.")
     return 0
+
+
+def _is_summary(line: str) -> bool:
+    """The lines the ``summary`` task printed (not Airflow's log records)."""
+    noise = line.startswith("20") or "graphviz" in line or "[py.warnings]" in line
+    return not noise and line.strip() != ""
 
 
 if __name__ == "__main__":

@@ -86,3 +86,38 @@ def publish_request(coefficients: list[float]) -> dict[str, Any]:
         "outputParameterDefinitions": [{"name": "answer", "type": "numeric"}],
         "outputFileNames": ["answer.csv", "histogram.png"],
     }
+
+
+def publish_if_absent(
+    hook: Any, name: str = SERVICE_NAME, version: str = SERVICE_VERSION, artifacts: bool = True
+) -> str:
+    """Publish the service on the server of ``hook`` unless that name and version exist; answer ``name/version``.
+
+    ``artifacts=False`` publishes a variant that writes no files (for very large batches).
+    """
+    from airflow_mlserver.exceptions import ServiceNotFoundError
+
+    try:
+        hook.get_service(name, version)
+        return f"{name}/{version}"
+    except ServiceNotFoundError:
+        pass
+    body = publish_request(fit_logistic(load_mtcars()))
+    hook.publish_service(
+        name,
+        version,
+        code=body["code"] if artifacts else BULK_CODE,
+        inputs={p["name"]: p["type"] for p in body["inputParameterDefinitions"]},
+        outputs={p["name"]: p["type"] for p in body["outputParameterDefinitions"]},
+        init_code=body["initCode"],
+        output_file_names=body["outputFileNames"] if artifacts else (),
+        operation_id=body["operationId"],
+        description=body["description"],
+    )
+    return f"{name}/{version}"
+
+
+BULK_CODE = """
+eta = coefficients[0] + coefficients[1] * hp + coefficients[2] * wt
+answer = 1.0 / (1.0 + math.exp(-eta))
+"""

@@ -1,0 +1,141 @@
+"""The example DAGs: integrity (in-process) and end to end (``airflow dags test``, as ``make demo`` runs it)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+import pytest
+
+from airflow_mlserver.server.process import LocalMLServer
+from tests.helpers import Api
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "dags_examples"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+DAG_IDS = {
+    "mlserver_batch_scoring",
+    "mlserver_external_batch_sensor",
+    "mlserver_large_scoring",
+    "mlserver_scores_report",
+}
+PUBLIC = (
+    "airflow_mlserver.operators.",
+    "airflow_mlserver.sensors.",
+    "airflow_mlserver.hooks.",
+    "airflow_mlserver.exceptions",
+)
+
+
+def test_example_dags_import_cleanly(airflow_db: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bag = DagBag(dag_folder=str(EXAMPLES))
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    ours = [w for w in caught if "dags_examples" in w.filename or "airflow_mlserver" in w.filename]
+    assert ours == [], [str(w.message) for w in ours]
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == DAG_IDS
+    for dag_id in DAG_IDS:
+        dag = bag.get_dag(dag_id)
+        assert dag.tags and "example" in dag.tags
+        assert dag.doc_md, f"{dag_id} has no documentation"
+        dag.validate()
+        for task in dag.tasks:  # a cycle would show as a task upstream of itself
+            assert task.task_id not in {t.task_id for t in task.get_flat_relatives(upstream=True)}
+
+
+def test_example_dags_use_only_the_public_api() -> None:
+    for path in EXAMPLES.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("airflow_mlserver"):
+                if path.name == "demo.py" and node.module == "airflow_mlserver.server.process":
+                    continue  # the demo starts the local server; it is not a DAG
+                assert node.module.startswith(PUBLIC), f"{path.name} imports {node.module}"
+
+
+@pytest.fixture(scope="module")
+def examples_env(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[dict[str, str], LocalMLServer, Path]]:
+    storage = tmp_path_factory.mktemp("examples-storage")
+    with LocalMLServer(tmp_path_factory.mktemp("examples-mlserver"), workers=2) as server:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(tmp_path_factory.mktemp("examples-airflow")),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW_CONN_MLSERVER_DEFAULT": (
+                f"mlserver://admin:{quote(server.password, safe='')}@127.0.0.1:{server.port}"
+            ),
+            "MLSERVER_EXAMPLES_STORAGE": storage.as_uri(),
+        }
+        subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+        yield env, server, storage
+
+
+def _dags_test(env: dict[str, str], dag_id: str, *args: str) -> str:
+    run = subprocess.run(
+        [AIRFLOW, "dags", "test", dag_id, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
+    assert f"dag_id={dag_id}" in run.stdout and "state=success" in run.stdout, run.stdout[-3000:]
+    return run.stdout
+
+
+def test_batch_scoring_end_to_end(examples_env: Any) -> None:
+    env, server, storage = examples_env
+    out = _dags_test(env, "mlserver_batch_scoring")
+    assert "Scored 32 cars (0 failed)" in out
+    (results,) = storage.glob("scores/*/mtcars.parquet")
+    frame = pd.read_parquet(results)
+    assert len(frame) == 32 and frame["success"].all()
+    # the seed's check value: manualTransmission(120, 2.8) = 0.6418125, for the car with hp=109, wt=2.78 close by
+    volvo = frame.set_index("model").loc["Volvo 142E", "answer"]
+    assert abs(volvo - 0.5857) < 1e-4
+    assert abs(Api(server).post("/api/TxService/1.0", json={"hp": 120, "wt": 2.8}).json()["outputParameters"]["answer"]
+               - 0.6418125) < 1e-7  # fmt: skip
+    (manifest,) = storage.glob("artifacts/*/*/manifest.json")
+    files = {p.name for p in manifest.parent.rglob("*") if p.is_file()}
+    assert files == {"answer.csv", "histogram.png", "manifest.json"}
+    assert sum(1 for p in manifest.parent.rglob("answer.csv")) == 32
+    assert (next(manifest.parent.rglob("histogram.png")).read_bytes()[:8]) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_external_batch_sensor(examples_env: Any) -> None:
+    env, server, storage = examples_env
+    api = Api(server)
+    if api.get("/services/TxService/1.0").status_code != 200:
+        _dags_test(env, "mlserver_batch_scoring")
+    execution_id = api.start_batch("TxService", "1.0", [{"hp": 100.0 + i, "wt": 2.5} for i in range(6)], 2)
+    _dags_test(env, "mlserver_external_batch_sensor", "-c", f'{{"execution_id": "{execution_id}"}}')
+    manifest = storage / "external" / execution_id / "manifest.json"
+    assert manifest.is_file()
+    assert sum(1 for _ in (storage / "external" / execution_id).rglob("answer.csv")) == 6
+
+
+def test_large_scoring_in_chunks_reruns_deterministically_and_feeds_the_report(examples_env: Any) -> None:
+    env, _, storage = examples_env
+    conf = '{"rows": 2000, "chunk_rows": 500}'
+    _dags_test(env, "mlserver_large_scoring", "2026-03-01", "-c", conf)
+    merged = storage / "large" / "2026-03-01" / "scores.parquet"
+    first = pd.read_parquet(merged)
+    assert len(first) == 2000 and first["success"].all()
+    assert first["car_id"].tolist() == list(range(2000))  # chunks merged in input order
+    assert len(list((storage / "large" / "2026-03-01" / "scores").glob("part-*.parquet"))) == 4
+    _dags_test(env, "mlserver_large_scoring", "2026-03-01", "-c", conf)  # a rerun of the same date
+    pd.testing.assert_frame_equal(pd.read_parquet(merged), first)
+    out = _dags_test(env, "mlserver_scores_report")
+    assert "records             2000" in out or "records  2000" in out or "2000" in out
