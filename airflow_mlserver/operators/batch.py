@@ -174,13 +174,6 @@ class MLServerBatchOperator(BaseOperator):
     def _chunk_size(self) -> int:
         return self.chunk_size or 2**62
 
-    def _chunk(self, index: int) -> Any:
-        """Input chunk ``index`` (0-based), read again from the source."""
-        for i, frame in enumerate(self._frames(self._chunk_size())):
-            if i == index:
-                return frame
-        raise MLServerConfigError(f"The records have no chunk {index}: did the input change between tries?")
-
     def _load_state(self, context: Context) -> dict[str, Any]:
         store = context.get("task_state_store")
         value = store.get(STATE_KEY) if store is not None else None
@@ -253,15 +246,19 @@ class MLServerBatchOperator(BaseOperator):
                     statuses[int(key)] = status
             self._check_deadline(context, service, state, statuses)
             running = [i for i, s in statuses.items() if not s.is_complete]
-            for index in range(state["chunks"]):
-                if len(running) >= self.max_active_executions:
+            missing = [i for i in range(state["chunks"]) if str(i) not in executions]
+            to_start = missing[: max(0, self.max_active_executions - len(running))]
+            # one pass over the input per wave, reading up to the last chunk this wave starts
+            frames = self._frames(self._chunk_size()) if to_start else iter(())
+            for index, frame in enumerate(frames):
+                if index > to_start[-1]:
                     break
-                if str(index) in executions:
+                if index not in to_start:
                     continue
                 execution_id = hook.start_batch(
                     service.name,
                     service.version,
-                    self._records_of(index, service),
+                    prepare_records(frame, service, self.extra_columns),
                     self.parallel_count,
                     service=service,
                 )
@@ -291,9 +288,6 @@ class MLServerBatchOperator(BaseOperator):
                     method_name="execute_complete",
                 )
             self._poll(service, watched, state)
-
-    def _records_of(self, index: int, service: WebService) -> list[dict[str, Any]]:
-        return prepare_records(self._chunk(index), service, self.extra_columns)
 
     def _poll(self, service: WebService, watched: list[str], state: dict[str, Any]) -> None:
         """Non-deferrable wait in the worker, with the trigger's semantics: until all finished or one failed."""
