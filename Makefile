@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench serve clean
+.PHONY: demo demo-ui test lint typecheck pytest bench serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python dags_examples/demo.py
+
+demo-ui: $(STAMP)
+	$(BIN)/python dags_examples/demo.py --ui
 
 test: lint typecheck pytest
 

@@ -23,6 +23,41 @@ DEMO = ROOT / ".demo"
 DAG_ID = "mlserver_batch_scoring"
 
 
+def _environment(server: LocalMLServer, storage: Path) -> dict[str, str]:
+    """Airflow's settings for the demo: a private home, the example DAGs, the local server as connection."""
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(DEMO / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags_examples"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW_CONN_MLSERVER_DEFAULT": (
+            f"mlserver://{server.username}:{quote(server.password, safe='')}@127.0.0.1:{server.port}"
+        ),
+        "MLSERVER_EXAMPLES_STORAGE": storage.as_uri(),
+    }
+
+
+def ui() -> int:
+    """``make demo-ui``: the local server plus ``airflow standalone`` with the example DAGs, until Ctrl-C."""
+    storage = DEMO / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    with LocalMLServer(DEMO / "mlserver", workers=2) as server:
+        bin_dir = str(Path(sys.executable).parent)  # standalone starts its components as `airflow ...`
+        env = _environment(server, storage) | {
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        print(f"Local Machine Learning Server at {server.url}; password of 'admin': {server.password}")
+        print(
+            "Starting airflow standalone: open http://localhost:8080 (its login is printed below). Ctrl-C stops."
+        )
+        try:
+            return subprocess.call([Path(sys.executable).parent / "airflow", "standalone"], env=env)
+        except KeyboardInterrupt:
+            return 0
+
+
 def main() -> int:
     started = time.monotonic()
     shutil.rmtree(DEMO, ignore_errors=True)
@@ -31,17 +66,7 @@ def main() -> int:
     bin_dir = Path(sys.executable).parent
     with LocalMLServer(DEMO / "mlserver", workers=2) as server:
         print(f"Local Machine Learning Server at {server.url} (data in {server.data_dir})", flush=True)
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(DEMO / "airflow"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags_examples"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-            "AIRFLOW_CONN_MLSERVER_DEFAULT": (
-                f"mlserver://{server.username}:{quote(server.password, safe='')}@127.0.0.1:{server.port}"
-            ),
-            "MLSERVER_EXAMPLES_STORAGE": storage.as_uri(),
-        }
+        env = _environment(server, storage)
         subprocess.run([bin_dir / "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
         print(f"Running: airflow dags test {DAG_ID}", flush=True)
         run = subprocess.run(
@@ -70,4 +95,4 @@ def _is_summary(line: str) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(ui() if "--ui" in sys.argv[1:] else main())
