@@ -8,8 +8,10 @@ result rows, and stops the server. Results and artifacts stay in ``.demo/storage
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -52,9 +54,24 @@ def ui() -> int:
         print(
             "Starting airflow standalone: open http://localhost:8080 (its login is printed below). Ctrl-C stops."
         )
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop on SIGTERM as on Ctrl-C
+        standalone = subprocess.Popen(
+            [Path(sys.executable).parent / "airflow", "standalone"], env=env, start_new_session=True
+        )
         try:
-            return subprocess.call([Path(sys.executable).parent / "airflow", "standalone"], env=env)
+            return standalone.wait()
         except KeyboardInterrupt:
+            # stop standalone and every component it started (its own process group), politely first
+            for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(standalone.pid, sig)
+                try:
+                    standalone.wait(grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(standalone.pid, signal.SIGKILL)  # components that outlived standalone
             return 0
 
 
