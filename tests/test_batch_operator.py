@@ -249,3 +249,16 @@ def test_return_results_on_a_small_batch(run_dag: Any, tmp_path: Path) -> None:
     summary = _summary(dagrun)
     assert summary["output_uri"] is None
     assert [r["y"] for r in summary["results"]] == [0.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("dag_id", ["mlserver_test_deferrable", "mlserver_test_in_worker_badinit"])
+def test_a_failed_execution_fails_the_task_once(run_dag: Any, api: Api, tmp_path: Path, dag_id: str) -> None:
+    if api.get("/services/brokeninit/v1").status_code != 200:
+        inputs, outputs = {"x": "numeric", "name": "character"}, {"y": "numeric", "label": "character"}
+        api.publish("brokeninit", "v1", "y = x", inputs, outputs, init_code="raise OSError('model missing')")
+    before = set(api.get("/api/brokeninit/v1/batch").json())
+    records = _write(_frame(4), tmp_path / "in.csv")
+    dagrun = run_dag(dag_id, service="brokeninit", records=records, output=str(tmp_path / "o"))
+    assert dagrun.state == "failed"
+    started = set(api.get("/api/brokeninit/v1/batch").json()) - before
+    assert len(started) == 1  # failed once, never started again in the same try

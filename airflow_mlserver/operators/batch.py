@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink, BaseXCom, conf
@@ -164,7 +165,7 @@ class MLServerBatchOperator(BaseOperator):
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def hook(self) -> MLServerHook:
         return MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
 
@@ -287,18 +288,25 @@ class MLServerBatchOperator(BaseOperator):
                     ),
                     method_name="execute_complete",
                 )
-            self._poll(service, watched, state)
+            for status in self._poll(service, watched, state):
+                if status.is_failed or status.is_canceled:  # as the trigger's failed or canceled event
+                    detail = f": {status.error_message}" if status.error_message else ""
+                    raise MLServerBatchFailedError(
+                        f"Batch execution {status.execution_id} of web service '{service.name}' version "
+                        f"'{service.version}' ended {status.state}{detail}. Look at the execution on the server; "
+                        "a retry of this task starts the failed chunk again."
+                    )
 
-    def _poll(self, service: WebService, watched: list[str], state: dict[str, Any]) -> None:
+    def _poll(self, service: WebService, watched: list[str], state: dict[str, Any]) -> list[BatchStatus]:
         """Non-deferrable wait in the worker, with the trigger's semantics: until all finished or one failed."""
         hook = self.hook
         while True:
             statuses = [hook.get_batch(service.name, service.version, e) for e in watched]
             if all(s.is_finished for s in statuses) or any(s.is_failed or s.is_canceled for s in statuses):
-                return
+                return statuses
             deadline = state.get("deadline")
             if deadline is not None and time.time() >= deadline:
-                return
+                return statuses
             done, total = sum(s.completed for s in statuses), sum(s.total for s in statuses)
             self.log.info("Batch progress: %d/%d records", done, total)
             time.sleep(

@@ -33,6 +33,7 @@ deferrable = _batch("mlserver_test_deferrable", deferrable=True)
 in_worker = _batch("mlserver_test_in_worker", deferrable=False, output_format="csv")
 tolerant = _batch("mlserver_test_tolerant", deferrable=True, max_failed_records=5)
 chunked = _batch("mlserver_test_chunked", deferrable=True, chunk_size=7, max_active_executions=2)
+in_worker_init_fails = _batch("mlserver_test_in_worker_badinit", deferrable=False)
 returning = _batch("mlserver_test_return_results", deferrable=False, return_results=True)
 timed = _batch("mlserver_test_timeout", deferrable=True, timeout=3)
 from_frame = _batch(
