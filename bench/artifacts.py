@@ -5,6 +5,8 @@ Two data sets on a 2-worker local server: 1,000 artifacts of 1 MiB (one per reco
 
 * ``baseline``: a plain streaming HTTP-to-file copy (``requests``, ``iter_content`` of 1 MiB, list then
   get each record's files) with as many threads as the operator;
+* ``baseline s3``: the same plain copy into ``ObjectStoragePath.open("wb", block_size=5 MiB)`` on the same
+  moto endpoint and connection as the operator (same part size, same threads);
 * ``operator file://``: the operator to a local folder (temporary name + rename, sha256, size checks,
   manifest);
 * ``operator s3://``: the operator to a moto S3 server on loopback (multipart upload in 5 MiB parts);
@@ -13,8 +15,10 @@ Two data sets on a 2-worker local server: 1,000 artifacts of 1 MiB (one per reco
 
 Each copy runs in its own process (``python -m bench.artifacts side ...``) so that its peak memory
 (``VmHWM``) is its own; the growth over the process's peak after imports and login is reported. Figures:
-MiB/s of each copier, the operator's ratio against the baseline (target >= 0.8), and the operator's
-memory growth while copying the large file (target <= 64 MiB).
+MiB/s of each copier, the operator's ratio against the plain copy to the same store (target >= 0.8; S3
+also against the local-file copy, in a note), and the operator's memory growth while copying the large
+file (target <= 64 MiB). The large file's local copies (baseline and operator file://) run ``BIG_ROUNDS``
+times, alternating, and the fastest counts: one copy varies by +-30 % on 2 cores.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 from bench.common import Api, BenchResult, Figure, client_peak_mib, running_server
@@ -44,6 +48,8 @@ CONCURRENCY = 4
 RATIO_TARGET = 0.8
 MEMORY_TARGET_MIB = 64.0
 ML_CONN, S3_CONN = "bench_mlserver", "bench_s3"
+#: Rounds of the big file's baseline HTTP->file and operator file:// runs (the fastest of each counts).
+BIG_ROUNDS = 2
 
 CODE = """
 size = int(size)
@@ -68,10 +74,30 @@ def _vm_hwm_mib() -> float:
     return float("nan")
 
 
+def _s3_connection(endpoint: str) -> None:
+    os.environ[f"AIRFLOW_CONN_{S3_CONN.upper()}"] = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "bench",
+            "password": "bench",
+            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
+    )
+
+
 def _side_baseline(args: dict[str, Any]) -> dict[str, Any]:
     import requests
 
-    url, eid, out = args["url"], args["execution_id"], Path(args["out"])
+    url, eid, out = args["url"], args["execution_id"], Path(args.get("out", "."))
+    dest = None
+    if args.get("endpoint"):
+        _s3_connection(args["endpoint"])
+        from airflow.sdk import ObjectStoragePath
+
+        from airflow_mlserver.operators.artifacts import UPLOAD_BLOCK_SIZE
+
+        dest = ObjectStoragePath(args["dest"], conn_id=S3_CONN)
+        dest.fs  # noqa: B018 - import and build the store (not timed), as for the operator
     local = threading.local()
     sessions: list[requests.Session] = []
 
@@ -91,15 +117,22 @@ def _side_baseline(args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     api = f"{url}/api/{NAME}/{VERSION}/batch/{eid}"
 
+    def target(index: int, name: str) -> IO[bytes]:
+        if dest is not None:
+            # Same store, connection and part size as the operator's S3 uploads (fs.open(..., "wb")).
+            f: IO[bytes] = (dest / str(index) / name).open("wb", block_size=UPLOAD_BLOCK_SIZE)
+            return f
+        folder = out / str(index)
+        folder.mkdir(parents=True, exist_ok=True)
+        return open(folder / name, "wb")
+
     def copy(index: int) -> int:
         s = session()
         total = 0
         for name in s.get(f"{api}/{index}/files", timeout=60).json():
-            folder = out / str(index)
-            folder.mkdir(parents=True, exist_ok=True)
             with (
                 s.get(f"{api}/{index}/files/{name}", stream=True, timeout=60) as answer,
-                open(folder / name, "wb") as f,
+                target(index, name) as f,
             ):
                 answer.raise_for_status()
                 for chunk in answer.iter_content(MIB):
@@ -117,14 +150,7 @@ def _side_operator(args: dict[str, Any]) -> dict[str, Any]:
         f"mlserver://admin:{quote(args['password'], safe='')}@127.0.0.1:{args['url'].rsplit(':', 1)[1]}"
     )
     if args.get("endpoint"):
-        os.environ[f"AIRFLOW_CONN_{S3_CONN.upper()}"] = json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "bench",
-                "password": "bench",
-                "extra": {"endpoint_url": args["endpoint"], "region_name": "us-east-1"},
-            }
-        )
+        _s3_connection(args["endpoint"])
     from airflow.sdk import ObjectStoragePath
 
     from airflow_mlserver.hooks.mlserver import MLServerHook
@@ -284,47 +310,66 @@ def bench_copy(quick: bool) -> BenchResult:
             common["concurrency"] = concurrency
             rates: dict[str, float] = {}
             growth: dict[str, float] = {}
+            s3_dest = {"dest": f"s3://{BUCKET}/{label.replace(' ', '')}", "endpoint": endpoint}
             runs = [
                 ("baseline", "baseline", {"out": f"{tmp}/baseline"}),
                 ("operator file://", "operator", {"dest": f"file://{tmp}/operator"}),
-                (
-                    "operator s3://",
-                    "operator",
-                    {"dest": f"s3://{BUCKET}/{label.replace(' ', '')}", "endpoint": endpoint},
-                ),
+                ("baseline s3", "baseline", s3_dest),
+                ("operator s3://", "operator", s3_dest),
                 ("MS client", "msclient", {"out": f"{tmp}/msclient"}),
             ]
-            for name, which, extra in runs:
-                answer = _run_side(which, {**common, **extra}, home)
-                expected = records * (MIB if records > 1 else big)
-                if answer["bytes"] != expected:
-                    raise RuntimeError(
-                        f"{name} copied {answer['bytes']} bytes of {label}, expected {expected}"
+            # A single copy of the big file to a local file varies by +-30 % from run to run (the server, the
+            # copier and the kernel's write-back share the 2 cores), so its baseline and operator file:// runs
+            # alternate BIG_ROUNDS times and the fastest of each counts (the largest memory growth).
+            rounds = BIG_ROUNDS if records == 1 else 1
+            for round_ in range(rounds):
+                for name, which, extra in runs:
+                    if round_ and name not in ("baseline", "operator file://"):
+                        continue  # S3 is bounded by moto and slow: one round
+                    os.sync()  # the previous copier's dirty pages are not flushed during this one
+                    answer = _run_side(which, {**common, **extra}, home)
+                    expected = records * (MIB if records > 1 else big)
+                    if answer["bytes"] != expected:
+                        raise RuntimeError(
+                            f"{name} copied {answer['bytes']} bytes of {label}, expected {expected}"
+                        )
+                    rate = answer["bytes"] / MIB / answer["seconds"]
+                    rates[name] = max(rates.get(name, 0.0), rate)
+                    growth[name] = max(growth.get(name, 0.0), answer["peak_mib"] - answer["base_mib"])
+                    for folder in ("baseline", "operator", "msclient"):
+                        shutil.rmtree(Path(tmp) / folder, ignore_errors=True)
+                    if "dest" in extra and "endpoint" in extra:
+                        _empty_bucket(s3)
+                    result.notes.append(
+                        f"{label}, {name}{f' (round {round_ + 1})' if rounds > 1 else ''}: "
+                        f"{answer['seconds']:.2f} s, {rate:.0f} MiB/s, peak RSS {answer['peak_mib']:.0f} MiB "
+                        f"(+{answer['peak_mib'] - answer['base_mib']:.0f} MiB over {answer['base_mib']:.0f} MiB "
+                        "after imports)"
                     )
-                rates[name] = answer["bytes"] / MIB / answer["seconds"]
-                growth[name] = answer["peak_mib"] - answer["base_mib"]
-                for folder in ("baseline", "operator", "msclient"):
-                    shutil.rmtree(Path(tmp) / folder, ignore_errors=True)
-                if "s3" in name:
-                    _empty_bucket(s3)
-                result.notes.append(
-                    f"{label}, {name}: {answer['seconds']:.2f} s, peak RSS {answer['peak_mib']:.0f} MiB "
-                    f"(+{growth[name]:.0f} MiB over {answer['base_mib']:.0f} MiB after imports)"
-                )
-            base = rates["baseline"]
+            base, base_s3 = rates["baseline"], rates["baseline s3"]
             result.figures.append(Figure(f"{label}: baseline HTTP->file", base, "MiB/s"))
-            for name in ("operator file://", "operator s3://"):
-                ratio = rates[name] / base
+            result.figures.append(Figure(f"{label}: baseline HTTP->S3", base_s3, "MiB/s"))
+            # Each operator run against the plain copy to the same kind of store; S3 also against the local
+            # file copy (bounded by moto, not by the operator), for reference.
+            for name, against, what in (
+                ("operator file://", base, "HTTP->file"),
+                ("operator s3://", base_s3, "HTTP->S3"),
+            ):
+                ratio = rates[name] / against
                 verdict = "PASS" if ratio >= RATIO_TARGET else "MISS"
                 result.figures.append(
                     Figure(
                         f"{label}: {name}",
                         rates[name],
                         "MiB/s",
-                        f"x{ratio:.2f} vs baseline (>= {RATIO_TARGET})",
+                        f"x{ratio:.2f} vs baseline {what} (>= {RATIO_TARGET})",
                         verdict,
                     )
                 )
+            result.notes.append(
+                f"{label}: operator s3:// is x{rates['operator s3://'] / base:.2f} of the baseline HTTP->file "
+                f"(local file; moto bounds S3), baseline HTTP->S3 x{base_s3 / base:.2f} of it"
+            )
             op = rates["operator file://"]
             result.figures.append(
                 Figure(
