@@ -198,10 +198,8 @@ def test_poll_without_partial_results_is_constant_size(api: Api) -> None:
     assert "batchExecutionResults" not in b.json()
     assert abs(len(a.content) - len(b.content)) <= 8  # only the counts' digits differ
     partial = api.get(f"/api/slowish/v1/batch/{large}?showPartialResult=true").json()
-    assert (
-        len(partial["batchExecutionResults"]) == partial["completedItemCount"]
-        or partial["completedItemCount"] > 0
-    )
+    # the head is read before the list streams, so records may finish in between: never fewer results
+    assert 0 < partial["completedItemCount"] <= len(partial["batchExecutionResults"]) < 5000
     api.delete(f"/api/slowish/v1/batch/{large}")
     api.delete(f"/api/slowish/v1/batch/{small}")
 
@@ -429,7 +427,8 @@ def test_artifact_name_with_path_separator(api: Api, writer: str) -> None:
     )
     encoded_slash = api.get(f"/api/{writer}/v1/batch/{execution_id}/0/files/..%2F..%2Fmlserver.db")
     assert encoded_slash.status_code in (400, 404)
-    assert "mlserver.db" not in encoded_slash.text or "message" in encoded_slash.json()
+    assert not encoded_slash.content.startswith(b"SQLite format 3")  # never the server's own database
+    assert encoded_slash.json()["message"]
 
 
 def test_undeclared_file_is_not_an_artifact(api: Api, writer: str) -> None:
