@@ -1448,8 +1448,11 @@ class MLServerHook(BaseHook):
 
     def open_artifact(
         self, name: str, version: str, execution_id: str, index: int, file_name: str
-    ) -> io.BufferedReader:
-        """A binary file object streaming one artifact from the server (close it, or use ``with``)."""
+    ) -> ArtifactReader:
+        """A binary file object streaming one artifact from the server (close it, or use ``with``).
+
+        Its ``size`` is the length the server announced, or None when the answer does not say.
+        """
         _check_execution_id(execution_id)
         _check_index(index)
         if not file_name or "/" in file_name or "\\" in file_name or file_name in (".", ".."):
@@ -1467,7 +1470,9 @@ class MLServerHook(BaseHook):
         )
         answer = self._run(self._exchange(spec))
         assert answer.stream is not None
-        return io.BufferedReader(_ResponseStream(answer.stream, self), CHUNK_SIZE)
+        reader = ArtifactReader(_ResponseStream(answer.stream, self), CHUNK_SIZE)
+        reader.size = _announced_size(answer.stream.headers)
+        return reader
 
     def download_artifact(
         self,
@@ -1485,6 +1490,21 @@ class MLServerHook(BaseHook):
         ):
             shutil.copyfileobj(source, target, CHUNK_SIZE)
             return target.tell()
+
+
+class ArtifactReader(io.BufferedReader):
+    """A buffered stream of one artifact; ``size`` is its length as the server announced it (or None)."""
+
+    size: int | None = None
+
+
+def _announced_size(headers: Mapping[str, str]) -> int | None:
+    if headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
+        return None  # the length is of the encoded body, not of the file
+    try:
+        return int(headers["Content-Length"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class _ResponseStream(io.RawIOBase):

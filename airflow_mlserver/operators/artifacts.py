@@ -217,16 +217,8 @@ def destination_uri(path: ObjectStoragePath) -> str:
 
 def _content_length(reader: IO[bytes]) -> int | None:
     """The artifact's size as the server announced it (``Content-Length``), when the answer says it."""
-    response = getattr(getattr(reader, "raw", None), "_response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    if headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
-        return None  # the length is of the encoded body
-    try:
-        return int(headers["Content-Length"])
-    except (KeyError, TypeError, ValueError):
-        return None
+    size = getattr(reader, "size", None)
+    return size if isinstance(size, int) else None
 
 
 # --- the manifest's entries ----------------------------------------------------------------------------------
