@@ -306,6 +306,9 @@ def test_hooks_of_one_connection_share_one_login(
     first.list_services()
     second.list_services()
     assert first._token is not None and second._token is first._token
-    monkeypatch.setenv("AIRFLOW_CONN_MLSERVER_SHARED", f"mlserver://admin:wrong@127.0.0.1:{mlserver.port}")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLSERVER_SHARED",
+        f"mlserver://admin:not-{mlserver.password[::-1]}@127.0.0.1:{mlserver.port}",
+    )
     with pytest.raises(MLServerAuthError):
         MLServerHook("mlserver_shared").list_services()  # other credentials never borrow that token

@@ -61,10 +61,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 # Tokens are shared by every hook of the same connection in a process: a triggerer running hundreds of
-# triggers logs in once per connection, not once per trigger. Secrets are handed to Airflow's masker once per
-# process: each new mask recompiles the masker's pattern of every secret, which is costly to repeat.
+# triggers logs in once per connection, not once per trigger. That also keeps the secrets masker small: each
+# new secret recompiles its pattern of every secret, which hundreds of logins would make very costly.
 _TOKENS: dict[tuple[str, str, str, str], TokenInfo] = {}
-_MASKED: set[str] = set()
 _SYNC_LOGIN_LOCKS: dict[tuple[str, str, str, str], threading.Lock] = {}
 _ASYNC_LOGIN_LOCKS: dict[tuple[int, tuple[str, str, str, str]], asyncio.Lock] = {}
 
@@ -582,7 +581,9 @@ class MLServerHook(BaseHook):
     # -- secrets -------------------------------------------------------------------------------------------
 
     def _new_masks(self) -> list[str]:
-        fresh = [value for value in dict.fromkeys(self._to_mask) if value not in _MASKED]
+        # Handed over every time: the masker may have been reset since (a new task run in this process); a
+        # secret it already knows costs a set lookup there.
+        fresh = list(dict.fromkeys(self._to_mask))
         self._to_mask.clear()
         return fresh
 
@@ -591,14 +592,12 @@ class MLServerHook(BaseHook):
 
         for value in self._new_masks():
             mask_secret(value)
-            _MASKED.add(value)
 
     async def _aflush_masks(self) -> None:
         from airflow.sdk.log import amask_secret
 
         for value in self._new_masks():
             await amask_secret(value)
-            _MASKED.add(value)
 
     def _token_key(self) -> tuple[str, str, str, str]:
         """Whose token: the same server, user and password (a changed password must log in again)."""
@@ -623,6 +622,7 @@ class MLServerHook(BaseHook):
             self._token is None or (self._token.refresh_due() and not shared.refresh_due())
         ):
             self._token = shared  # another hook of this connection already logged in or refreshed
+            self._to_mask.extend(t for t in (shared.access_token, shared.refresh_token) if t)
         token = self._token
         if token is not None and not force and not token.refresh_due():
             return
