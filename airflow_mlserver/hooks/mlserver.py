@@ -10,6 +10,7 @@ and :meth:`MLServerHook._arun` with ``aiohttp``; they only move bytes, under one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import io
 import json
@@ -801,6 +802,19 @@ class MLServerHook(BaseHook):
             retry_after=_retry_after(headers.get("Retry-After")),
         )
 
+    @contextlib.contextmanager
+    def _classified(self, wire: _Wire) -> Iterator[None]:
+        """Turn a transport failure into its retry class (one rule, for both the sync and the async driver)."""
+        try:
+            yield
+        except (_Transient, _AmbiguousSend, MLServerError):
+            raise
+        except Exception as exc:
+            classified = self._classify(wire, exc)
+            if classified is exc:
+                raise
+            raise classified from exc
+
     def _classify(self, wire: _Wire, exc: BaseException) -> BaseException:
         failure = _exception_failure(exc)
         if failure is None:
@@ -824,51 +838,45 @@ class MLServerHook(BaseHook):
         reader = spec.reader()
         response = None
         try:
-            response = self.get_conn().request(
-                spec.method,
-                settings.base_url + spec.path,
-                params=list(spec.params),
-                data=spec.body,
-                headers=dict(wire.headers),
-                timeout=(min(10.0, settings.timeout), settings.timeout),
-                stream=True,
-            )
-            status = response.status_code
-            if status >= 400:
-                error = ErrorBodyReader()
+            with self._classified(wire):
+                response = self.get_conn().request(
+                    spec.method,
+                    settings.base_url + spec.path,
+                    params=list(spec.params),
+                    data=spec.body,
+                    headers=dict(wire.headers),
+                    timeout=(min(10.0, settings.timeout), settings.timeout),
+                    stream=True,
+                )
+                status = response.status_code
+                if status >= 400:
+                    error = ErrorBodyReader()
+                    for chunk in response.iter_content(CHUNK_SIZE):
+                        if error.feed(chunk):
+                            break
+                    message = error.finish(True)
+                    self.bytes_received += error.bytes_read
+                    self._check_answer_status(wire, status, response.headers, message)
+                    return _Answer(status, response.headers, error_message=message)
+                if reader is None:
+                    stream, response = response, None  # the caller reads and closes it
+                    return _Answer(status, stream.headers, stream=stream)
+                complete = True
                 for chunk in response.iter_content(CHUNK_SIZE):
-                    if error.feed(chunk):
+                    if reader.feed(chunk):
+                        complete = False
                         break
-                message = error.finish(True)
-                self.bytes_received += error.bytes_read
-                self._check_answer_status(wire, status, response.headers, message)
-                return _Answer(status, response.headers, error_message=message)
-            if reader is None:
-                stream, response = response, None  # the caller reads and closes it
-                return _Answer(status, stream.headers, stream=stream)
-            complete = True
-            for chunk in response.iter_content(CHUNK_SIZE):
-                if reader.feed(chunk):
-                    complete = False
-                    break
-            value = reader.finish(complete)
-            self.bytes_received += reader.bytes_read
-            self.log.debug(
-                "%s %s -> %d (%d bytes, %.0f ms)",
-                spec.method,
-                spec.path,
-                status,
-                reader.bytes_read,
-                (time.monotonic() - started) * 1000,
-            )
-            return _Answer(status, response.headers, value=value)
-        except (_Transient, _AmbiguousSend, MLServerError):
-            raise
-        except Exception as exc:
-            classified = self._classify(wire, exc)
-            if classified is exc:
-                raise
-            raise classified from exc
+                value = reader.finish(complete)
+                self.bytes_received += reader.bytes_read
+                self.log.debug(
+                    "%s %s -> %d (%d bytes, %.0f ms)",
+                    spec.method,
+                    spec.path,
+                    status,
+                    reader.bytes_read,
+                    (time.monotonic() - started) * 1000,
+                )
+                return _Answer(status, response.headers, value=value)
         finally:
             if response is not None:
                 response.close()
@@ -981,7 +989,7 @@ class MLServerHook(BaseHook):
             raise MLServerConfigError(
                 f"{spec.method} {spec.path} streams its answer, which the async side does not do."
             )
-        try:
+        with self._classified(wire):
             async with session.request(
                 spec.method,
                 settings.base_url + spec.path,
@@ -1008,13 +1016,6 @@ class MLServerHook(BaseHook):
                 value = reader.finish(complete)
                 self.bytes_received += reader.bytes_read
                 return _Answer(status, dict(response.headers), value=value)
-        except (_Transient, _AmbiguousSend, MLServerError):
-            raise
-        except Exception as exc:
-            classified = self._classify(wire, exc)
-            if classified is exc:
-                raise
-            raise classified from exc
 
     # -- web services --------------------------------------------------------------------------------------
 
