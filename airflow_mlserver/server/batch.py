@@ -229,11 +229,12 @@ async def status(request: Request, name: str, version: str, execution_id: str) -
         yield json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"batchExecutionResults":['
         first = True
         buffer: list[str] = []
+        flush_at = 64  # a small first piece, then larger ones (see Store.iter_result_texts)
         for text in ctx.store.iter_result_texts(execution_id):
             buffer.append(text)
-            if len(buffer) >= 500:
+            if len(buffer) >= flush_at:
                 yield ((",".join(buffer)) if first else "," + ",".join(buffer)).encode()
-                first, buffer = False, []
+                first, buffer, flush_at = False, [], 500
         if buffer:
             yield ((",".join(buffer)) if first else "," + ",".join(buffer)).encode()
         yield b"]}"

@@ -304,21 +304,27 @@ class Store:
         row = self._one("SELECT result FROM records WHERE execution_id=? AND idx=?", (execution_id, index))
         return json.loads(row[0]) if row and row[0] else None
 
-    def iter_result_texts(self, execution_id: str, page: int = 2000) -> Iterator[str]:
-        """Every finished record's result as stored JSON text, in input order, from a private connection."""
+    def iter_result_texts(self, execution_id: str, page: int = 2000, first_page: int = 64) -> Iterator[str]:
+        """Every finished record's result as stored JSON text, in input order, from a private connection.
+
+        The first page is small: a client that reads only the head of the answer (a status poll) and hangs up
+        leaves the server little work already under way.
+        """
         db = sqlite3.connect(self.db_path, check_same_thread=False)
         try:
             after = -1
+            limit = first_page
             while True:
                 rows = db.execute(
                     "SELECT idx, result FROM records WHERE execution_id=? AND idx>? AND result IS NOT NULL"
                     " ORDER BY idx LIMIT ?",
-                    (execution_id, after, page),
+                    (execution_id, after, limit),
                 ).fetchall()
                 if not rows:
                     return
                 for idx, text in rows:
                     yield text
                     after = idx
+                limit = page
         finally:
             db.close()
