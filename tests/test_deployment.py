@@ -166,7 +166,7 @@ def _wait_for_execution(api: Api, service: str, timeout: float = 60) -> str:
 
 
 def test_worker_crash_retry_reattaches(deployment: Deployment, ml: LocalMLServer, tmp_path: Path) -> None:
-    api, conf = _setup(ml, tmp_path, "crash_svc", 60)
+    api, conf = _setup(ml, tmp_path, "crash_svc", 150)  # about 15 s of work: still running at the kill
     run_id = deployment.trigger("mlserver_deploy_in_worker", conf)
     execution_id = _wait_for_execution(api, "crash_svc")
     ti = deployment.wait_task("mlserver_deploy_in_worker", run_id, {"running"})
@@ -181,24 +181,26 @@ def test_worker_crash_retry_reattaches(deployment: Deployment, ml: LocalMLServer
     assert done["try_number"] == 2
     assert api.get("/api/crash_svc/v1/batch").json() == [execution_id]  # reattached: one execution only
     results = pd.read_parquet(tmp_path / "out.parquet")
-    assert results["y"].tolist() == [2.0 * i for i in range(60)]
+    assert results["y"].tolist() == [2.0 * i for i in range(150)]
 
 
 def test_triggerer_restart_keeps_waiting(deployment: Deployment, ml: LocalMLServer, tmp_path: Path) -> None:
-    api, conf = _setup(ml, tmp_path, "restart_svc", 60)
+    api, conf = _setup(ml, tmp_path, "restart_svc", 200)  # about 20 s of work: outlasts the restart
     run_id = deployment.trigger("mlserver_deploy_deferrable", conf)
     deployment.wait_task("mlserver_deploy_deferrable", run_id, {"deferred"})
     execution_id = _wait_for_execution(api, "restart_svc")
-    deployment.stop("triggerer")  # the trigger is dropped with its triggerer ...
-    assert api.status("restart_svc", "v1", execution_id)["state"] == "Running"
-    deployment.start("triggerer")  # ... and recreated from its serialized kwargs by the new one
+    try:
+        deployment.stop("triggerer")  # the trigger is dropped with its triggerer ...
+        assert api.status("restart_svc", "v1", execution_id)["state"] == "Running"
+    finally:
+        deployment.start("triggerer")  # ... and recreated from its serialized kwargs by the new one
     done = deployment.wait_task("mlserver_deploy_deferrable", run_id, {"success", "failed"})
     assert done["state"] == "success", deployment.logs()
     assert api.get("/api/restart_svc/v1/batch").json() == [execution_id]
     status = api.status("restart_svc", "v1", execution_id)
     assert status["state"] == "Complete"
     assert status["cancelRequestCount"] == 0
-    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 60
+    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 200
 
 
 def test_user_kill_cancels_the_execution_once(
