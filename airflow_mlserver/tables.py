@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -79,9 +80,7 @@ def storage_path(uri: Any, conn_id: str | None = None) -> Any:
         return uri
     text = str(uri)
     if "://" not in text:
-        text = "file://" + (
-            text if text.startswith("/") else str(__import__("pathlib").Path(text).absolute())
-        )
+        text = "file://" + str(Path(text).absolute())
     return ObjectStoragePath(text, conn_id=conn_id) if conn_id else ObjectStoragePath(text)
 
 

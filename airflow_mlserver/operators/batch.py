@@ -463,4 +463,4 @@ class MLServerBatchOperator(BaseOperator):
                 self.log.warning("Could not cancel batch execution %s: %s", execution_id, exc)
 
 
-__all__ = ["MLServerBatchOperator", "MLServerSwaggerLink", "is_path_like"]
+__all__ = ["MLServerBatchOperator", "MLServerSwaggerLink"]

@@ -300,6 +300,3 @@ async def get_file(
             f"List its artifacts with GET .../batch/{execution_id}/{index}/files.",
         )
     return FileResponse(path, media_type="application/octet-stream")
-
-
-__all__ = ["BatchRunner", "current_user", "router"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -119,7 +118,3 @@ def _failure(message: str) -> dict[str, Any]:
         "outputParameters": {},
         "artifacts": [],
     }
-
-
-def default_workers() -> int:
-    return os.cpu_count() or 1
