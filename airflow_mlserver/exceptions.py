@@ -1,80 +1,28 @@
-"""Errors raised by the Machine Learning Server hook: one class per thing a caller can act on.
+"""Errors of this provider: the client's (re-exported) and the operators' own.
 
-Every message says what went wrong and what to do about it. All derive from :class:`MLServerError`, an
-:class:`~airflow.exceptions.AirflowException`, so a task fails with the message as its reason.
+Every message says what went wrong and what to do about it. All derive from :class:`MLServerError`. The
+client's errors are plain Python exceptions (:mod:`airflow_mlserver.client.errors`, no Airflow import);
+Airflow fails a task on any exception, with the message as its reason.
 """
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 
-
-class MLServerError(AirflowException):
-    """Base class of every error of this provider."""
-
-
-class MLServerConfigError(MLServerError):
-    """The Airflow connection (or a hook argument) is not usable as it is; the message names the field."""
-
-
-class MLServerConnectionError(MLServerError):
-    """The server could not be reached, or kept failing, after every retry."""
-
-
-class MLServerAuthError(MLServerError):
-    """The server refused the credentials or the token, also after re-authenticating."""
-
-
-class MalformedResponseError(MLServerError):
-    """The server answered something that is not what the contract says (bad JSON, a missing field)."""
-
-
-class RecordValidationError(MLServerError, ValueError):
-    """Input records do not fit the service's declared inputs; raised before anything is sent."""
-
-
-class AmbiguousStartError(MLServerError):
-    """Starting a batch failed in a way that leaves unknown whether the server started an execution.
-
-    :param candidates: Execution ids that appeared on the service meanwhile (possibly none).
-    """
-
-    def __init__(self, message: str, candidates: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.candidates = candidates
-
-
-class MLServerApiError(MLServerError):
-    """The server answered a call with an error status.
-
-    :param status: The HTTP status of the answer.
-    :param server_message: The ``message`` of the error body (or a prefix of the raw body).
-    :param method: The HTTP method of the call.
-    :param path: The path of the call (without the query string).
-    """
-
-    def __init__(self, message: str, status: int, server_message: str, method: str, path: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.server_message = server_message
-        self.method = method
-        self.path = path
-
-
-class ServiceNotFoundError(MLServerApiError):
-    """The web service (or that version of it) is not published on the server."""
-
-
-class ServiceExistsError(MLServerApiError):
-    """Publishing failed because that name and version exist already."""
-
-
-class ExecutionNotFoundError(MLServerApiError):
-    """The server does not know that batch execution id for that service."""
-
-
-class ArtifactNotFoundError(MLServerApiError):
-    """A record index or an artifact file name does not exist for that execution."""
+from airflow_mlserver.client.errors import (
+    AmbiguousStartError,
+    ArtifactNotFoundError,
+    ExecutionNotFoundError,
+    MalformedResponseError,
+    MLServerApiError,
+    MLServerAuthError,
+    MLServerConfigError,
+    MLServerConnectionError,
+    MLServerError,
+    RecordValidationError,
+    ServiceExistsError,
+    ServiceNotFoundError,
+)
 
 
 class ArtifactsConfigError(MLServerConfigError, ValueError):
@@ -122,3 +70,28 @@ class MLServerBatchTimeoutError(MLServerBatchError):
 
 class MLServerExecutionEndedError(MLServerBatchFailedError, AirflowFailException):
     """The awaited execution ended Failed or Canceled: waiting again cannot help, so no retry."""
+
+
+__all__ = [
+    "AmbiguousStartError",
+    "ArtifactNotFoundError",
+    "ArtifactSizeMismatchError",
+    "ArtifactTransferError",
+    "ArtifactsConfigError",
+    "ExecutionNotFoundError",
+    "ExecutionWaitTimeoutError",
+    "MLServerApiError",
+    "MLServerAuthError",
+    "MLServerBatchError",
+    "MLServerBatchFailedError",
+    "MLServerBatchTimeoutError",
+    "MLServerConfigError",
+    "MLServerConnectionError",
+    "MLServerError",
+    "MLServerExecutionEndedError",
+    "MalformedResponseError",
+    "RecordValidationError",
+    "ServiceExistsError",
+    "ServiceNotFoundError",
+    "UnsafeArtifactNameError",
+]

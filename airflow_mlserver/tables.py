@@ -25,7 +25,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from airflow_mlserver.exceptions import MLServerConfigError
-from airflow_mlserver.models import RecordResult, WebService
+from airflow_mlserver.client.models import RecordResult, WebService
 
 RecordsFormat = Literal["csv", "tsv", "parquet", "jsonl"]
 ResultsFormat = Literal["parquet", "csv"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from airflow_mlserver.client.models import BatchStatus, TokenInfo
 from airflow_mlserver.exceptions import MLServerAuthError
 from airflow_mlserver.hooks.mlserver import ConnectionSettings, MLServerHook
-from airflow_mlserver.models import BatchStatus, TokenInfo
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
 
@@ -219,9 +219,14 @@ def test_bearer_token_modes(
 
 def test_401_reauthenticates_once(hook: MLServerHook, add_service: str) -> None:
     hook.get_service(add_service, "1.0")
-    hook._token = TokenInfo(access_token="revoked-or-unknown-token", refresh_token=None, expires_at=None)
+    hook.get_conn().auth.token = TokenInfo(
+        access_token="revoked-or-unknown-token", refresh_token=None, expires_at=None
+    )
     assert hook.get_service(add_service, "1.0").name == add_service
-    assert hook._token is not None and hook._token.access_token != "revoked-or-unknown-token"
+    assert (
+        hook.get_conn().auth.token is not None
+        and hook.get_conn().auth.token.access_token != "revoked-or-unknown-token"
+    )
 
 
 def test_token_expiry_during_long_batch(
@@ -239,8 +244,8 @@ def test_token_expiry_during_long_batch(
         started = time.monotonic()
         while True:
             status = hook.get_batch("hookttl", "1", execution_id)
-            assert hook._token is not None
-            tokens.add(hook._token.access_token)
+            assert hook.get_conn().auth.token is not None
+            tokens.add(hook.get_conn().auth.token.access_token)
             if status.is_finished and time.monotonic() - started > 7:
                 break
             time.sleep(0.25)
@@ -296,16 +301,17 @@ def test_hooks_of_one_connection_share_one_login(
     mlserver: LocalMLServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hundreds of triggers on one connection must not log in (and mask new secrets) once each."""
-    from airflow_mlserver.hooks import mlserver as module
+    from airflow_mlserver.client import auth
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_MLSERVER_SHARED", f"mlserver://admin:{mlserver.password}@127.0.0.1:{mlserver.port}"
     )
-    module._TOKENS.clear()
+    auth.TOKENS.clear()
     first, second = MLServerHook("mlserver_shared"), MLServerHook("mlserver_shared")
     first.list_services()
     second.list_services()
-    assert first._token is not None and second._token is first._token
+    assert first.get_conn().auth.token is not None
+    assert second.get_conn().auth.token is first.get_conn().auth.token
     monkeypatch.setenv(
         "AIRFLOW_CONN_MLSERVER_SHARED",
         f"mlserver://admin:not-{mlserver.password[::-1]}@127.0.0.1:{mlserver.port}",

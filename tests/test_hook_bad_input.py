@@ -25,8 +25,8 @@ from airflow_mlserver.exceptions import (
     ServiceNotFoundError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.models import ParameterDefinition, WebService
-from airflow_mlserver.records import prepare_records
+from airflow_mlserver.client.models import ParameterDefinition, WebService
+from airflow_mlserver.client.records import prepare_records
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
 

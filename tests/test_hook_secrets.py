@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from airflow_mlserver.client import auth
 from airflow_mlserver.exceptions import MLServerAuthError
-from airflow_mlserver.hooks import mlserver as mlserver_hook
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
@@ -32,10 +32,10 @@ def test_no_secret_in_logs(
     secrets: set[str] = {mlserver.password}
 
     def remember(hook: MLServerHook) -> None:
-        assert hook._token is not None
-        secrets.add(hook._token.access_token)
-        if hook._token.refresh_token:
-            secrets.add(hook._token.refresh_token)
+        assert hook.get_conn().auth.token is not None
+        secrets.add(hook.get_conn().auth.token.access_token)
+        if hook.get_conn().auth.token.refresh_token:
+            secrets.add(hook.get_conn().auth.token.refresh_token)
 
     caplog.set_level(logging.DEBUG)
     for name in ("urllib3", "requests", "aiohttp", "airflow"):
@@ -47,12 +47,14 @@ def test_no_secret_in_logs(
     execution_id = hook.start_batch("secretsvc", "1", {"x": list(range(20))})
     remember(hook)
     # Force a refresh ahead of expiry, then a 401 and a re-login.
-    assert hook._token is not None
-    hook._token = dataclasses.replace(hook._token, expires_at=time.time())
-    mlserver_hook._TOKENS.clear()  # expired for every hook of the process, not only this one
+    assert hook.get_conn().auth.token is not None
+    hook.get_conn().auth.token = dataclasses.replace(hook.get_conn().auth.token, expires_at=time.time())
+    auth.TOKENS.clear()  # expired for every hook of the process, not only this one
     hook.get_batch("secretsvc", "1", execution_id)
     remember(hook)
-    hook._token = dataclasses.replace(hook._token, access_token="x" * 40, expires_at=None)
+    hook.get_conn().auth.token = dataclasses.replace(
+        hook.get_conn().auth.token, access_token="x" * 40, expires_at=None
+    )
     while not hook.get_batch("secretsvc", "1", execution_id).is_finished:
         time.sleep(0.1)
     remember(hook)

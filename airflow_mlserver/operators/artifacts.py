@@ -41,7 +41,7 @@ from airflow_mlserver.hooks.mlserver import MLServerHook
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from airflow_mlserver.models import BatchStatus
+    from airflow_mlserver.client.models import BatchStatus
 
     try:
         from airflow.sdk import Context

@@ -35,8 +35,8 @@ from airflow_mlserver.exceptions import (
     MLServerConfigError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.models import BatchStatus, RecordResult, WebService
-from airflow_mlserver.records import ExtraColumns, prepare_records
+from airflow_mlserver.client.models import BatchStatus, RecordResult, WebService
+from airflow_mlserver.client.records import ExtraColumns, prepare_records
 from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, results_frame, storage_path
 from airflow_mlserver.triggers.batch import CANCELED, COMPLETE, FAILED, TIMEOUT, MLServerBatchTrigger
 

@@ -10,7 +10,7 @@ from airflow.sdk import BaseSensorOperator, conf
 
 from airflow_mlserver.exceptions import MLServerExecutionEndedError
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.models import BatchStatus
+from airflow_mlserver.client.models import BatchStatus
 from airflow_mlserver.triggers.batch import COMPLETE, TIMEOUT, MLServerBatchTrigger
 
 if TYPE_CHECKING:

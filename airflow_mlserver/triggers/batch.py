@@ -29,7 +29,7 @@ from airflow_mlserver.exceptions import (
     ServiceNotFoundError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.models import BatchStatus
+from airflow_mlserver.client.models import BatchStatus
 
 # Outcomes carried by the event's "status".
 COMPLETE, FAILED, CANCELED, TIMEOUT, ERROR = "complete", "failed", "canceled", "timeout", "error"

@@ -8,13 +8,11 @@ when an answer lacks what the contract promises, so a broken server fails loudly
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_mlserver.exceptions import MalformedResponseError
-
-#: Declared parameter types of the contract (section 2).
-PARAMETER_TYPES = ("integer", "numeric", "character", "logical", "vector", "matrix", "data.frame")
+from airflow_mlserver.client.errors import MalformedResponseError
 
 _FINISHED_STATES = ("complete", "failed", "canceled", "cancelled")
 
@@ -53,7 +51,11 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ParameterDefinition:
-    """One declared input or output of a web service: its variable name and its contract type."""
+    """One declared input or output of a web service: its variable name and its contract type.
+
+    The type is kept as the server spelled it; :mod:`airflow_mlserver.client.parameters` says what each of the
+    contract's types means.
+    """
 
     name: str
     type: str
@@ -65,6 +67,53 @@ class ParameterDefinition:
 
     def to_api(self) -> dict[str, str]:
         return {"name": self.name, "type": self.type}
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """What publishing a web service sends: its code, declared inputs and outputs, and artifact names.
+
+    :param code: The code run for each execution (Python or R text).
+    :param inputs: Declared inputs, as ``{name: type}`` or parameter definitions.
+    :param outputs: Declared outputs, likewise.
+    :param init_code: Code run once before the first execution.
+    :param output_file_names: Files the code writes that come back as artifacts.
+    :param operation_id: The consume function's name.
+    :param description: Free text.
+    :param runtime_type: ``Python`` or ``R``.
+    :param snapshot_id: A session snapshot whose model objects the code uses.
+    """
+
+    code: str
+    inputs: Mapping[str, str] | Sequence[ParameterDefinition] = ()
+    outputs: Mapping[str, str] | Sequence[ParameterDefinition] = ()
+    init_code: str | None = None
+    output_file_names: Sequence[str] = ()
+    operation_id: str | None = None
+    description: str | None = None
+    runtime_type: str = "Python"
+    snapshot_id: str | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        """The body of ``POST /services/{name}[/{version}]`` (fields left unset are not sent)."""
+        body: dict[str, Any] = {
+            "code": self.code,
+            "initCode": self.init_code,
+            "runtimeType": self.runtime_type,
+            "inputParameterDefinitions": [p.to_api() for p in _definitions(self.inputs)],
+            "outputParameterDefinitions": [p.to_api() for p in _definitions(self.outputs)],
+            "outputFileNames": list(self.output_file_names),
+            "operationId": self.operation_id,
+            "description": self.description,
+            "snapshotId": self.snapshot_id,
+        }
+        return {k: v for k, v in body.items() if v is not None}
+
+
+def _definitions(value: Mapping[str, str] | Sequence[ParameterDefinition]) -> list[ParameterDefinition]:
+    if isinstance(value, Mapping):
+        return [ParameterDefinition(name, kind) for name, kind in value.items()]
+    return list(value)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from typing import Any, Protocol
+from typing import Any
 
-from airflow_mlserver.exceptions import MalformedResponseError
+from airflow_mlserver.client.errors import MalformedResponseError
 
 RESULTS_KEY = "batchexecutionresults"
 #: Head fields a status poll needs before it may stop reading.
@@ -25,16 +25,6 @@ MAX_VALUE_CHARS = 256 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 
 _WS = re.compile(r"[ \t\n\r]*")
-
-
-class BodyReader(Protocol):
-    """Consumes an answer body chunk by chunk; ``feed`` answers True when nothing more is needed."""
-
-    bytes_read: int
-
-    def feed(self, chunk: bytes) -> bool: ...
-
-    def finish(self, complete: bool) -> Any: ...
 
 
 def _malformed(what: str, why: str, sample: str) -> MalformedResponseError:
@@ -107,7 +97,6 @@ class BatchAnswerParser:
         self.head_only = head_only
         self.skip = skip
         self.head: dict[str, Any] = {}
-        self.seen_results = False
         self.results_count = 0
         self.done = False
         self.bytes_read = 0
@@ -222,7 +211,6 @@ class BatchAnswerParser:
                     break
                 if self._key.lower() == RESULTS_KEY and self._buf[self._pos] == "[":
                     self._pos += 1
-                    self.seen_results = True
                     if self.head_only and all(k in {h.lower() for h in self.head} for k in _HEAD_NEEDED):
                         self.done = True
                         break
@@ -269,7 +257,7 @@ class BatchAnswerParser:
 
 
 class BatchReader:
-    """A :class:`BodyReader` over :class:`BatchAnswerParser` that keeps the head and (unless a poll) the results."""
+    """A body reader over :class:`BatchAnswerParser` that keeps the head and (unless a poll) the results."""
 
     def __init__(self, what: str, head_only: bool) -> None:
         self.parser = BatchAnswerParser(what, head_only=head_only)

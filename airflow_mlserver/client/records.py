@@ -21,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from airflow_mlserver.exceptions import RecordValidationError
-from airflow_mlserver.models import ParameterDefinition, WebService
+from airflow_mlserver.client.errors import RecordValidationError
+from airflow_mlserver.client.models import ParameterDefinition, WebService
 
 RecordsInput = pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Any]
 ExtraColumns = Literal["error", "drop"]

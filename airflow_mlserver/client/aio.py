@@ -1,0 +1,166 @@
+"""The async driver: runs the same flows with aiohttp, for triggers. Nothing here blocks the event loop.
+
+aiohttp is imported when the driver is built, not with the client: the sync side never needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import tenacity
+
+from airflow_mlserver.client.auth import Auth
+from airflow_mlserver.client.errors import MLServerConfigError
+from airflow_mlserver.client.protocol import (
+    CHUNK_SIZE,
+    AmbiguousSend,
+    Answer,
+    AnswerBody,
+    Flow,
+    RetryPolicy,
+    Sleep,
+    Transient,
+    Wire,
+    classified,
+    exhausted_error,
+)
+from airflow_mlserver.client.sync import TransferStats
+
+if TYPE_CHECKING:
+    import aiohttp
+
+T = TypeVar("T")
+
+
+def aiohttp_failure(exc: BaseException) -> Transient | None:
+    """An aiohttp failure as a retry class: may the request have reached the server or not."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return Transient(f"cannot connect ({exc})", sent=False)
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return Transient(f"no answer in time ({type(exc).__name__})", sent=True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Transient(f"the answer was cut off ({exc})", sent=True)
+    if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
+        return Transient(f"connection failed ({type(exc).__name__}: {exc})", sent=True)
+    return None
+
+
+class AsyncDriver:
+    """Runs flows over one aiohttp session, kept between calls on the same event loop.
+
+    A trigger polling every few seconds reuses its keep-alive connection. Parameters as :class:`SyncDriver
+    <airflow_mlserver.client.sync.SyncDriver>`, with ``amask`` the async masker.
+    """
+
+    def __init__(
+        self,
+        auth: Auth,
+        policy: RetryPolicy,
+        log: logging.Logger | Any,
+        stats: TransferStats,
+        amask: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.auth = auth
+        self.settings = auth.settings
+        self.policy = policy
+        self.log = log
+        self.stats = stats
+        self.amask = amask
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        session = self._session
+        if session is None or session.closed or self._loop is not asyncio.get_running_loop():
+            ssl: Any = None
+            if self.settings.verify is False:
+                ssl = False
+            elif isinstance(self.settings.verify, str):
+                import ssl as ssl_module
+
+                ssl = await asyncio.to_thread(ssl_module.create_default_context, cafile=self.settings.verify)
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=min(10.0, self.settings.timeout), sock_read=self.settings.timeout
+            )
+            session = aiohttp.ClientSession(
+                timeout=timeout,
+                connector=aiohttp.TCPConnector(ssl=ssl),
+                headers={"Accept": "application/json"},
+            )
+            self._session, self._loop = session, asyncio.get_running_loop()
+        return session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def run(self, flow: Flow[T]) -> T:
+        """Run ``flow`` to its result; log in first (one coroutine at a time per connection) if due."""
+        session = await self.session()
+        if self.auth.login_due():
+            # hundreds of triggers starting together would otherwise each log in (and each add new secrets
+            # to the masker)
+            async with self.auth.async_lock():
+                await self._drive(session, self.auth.authenticate())
+        return await self._drive(session, flow)
+
+    async def _flush_secrets(self) -> None:
+        for secret in self.auth.take_secrets():
+            if self.amask is not None:
+                await self.amask(secret)
+
+    async def _drive(self, session: aiohttp.ClientSession, flow: Flow[T]) -> T:
+        outcome: Answer | AmbiguousSend | None = None
+        try:
+            while True:
+                step = flow.throw(outcome) if isinstance(outcome, AmbiguousSend) else flow.send(outcome)
+                await self._flush_secrets()
+                if isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                    outcome = None
+                    continue
+                try:
+                    outcome = await self._send(session, step)
+                except AmbiguousSend as exc:
+                    outcome = exc
+        except StopIteration as stop:
+            await self._flush_secrets()
+            return stop.value  # type: ignore[no-any-return]
+
+    async def _send(self, session: aiohttp.ClientSession, wire: Wire) -> Answer:
+        try:
+            retrying = tenacity.AsyncRetrying(**self.policy.tenacity_args(wire.spec, self.log))
+            answer: Answer = await retrying(self._send_once, session, wire)
+            return answer
+        except Transient as exc:
+            raise exhausted_error(self.settings, wire.spec, exc) from None
+
+    async def _send_once(self, session: aiohttp.ClientSession, wire: Wire) -> Answer:
+        spec = wire.spec
+        if spec.read == "stream":
+            raise MLServerConfigError(f"{spec.label} streams its answer, which the async side does not do.")
+        with classified(wire, aiohttp_failure):
+            async with session.request(
+                spec.method,
+                self.settings.base_url + spec.path,
+                params=list(spec.params),
+                data=spec.body,
+                headers=dict(wire.headers),
+            ) as response:
+                body = AnswerBody(wire, response.status, dict(response.headers))
+                complete = True
+                async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+                    if body.feed(chunk):
+                        complete = False
+                        response.close()  # stop reading: the rest is not needed
+                        break
+                self.stats.bytes_received += body.bytes_read
+                return body.finish(complete)

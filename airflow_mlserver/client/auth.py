@@ -1,0 +1,156 @@
+"""Authentication: the token cache, login and refresh ahead of expiry, and one re-login on a 401.
+
+Tokens are shared by every client of the same server, user and password in a process: a triggerer running
+hundreds of triggers logs in once per connection, not once per trigger. That also keeps a secrets masker
+small (each new secret recompiles its pattern of every secret). Login is single-flight: the drivers hold
+:meth:`Auth.sync_lock` or :meth:`Auth.async_lock` while they log in, and whoever waited adopts the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+from typing import Any
+
+from airflow_mlserver.client.errors import MLServerAuthError
+from airflow_mlserver.client.models import TokenInfo
+from airflow_mlserver.client.protocol import Answer, Flow, Spec, Wire, api_error
+from airflow_mlserver.client.settings import ConnectionSettings
+
+TokenKey = tuple[str, str, str, str]
+
+#: The latest token of each (connection, server, user, password hash), shared within the process.
+TOKENS: dict[TokenKey, TokenInfo] = {}
+_SYNC_LOCKS: dict[TokenKey, threading.Lock] = {}
+_ASYNC_LOCKS: dict[tuple[int, TokenKey], asyncio.Lock] = {}
+
+
+class Auth:
+    """The token state of one client, and the flows that keep it valid.
+
+    :param settings: The connection settings (credentials or a fixed bearer token).
+    :param log: Where to log (never a secret).
+    """
+
+    def __init__(self, settings: ConnectionSettings, log: logging.Logger | Any) -> None:
+        self.settings = settings
+        self.log = log
+        self.token: TokenInfo | None = None
+        #: Secrets learnt since the drivers last handed them to the masker (see :meth:`take_secrets`).
+        self._new_secrets: list[str] = list(settings.secrets)
+
+    @property
+    def key(self) -> TokenKey:
+        """Whose token: the same server, user and password (a changed password must log in again)."""
+        settings = self.settings
+        secret = hashlib.sha256((settings.password or "").encode()).hexdigest()
+        return (settings.conn_id, settings.base_url, settings.login or "", secret)
+
+    def take_secrets(self) -> list[str]:
+        """Secrets to hand to a log masker now. Each driver step asks, so none is logged before it is masked."""
+        fresh = list(dict.fromkeys(self._new_secrets))
+        self._new_secrets.clear()
+        return fresh
+
+    def sync_lock(self) -> threading.Lock:
+        """The lock a thread holds while it logs in for this connection."""
+        return _SYNC_LOCKS.setdefault(self.key, threading.Lock())
+
+    def async_lock(self) -> asyncio.Lock:
+        """The lock a coroutine of the running loop holds while it logs in for this connection."""
+        return _ASYNC_LOCKS.setdefault((id(asyncio.get_running_loop()), self.key), asyncio.Lock())
+
+    def login_due(self) -> bool:
+        """True when a call would have to log in or refresh (no usable token here or in the shared cache)."""
+        if self.settings.bearer_token:
+            return False
+        shared = TOKENS.get(self.key)
+        token = self.token if self.token is not None and not self.token.refresh_due() else shared
+        return token is None or token.refresh_due()
+
+    def authenticate(self, force: bool = False) -> Flow[None]:
+        """Make sure a valid token is at hand: log in, or refresh ahead of expiry, or after a 401 (``force``)."""
+        settings = self.settings
+        if settings.bearer_token:
+            return
+        shared = TOKENS.get(self.key)
+        if force and shared is not None and shared is self.token:
+            del TOKENS[self.key]  # refused by the server: no other client should use it either
+        elif shared is not None and (
+            self.token is None or (self.token.refresh_due() and not shared.refresh_due())
+        ):
+            self.token = shared  # another client of this connection already logged in or refreshed
+            self._new_secrets.extend(t for t in (shared.access_token, shared.refresh_token) if t)
+        token = self.token
+        if token is not None and not force and not token.refresh_due():
+            return
+        if token is not None and token.refresh_token:
+            body = json.dumps({"refreshToken": token.refresh_token}).encode()
+            spec = Spec(
+                "POST", "/login/refreshToken", "refresh the access token", body=body, authenticated=False
+            )
+            answer = yield Wire(spec, {"Content-Type": "application/json"})
+            if answer is not None and answer.status == 200:
+                self._accept(answer.value)
+                return
+            self.log.debug(
+                "Refreshing the access token failed (HTTP %s); logging in again", answer and answer.status
+            )
+        self.token = None
+        body = json.dumps({"username": settings.login, "password": settings.password}).encode()
+        spec = Spec("POST", "/login", "log in", body=body, authenticated=False)
+        answer = yield Wire(spec, {"Content-Type": "application/json"})
+        assert answer is not None
+        if answer.status in (400, 401, 403):
+            raise MLServerAuthError(
+                f"The server refused the login of user '{settings.login}' (POST /login answered {answer.status}: "
+                f"{answer.error_message}). Check the login and password of connection '{settings.conn_id}'."
+            )
+        if answer.status >= 400:
+            raise api_error(spec, answer)
+        self._accept(answer.value)
+
+    def _accept(self, value: Any) -> None:
+        token = TokenInfo.from_api(value)
+        self.token = token
+        TOKENS[self.key] = token
+        self._new_secrets.extend(s for s in (token.access_token, token.refresh_token) if s)
+        self.log.debug("Got an access token valid for %s s", token.lifetime)
+
+    def wire(self, spec: Spec) -> Wire:
+        """``spec`` with the headers of this attempt: content type and, if authenticated, the bearer token."""
+        headers = {"Content-Type": "application/json"} if spec.body is not None else {}
+        if spec.authenticated:
+            token = self.settings.bearer_token or (self.token.access_token if self.token else None)
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+        return Wire(spec, headers)
+
+    def exchange(self, spec: Spec) -> Flow[Answer]:
+        """Send ``spec`` authenticated; re-authenticate once on a 401; raise the API error of an error answer."""
+        yield from self.authenticate()
+        answer = yield self.wire(spec)
+        assert answer is not None
+        if answer.status == 401:
+            settings = self.settings
+            if settings.bearer_token:
+                raise MLServerAuthError(
+                    f"The server rejected the bearer token of connection '{settings.conn_id}' ({spec.method} "
+                    f"{spec.path} answered 401: {answer.error_message}). Put a valid token in the connection "
+                    "(extra 'access_token'), or give login and password so that the hook logs in itself."
+                )
+            self.log.info("The server answered 401 to %s %s; authenticating again", spec.method, spec.path)
+            yield from self.authenticate(force=True)
+            answer = yield self.wire(spec)
+            assert answer is not None
+            if answer.status == 401:
+                raise MLServerAuthError(
+                    f"The server answered 401 to {spec.method} {spec.path} even with a fresh token "
+                    f"({answer.error_message}). Check that user '{settings.login}' may use this server."
+                )
+        if answer.status >= 400:
+            raise api_error(spec, answer)
+        return answer

@@ -1,0 +1,260 @@
+"""``MLServerClient``: every call of the Machine Learning Server API, sync and async, typed.
+
+Each public method runs one flow of :mod:`~airflow_mlserver.client.calls` with the sync driver (requests) or,
+for the ``async_`` ones, the async driver (aiohttp). Usable on its own::
+
+    settings = ConnectionSettings(conn_id="ml", base_url="http://localhost:12800", login="admin", password="...")
+    client = MLServerClient(settings)
+    execution_id = client.start_batch("TxService", "1.0", df, parallel_count=10)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import requests
+
+from airflow_mlserver.client.aio import AsyncDriver
+from airflow_mlserver.client.auth import Auth
+from airflow_mlserver.client.calls import Calls, artifact_spec, batch_spec
+from airflow_mlserver.client.errors import MLServerConnectionError
+from airflow_mlserver.client.models import BatchStatus, RecordResult, ServiceDefinition, WebService
+from airflow_mlserver.client.protocol import CHUNK_SIZE, Flow, RetryPolicy
+from airflow_mlserver.client.settings import ConnectionSettings
+from airflow_mlserver.client.streaming import BatchAnswerParser
+from airflow_mlserver.client.sync import (
+    ArtifactReader,
+    ResponseStream,
+    SyncDriver,
+    TransferStats,
+    announced_size,
+)
+
+if TYPE_CHECKING:
+    from airflow_mlserver.client.records import ExtraColumns, RecordsInput
+
+T = TypeVar("T")
+
+
+class MLServerClient:
+    """A client of one Machine Learning Server (or the local, wire-compatible one), for one user.
+
+    Tokens are renewed before they expire (``POST /login/refreshToken``, else a new login); a 401 triggers one
+    re-authentication and a retry. Connection errors, timeouts, 429 (after ``Retry-After``), 502, 503 and 504
+    are retried with exponential backoff and jitter when the call is idempotent; starting a batch is not, and
+    is reconciled against the service's executions instead (see :meth:`start_batch`).
+
+    :param settings: Where the server is and how to authenticate.
+    :param retry_wait: First backoff wait in seconds (doubles each retry, plus up to as much jitter).
+    :param retry_wait_max: Longest backoff wait in seconds.
+    :param log: Where to log (a ``logging.Logger`` or compatible); secrets are never logged.
+    :param mask: Called with each secret (password, tokens) before it could reach a log, e.g. a log masker.
+    :param amask: The same for the async side.
+    """
+
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        retry_wait: float = 1.0,
+        retry_wait_max: float = 30.0,
+        log: logging.Logger | Any = None,
+        mask: Callable[[str], None] | None = None,
+        amask: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.log = log if log is not None else logging.getLogger(__name__)
+        self.auth = Auth(settings, self.log)
+        self.calls = Calls(self.auth, self.log)
+        #: Bytes of answer bodies read so far (benchmarks and tests measure polling cost with it).
+        self.stats = TransferStats()
+        policy = RetryPolicy(settings.max_retries, retry_wait, retry_wait_max)
+        self.sync = SyncDriver(self.auth, policy, self.log, self.stats, mask)
+        self.aio = AsyncDriver(self.auth, policy, self.log, self.stats, amask)
+
+    def run(self, flow: Flow[T]) -> T:
+        """Run any flow of :class:`~airflow_mlserver.client.calls.Calls` synchronously."""
+        return self.sync.run(flow)
+
+    async def arun(self, flow: Flow[T]) -> T:
+        """Run any flow of :class:`~airflow_mlserver.client.calls.Calls` on the running event loop."""
+        return await self.aio.run(flow)
+
+    def close(self) -> None:
+        """Close the sync side's HTTP session (its pooled connections)."""
+        self.sync.close()
+
+    async def aclose(self) -> None:
+        """Close the async side's HTTP session (a trigger calls this when it ends)."""
+        await self.aio.close()
+
+    def test_connection(self) -> str:
+        """Log in and ask ``GET /status`` (or list the services); answer a sentence for a person."""
+        return self.run(self.calls.test_connection())
+
+    # -- web services ----------------------------------------------------------------------------------------
+
+    def list_services(self) -> list[WebService]:
+        """Every published web service version."""
+        return self.run(self.calls.list_services())
+
+    def get_service(self, name: str, version: str | None = None) -> WebService:
+        """One version of a web service; ``version=None`` means the latest published version."""
+        return self.run(self.calls.get_service(name, version))
+
+    def publish_service(
+        self, name: str, version: str | None, definition: ServiceDefinition, replace: bool = False
+    ) -> WebService:
+        """Publish a web service (``version=None``: the server picks one); ``replace`` updates an existing one."""
+        return self.run(self.calls.publish_service(name, version, definition, replace))
+
+    def delete_service(self, name: str, version: str, missing_ok: bool = False) -> bool:
+        """Delete a web service version; answer False when it was not there and ``missing_ok``."""
+        return self.run(self.calls.delete_service(name, version, missing_ok))
+
+    def get_swagger(self, name: str, version: str) -> dict[str, Any]:
+        """The Swagger 2.0 document for consuming one service."""
+        return self.run(self.calls.get_swagger(name, version))
+
+    def consume(
+        self,
+        name: str,
+        version: str,
+        inputs: Mapping[str, Any],
+        service: WebService | None = None,
+        idempotent: bool = True,
+    ) -> RecordResult:
+        """Run the service once on ``inputs`` (checked and coerced first) and answer its result.
+
+        A failure inside the service code is a result with ``success=False``, not an exception. Set
+        ``idempotent=False`` for services with side effects: an ambiguous failure is then not resent.
+        """
+        return self.run(self.calls.consume(name, version, inputs, service, idempotent))
+
+    # -- batch -----------------------------------------------------------------------------------------------
+
+    def list_batch_executions(self, name: str, version: str) -> list[str]:
+        """The ids of the service's batch executions."""
+        return self.run(self.calls.list_batch_executions(name, version))
+
+    def start_batch(
+        self,
+        name: str,
+        version: str,
+        records: RecordsInput,
+        parallel_count: int = 10,
+        service: WebService | None = None,
+        extra_columns: ExtraColumns = "error",
+    ) -> str:
+        """Check the records against the service's inputs, start a batch execution and answer its id.
+
+        Starting is not idempotent, so it is never blindly resent: after a failure that leaves unknown whether
+        the server acted, the service's execution ids are compared with those from before; a single new one
+        is adopted, none means it is safe to send again, several raise :class:`AmbiguousStartError`.
+
+        :param records: A DataFrame, a list of dicts or a dict of columns (see :mod:`airflow_mlserver.client.records`).
+        :param parallel_count: Records run at a time on the server (1 to 100).
+        :param service: The service's description, if already fetched (saves a request).
+        :param extra_columns: ``"error"`` or ``"drop"`` for columns the service does not declare.
+        """
+        return self.run(
+            self.calls.start_batch(name, version, records, parallel_count, service, extra_columns)
+        )
+
+    def get_batch(self, name: str, version: str, execution_id: str, partial: bool = False) -> BatchStatus:
+        """State and counts of an execution; with ``partial=True`` also the results finished so far.
+
+        Without ``partial`` this is a cheap status poll: only the head of the answer is read, whatever the
+        batch size (the server sends the whole results list once the execution has finished).
+        """
+        return self.run(self.calls.get_batch(name, version, execution_id, partial))
+
+    async def async_get_batch(
+        self, name: str, version: str, execution_id: str, partial: bool = False
+    ) -> BatchStatus:
+        """:meth:`get_batch` for triggers: same flow, on aiohttp."""
+        return await self.arun(self.calls.get_batch(name, version, execution_id, partial))
+
+    def cancel_batch(self, name: str, version: str, execution_id: str) -> BatchStatus:
+        """Cancel an execution (records already running finish); answer its status after the cancel."""
+        return self.run(self.calls.cancel_batch(name, version, execution_id))
+
+    async def async_cancel_batch(self, name: str, version: str, execution_id: str) -> BatchStatus:
+        """:meth:`cancel_batch` for triggers: same flow, on aiohttp."""
+        return await self.arun(self.calls.cancel_batch(name, version, execution_id))
+
+    def iter_batch_results(self, name: str, version: str, execution_id: str) -> Iterator[RecordResult]:
+        """The execution's results, decoded one at a time as they stream in (memory bounded by one result).
+
+        On an unfinished execution these are the results finished so far. If the stream breaks off, a
+        finished execution's results are requested again and the ones already yielded are skipped.
+        """
+        spec = batch_spec(name, version, execution_id, True, "stream")
+        yielded = 0
+        failures = 0
+        while True:
+            response = self.run(self.auth.exchange(spec)).stream
+            parser = BatchAnswerParser(spec.label, skip=yielded)
+            try:
+                try:
+                    for chunk in response.iter_content(CHUNK_SIZE):
+                        for item in parser.feed(chunk):
+                            yield RecordResult.from_api(item, yielded)
+                            yielded += 1
+                    for item in parser.close():
+                        yield RecordResult.from_api(item, yielded)
+                        yielded += 1
+                    return
+                finally:
+                    self.stats.bytes_received += parser.bytes_read
+                    response.close()
+            except (requests.exceptions.RequestException, ConnectionError) as exc:
+                finished = BatchStatus.from_api(
+                    {"state": "running", "totalItemCount": 0, "completedItemCount": 0, **parser.head}
+                ).is_finished
+                failures += 1
+                if (yielded and not finished) or failures > self.settings.max_retries:
+                    raise MLServerConnectionError(
+                        f"Reading the results of batch execution '{execution_id}' broke off after {yielded} results "
+                        f"({exc}). Read them again once the execution has finished."
+                    ) from None
+                self.log.warning("Reading results broke off after %d results (%s); resuming", yielded, exc)
+
+    # -- artifacts -------------------------------------------------------------------------------------------
+
+    def list_artifacts(self, name: str, version: str, execution_id: str, index: int) -> list[str]:
+        """The names of the files record ``index`` (0-based) produced."""
+        return self.run(self.calls.list_artifacts(name, version, execution_id, index))
+
+    def open_artifact(
+        self, name: str, version: str, execution_id: str, index: int, file_name: str
+    ) -> ArtifactReader:
+        """A binary file object streaming one artifact from the server (close it, or use ``with``).
+
+        Its ``size`` is the length the server announced, or None when the answer does not say.
+        """
+        spec = artifact_spec(name, version, execution_id, index, file_name)
+        response = self.run(self.auth.exchange(spec)).stream
+        reader = ArtifactReader(ResponseStream(response, self.stats), CHUNK_SIZE)
+        reader.size = announced_size(response.headers)
+        return reader
+
+    def download_artifact(
+        self,
+        name: str,
+        version: str,
+        execution_id: str,
+        index: int,
+        file_name: str,
+        destination: str | os.PathLike[str],
+    ) -> int:
+        """Stream one artifact to a local file; answer the number of bytes written."""
+        with (
+            self.open_artifact(name, version, execution_id, index, file_name) as source,
+            open(destination, "wb") as target,
+        ):
+            shutil.copyfileobj(source, target, CHUNK_SIZE)
+            return target.tell()

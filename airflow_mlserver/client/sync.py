@@ -1,0 +1,220 @@
+"""The sync driver: runs flows with ``requests``, under the retry policy; and streams artifacts and results.
+
+It only moves bytes. Every rule (what to send, how to authenticate, what to retry, what an answer means)
+lives in the flows and in :mod:`~airflow_mlserver.client.protocol`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import requests
+import tenacity
+
+from airflow_mlserver.client.auth import Auth
+from airflow_mlserver.client.errors import MLServerConnectionError
+from airflow_mlserver.client.protocol import (
+    CHUNK_SIZE,
+    AmbiguousSend,
+    Answer,
+    AnswerBody,
+    Flow,
+    RetryPolicy,
+    Sleep,
+    Transient,
+    Wire,
+    classified,
+    exhausted_error,
+)
+
+T = TypeVar("T")
+
+
+def requests_failure(exc: BaseException) -> Transient | None:
+    """A ``requests`` failure as a retry class: may the request have reached the server or not."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return Transient(f"cannot connect ({exc})", sent=False)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        chain = repr(exc)
+        sent = not ("NewConnectionError" in chain or "ConnectionRefusedError" in chain)
+        return Transient(f"connection failed ({exc})", sent=sent)
+    if isinstance(exc, requests.exceptions.Timeout):
+        return Transient(f"no answer in time ({type(exc).__name__})", sent=True)
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return Transient(f"the answer was cut off ({exc})", sent=True)
+    if isinstance(exc, ConnectionError):
+        return Transient(f"connection failed ({type(exc).__name__}: {exc})", sent=True)
+    return None
+
+
+class TransferStats:
+    """Bytes of answer bodies read so far (benchmarks and tests measure polling cost with it)."""
+
+    def __init__(self) -> None:
+        self.bytes_received = 0
+
+
+class SyncDriver:
+    """Runs flows over one ``requests`` session (its pooled connections are reused between calls).
+
+    :param auth: The connection's authentication state.
+    :param policy: The retry policy.
+    :param log: Where to log.
+    :param stats: The counter of bytes read.
+    :param mask: Called with each new secret before anything could log it.
+    """
+
+    def __init__(
+        self,
+        auth: Auth,
+        policy: RetryPolicy,
+        log: logging.Logger | Any,
+        stats: TransferStats,
+        mask: Callable[[str], None] | None = None,
+    ) -> None:
+        self.auth = auth
+        self.settings = auth.settings
+        self.policy = policy
+        self.log = log
+        self.stats = stats
+        self.mask = mask
+        self._session: requests.Session | None = None
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            session = requests.Session()
+            session.verify = self.settings.verify
+            session.headers["Accept"] = "application/json"
+            self._session = session
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def run(self, flow: Flow[T]) -> T:
+        """Run ``flow`` to its result; log in first (one thread at a time per connection) if due."""
+        if self.auth.login_due():
+            with self.auth.sync_lock():  # threads that waited adopt the token the first one got
+                self._drive(self.auth.authenticate())
+        return self._drive(flow)
+
+    def _flush_secrets(self) -> None:
+        for secret in self.auth.take_secrets():
+            if self.mask is not None:
+                self.mask(secret)
+
+    def _drive(self, flow: Flow[T]) -> T:
+        outcome: Answer | AmbiguousSend | None = None
+        try:
+            while True:
+                step = flow.throw(outcome) if isinstance(outcome, AmbiguousSend) else flow.send(outcome)
+                self._flush_secrets()
+                if isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                    outcome = None
+                    continue
+                try:
+                    outcome = self._send(step)
+                except AmbiguousSend as exc:
+                    outcome = exc
+        except StopIteration as stop:
+            self._flush_secrets()
+            return stop.value  # type: ignore[no-any-return]
+
+    def _send(self, wire: Wire) -> Answer:
+        """Send one request under the retry policy; read its answer as the spec says."""
+        try:
+            answer: Answer = tenacity.Retrying(**self.policy.tenacity_args(wire.spec, self.log))(
+                self._send_once, wire
+            )
+            return answer
+        except Transient as exc:
+            raise exhausted_error(self.settings, wire.spec, exc) from None
+
+    def _send_once(self, wire: Wire) -> Answer:
+        spec = wire.spec
+        started = time.monotonic()
+        response = None
+        try:
+            with classified(wire, requests_failure):
+                response = self.session.request(
+                    spec.method,
+                    self.settings.base_url + spec.path,
+                    params=list(spec.params),
+                    data=spec.body,
+                    headers=dict(wire.headers),
+                    timeout=(min(10.0, self.settings.timeout), self.settings.timeout),
+                    stream=True,
+                )
+                body = AnswerBody(wire, response.status_code, response.headers)
+                if body.streamed:
+                    stream, response = response, None  # the caller reads and closes it
+                    return Answer(body.status, stream.headers, stream=stream)
+                complete = True
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    if body.feed(chunk):
+                        complete = False
+                        break
+                self.stats.bytes_received += body.bytes_read
+                self.log.debug(
+                    "%s -> %d (%d bytes, %.0f ms)",
+                    spec.label,
+                    body.status,
+                    body.bytes_read,
+                    (time.monotonic() - started) * 1000,
+                )
+                return body.finish(complete)
+        finally:
+            if response is not None:
+                response.close()
+
+
+class ArtifactReader(io.BufferedReader):
+    """A buffered stream of one artifact; ``size`` is its length as the server announced it (or None)."""
+
+    size: int | None = None
+
+
+class ResponseStream(io.RawIOBase):
+    """A raw binary stream over a streamed ``requests`` answer (decoded, never loaded whole)."""
+
+    def __init__(self, response: requests.Response, stats: TransferStats) -> None:
+        self._response = response
+        self._raw = response.raw
+        self._raw.decode_content = True
+        self._stats = stats
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._raw.read(len(buffer))
+        except Exception as exc:
+            raise MLServerConnectionError(f"Reading an artifact broke off ({exc}); open it again.") from None
+        n = len(data)
+        buffer[:n] = data
+        self._stats.bytes_received += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.close()
+        super().close()
+
+
+def announced_size(headers: Mapping[str, str]) -> int | None:
+    """The file's length from ``Content-Length``, unless the body is encoded (then it is not the file's)."""
+    if headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
+        return None
+    try:
+        return int(headers["Content-Length"])
+    except (KeyError, TypeError, ValueError):
+        return None
