@@ -1,0 +1,354 @@
+"""The client's flows with no socket: canned answers in, the next request (or the result, or the error) out.
+
+Each API call is a generator of requests (see ``airflow_mlserver.client.calls``); these tests play the
+server's part by hand, so that every rule of a call (what it sends, how it authenticates, what it retries,
+what an answer means) is checked exactly, in isolation from HTTP and timing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import tenacity
+
+from airflow_mlserver.client import auth as auth_module
+from airflow_mlserver.client.auth import Auth
+from airflow_mlserver.client.calls import Calls
+from airflow_mlserver.client.errors import (
+    AmbiguousStartError,
+    ExecutionNotFoundError,
+    MLServerAuthError,
+    MLServerConnectionError,
+    ServiceExistsError,
+)
+from airflow_mlserver.client.models import ServiceDefinition, TokenInfo, WebService
+from airflow_mlserver.client.protocol import (
+    AmbiguousSend,
+    Answer,
+    Flow,
+    RetryPolicy,
+    Sleep,
+    Transient,
+    Wire,
+    check_status,
+    classified,
+)
+from airflow_mlserver.client.settings import ConnectionSettings
+from airflow_mlserver.client.sync import requests_failure
+
+SERVICE = {
+    "name": "svc",
+    "version": "1",
+    "inputParameterDefinitions": [{"name": "x", "type": "integer"}],
+    "outputParameterDefinitions": [{"name": "y", "type": "integer"}],
+}
+LOG = logging.getLogger("test-client-flows")
+
+
+@pytest.fixture(autouse=True)
+def no_shared_tokens() -> Iterator[None]:
+    auth_module.TOKENS.clear()
+    yield
+    auth_module.TOKENS.clear()
+
+
+def calls(**settings: Any) -> Calls:
+    values: dict[str, Any] = {"conn_id": "ml", "base_url": "http://ml:12800", "login": "u", "password": "pw"}
+    values.update(settings)
+    return Calls(Auth(ConnectionSettings(**values), LOG), LOG)
+
+
+def token(value: str, refresh: str | None = "r1", expires_in: float = 3600) -> Answer:
+    body = {"access_token": value, "refresh_token": refresh, "expires_in": expires_in}
+    return Answer(200, {}, value=body)
+
+
+def ok(value: Any) -> Answer:
+    return Answer(200, {}, value=value)
+
+
+def error(status: int, message: str) -> Answer:
+    return Answer(status, {}, error_message=message)
+
+
+class Server:
+    """Plays the server's part: each ``expect`` checks the flow's next request and hands it an outcome."""
+
+    def __init__(self, flow: Flow[Any]) -> None:
+        self.flow = flow
+        self.step: Wire | Sleep = next(flow)
+        self.result: Any = None
+        self.done = False
+
+    def expect(self, method: str, path: str, outcome: Answer | AmbiguousSend | None) -> Wire:
+        step = self.step
+        assert isinstance(step, Wire), f"expected {method} {path}, the flow asked for {step}"
+        assert (step.spec.method, step.spec.path) == (method, path), step.spec
+        self._give(outcome)
+        return step
+
+    def expect_sleep(self) -> float:
+        step = self.step
+        assert isinstance(step, Sleep), step
+        self._give(None)
+        return step.seconds
+
+    def _give(self, outcome: Answer | AmbiguousSend | None) -> None:
+        try:
+            if isinstance(outcome, AmbiguousSend):
+                self.step = self.flow.throw(outcome)
+            else:
+                self.step = self.flow.send(outcome)
+        except StopIteration as stop:
+            self.result, self.done = stop.value, True
+
+
+# --- authentication --------------------------------------------------------------------------------------
+
+
+def test_first_call_logs_in_then_sends_the_token() -> None:
+    c = calls()
+    server = Server(c.get_service("svc", "1"))
+    login = server.expect("POST", "/login", token("t1"))
+    assert json.loads(login.spec.body or b"") == {"username": "u", "password": "pw"}
+    assert "Authorization" not in login.headers
+    get = server.expect("GET", "/services/svc/1", ok([SERVICE]))
+    assert get.headers["Authorization"] == "Bearer t1"
+    assert server.done and server.result == WebService.from_api(SERVICE)
+    assert c.auth.take_secrets() == ["pw", "t1", "r1"]  # the masker hears of each secret before any log
+
+
+def test_a_401_logs_in_again_once_and_resends() -> None:
+    c = calls()
+    c.auth.token = TokenInfo(access_token="stale")
+    server = Server(c.list_services())
+    first = server.expect("GET", "/services", error(401, "expired"))
+    assert first.headers["Authorization"] == "Bearer stale"
+    server.expect("POST", "/login", token("fresh"))
+    again = server.expect("GET", "/services", ok([]))
+    assert again.headers["Authorization"] == "Bearer fresh"
+    assert server.done and server.result == []
+
+
+def test_a_second_401_is_an_auth_error_naming_the_user() -> None:
+    c = calls()
+    c.auth.token = TokenInfo(access_token="stale")
+    server = Server(c.list_services())
+    server.expect("GET", "/services", error(401, "no"))
+    server.expect("POST", "/login", token("fresh"))
+    with pytest.raises(MLServerAuthError, match=r"even with a fresh token .*user 'u' may use this server"):
+        server.expect("GET", "/services", error(401, "still no"))
+
+
+def test_a_rejected_bearer_token_is_not_retried() -> None:
+    c = calls(login=None, password=None, access_token="tok")
+    server = Server(c.list_services())
+    with pytest.raises(MLServerAuthError, match="rejected the bearer token of connection 'ml'"):
+        server.expect("GET", "/services", error(401, "bad token"))
+
+
+def test_refresh_ahead_of_expiry_and_login_when_refresh_fails() -> None:
+    c = calls()
+    c.auth.token = TokenInfo(access_token="old", refresh_token="r0", expires_at=0.0, lifetime=3600)
+    server = Server(c.list_services())
+    refresh = server.expect("POST", "/login/refreshToken", error(400, "refresh token expired"))
+    assert json.loads(refresh.spec.body or b"") == {"refreshToken": "r0"}
+    server.expect("POST", "/login", token("new"))
+    assert server.expect("GET", "/services", ok([])).headers["Authorization"] == "Bearer new"
+
+
+def test_wrong_password_names_the_connection() -> None:
+    server = Server(calls().list_services())
+    with pytest.raises(MLServerAuthError, match=r"refused the login of user 'u' .*connection 'ml'"):
+        server.expect("POST", "/login", error(401, "bad credentials"))
+
+
+def test_clients_of_one_connection_share_the_token() -> None:
+    first, second = calls(), calls()
+    server = Server(first.list_services())
+    server.expect("POST", "/login", token("shared"))
+    server.expect("GET", "/services", ok([]))
+    assert not second.auth.login_due()
+    other = Server(second.list_services())  # no login: adopts the shared token
+    assert other.expect("GET", "/services", ok([])).headers["Authorization"] == "Bearer shared"
+
+
+# --- error answers ---------------------------------------------------------------------------------------
+
+
+def test_an_unknown_execution_is_execution_not_found() -> None:
+    c = calls(login=None, password=None, access_token="tok")
+    server = Server(c.get_batch("svc", "1", "e-1", False))
+    with pytest.raises(
+        ExecutionNotFoundError, match="Batch execution 'e-1' of web service 'svc' version '1'"
+    ):
+        server.expect("GET", "/api/svc/1/batch/e-1", error(404, "not found"))
+
+
+def test_publish_over_an_existing_version_patches_only_with_replace() -> None:
+    definition = ServiceDefinition("y = x", {"x": "integer"}, {"y": "integer"})
+    c = calls(login=None, password=None, access_token="tok")
+    refused = Server(c.publish_service("svc", "1", definition, replace=False))
+    with pytest.raises(ServiceExistsError, match="exists already"):
+        refused.expect("POST", "/services/svc/1", error(403, "exists"))
+    server = Server(c.publish_service("svc", "1", definition, replace=True))
+    post = server.expect("POST", "/services/svc/1", error(403, "exists"))
+    assert json.loads(post.spec.body or b"")["inputParameterDefinitions"] == [
+        {"name": "x", "type": "integer"}
+    ]
+    server.expect("PATCH", "/services/svc/1", ok("/api/svc/1"))
+    server.expect("GET", "/services/svc/1", ok([SERVICE]))
+    assert server.done and server.result.name == "svc"
+
+
+# --- starting a batch: never twice silently ---------------------------------------------------------------
+
+
+def start(c: Calls) -> Server:
+    server = Server(c.start_batch("svc", "1", [{"x": 1}, {"x": 2}], 5, WebService.from_api(SERVICE), "error"))
+    server.expect("GET", "/api/svc/1/batch", ok(["old"]))
+    return server
+
+
+def test_start_sends_the_checked_records() -> None:
+    server = start(calls(login=None, password=None, access_token="tok"))
+    post = server.expect("POST", "/api/svc/1/batch", ok({"batchExecutionId": "new"}))
+    assert post.spec.params == (("parallelCount", "5"),) and not post.spec.idempotent
+    assert json.loads(post.spec.body or b"") == [{"x": 1}, {"x": 2}]
+    assert server.done and server.result == "new"
+
+
+def test_an_ambiguous_start_adopts_the_one_new_execution() -> None:
+    server = start(calls(login=None, password=None, access_token="tok"))
+    server.expect("POST", "/api/svc/1/batch", AmbiguousSend("no answer in time"))
+    server.expect("GET", "/api/svc/1/batch", ok(["old", "e-2"]))
+    assert server.done and server.result == "e-2"
+
+
+def test_an_ambiguous_start_with_no_new_execution_looks_again_then_resends() -> None:
+    server = start(calls(login=None, password=None, access_token="tok", timeout=3.0))
+    server.expect("POST", "/api/svc/1/batch", AmbiguousSend("connection reset"))
+    server.expect("GET", "/api/svc/1/batch", ok(["old"]))
+    assert server.expect_sleep() == 3.0  # a slow server may still be creating it
+    server.expect("GET", "/api/svc/1/batch", ok(["old"]))
+    server.expect("POST", "/api/svc/1/batch", ok({"BatchExecutionId": "e-3"}))
+    assert server.done and server.result == "e-3"
+
+
+def test_an_ambiguous_start_with_several_new_executions_names_them() -> None:
+    server = start(calls(login=None, password=None, access_token="tok"))
+    server.expect("POST", "/api/svc/1/batch", AmbiguousSend("HTTP 502: bad gateway"))
+    with pytest.raises(AmbiguousStartError, match=r"2 executions appeared \(a, b\)") as raised:
+        server.expect("GET", "/api/svc/1/batch", ok(["old", "b", "a"]))
+    assert raised.value.candidates == ("a", "b")
+
+
+def test_a_start_that_keeps_failing_before_the_server_acts_gives_up() -> None:
+    server = start(calls(login=None, password=None, access_token="tok", max_retries=1))
+    for _ in range(2):
+        server.expect("POST", "/api/svc/1/batch", AmbiguousSend("reset"))
+        server.expect("GET", "/api/svc/1/batch", ok(["old"]))
+        server.expect_sleep()
+        if _ == 1:
+            with pytest.raises(AmbiguousStartError, match=r"kept failing .*no execution was created"):
+                server.expect("GET", "/api/svc/1/batch", ok(["old"]))
+        else:
+            server.expect("GET", "/api/svc/1/batch", ok(["old"]))
+
+
+# --- retry classification -------------------------------------------------------------------------------
+
+
+def wire(idempotent: bool) -> Wire:
+    c = calls(login=None, password=None, access_token="tok")
+    step = (Server(c.list_services()) if idempotent else start(c)).step
+    assert isinstance(step, Wire) and step.spec.idempotent is idempotent
+    return step
+
+
+def test_status_classification() -> None:
+    check_status(wire(True), 500, {}, "boom")  # not retried: the flow maps it to an API error
+    with pytest.raises(Transient) as raised:
+        check_status(wire(True), 503, {"Retry-After": "7"}, "busy")
+    assert raised.value.retry_after == 7.0 and raised.value.status == 503
+    with pytest.raises(Transient):
+        check_status(wire(False), 429, {}, "slow down")  # not processed: safe to resend even a start
+    with pytest.raises(AmbiguousSend, match="HTTP 502"):
+        check_status(wire(False), 502, {}, "bad gateway")  # may have been processed: the flow reconciles
+
+
+def test_transport_failure_classification() -> None:
+    refused = requests.exceptions.ConnectionError("NewConnectionError: ConnectionRefusedError")
+    timeout = requests.exceptions.ReadTimeout("read timed out")
+    with pytest.raises(Transient) as raised, classified(wire(False), requests_failure):
+        raise refused
+    assert raised.value.sent is False  # never reached the server: even a start may be resent
+    with pytest.raises(AmbiguousSend), classified(wire(False), requests_failure):
+        raise timeout
+    with pytest.raises(Transient) as raised, classified(wire(True), requests_failure):
+        raise timeout
+    assert raised.value.sent is True
+    with pytest.raises(KeyError), classified(wire(True), requests_failure):
+        raise KeyError("a bug, not a transport failure")
+
+
+def test_retry_policy_resends_transient_failures_then_stops() -> None:
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise Transient("HTTP 503: busy", sent=True, status=503, retry_after=0)
+        return "ok"
+
+    policy = RetryPolicy(max_retries=2, wait=0.0, wait_max=0.0)
+    assert tenacity.Retrying(**policy.tenacity_args(wire(True).spec, LOG))(flaky) == "ok"
+    attempts.clear()
+    with pytest.raises(Transient):
+        tenacity.Retrying(**RetryPolicy(1, 0.0, 0.0).tenacity_args(wire(True).spec, LOG))(flaky)
+    assert len(attempts) == 2
+
+
+def test_exhausted_connection_error_names_the_url() -> None:
+    from airflow_mlserver.client.protocol import exhausted_error
+
+    settings = ConnectionSettings(conn_id="ml", base_url="http://ml:1", access_token="t", max_retries=2)
+    err = exhausted_error(settings, wire(True).spec, Transient("cannot connect", sent=False))
+    assert isinstance(err, MLServerConnectionError)
+    assert "GET /services at http://ml:1 failed 3 times, last: cannot connect" in str(err)
+
+
+# --- no Airflow in the client -----------------------------------------------------------------------------
+
+
+def test_client_imports_without_airflow() -> None:
+    """Every module of the client imports (and a client is built) with ``airflow`` made unimportable."""
+    script = """
+import importlib, pkgutil, sys
+
+class NoAirflow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "airflow" or name.startswith("airflow."):
+            raise ImportError(f"blocked: {name}")
+        return None
+
+sys.meta_path.insert(0, NoAirflow())
+import airflow_mlserver.client as client
+names = [m.name for m in pkgutil.iter_modules(client.__path__, "airflow_mlserver.client.")]
+for name in names:
+    importlib.import_module(name)
+from airflow_mlserver.client import ConnectionSettings, MLServerClient
+MLServerClient(ConnectionSettings(conn_id="x", base_url="http://127.0.0.1:9", access_token="t"))
+assert not any(m == "airflow" or m.startswith("airflow.") for m in sys.modules), "airflow was imported"
+print(len(names), "modules")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[0]) >= 10
