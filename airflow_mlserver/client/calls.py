@@ -29,6 +29,8 @@ from airflow_mlserver.client.models import (
     RecordResult,
     ServiceDefinition,
     WebService,
+    answer_list,
+    answer_object,
     start_answer_execution_id,
 )
 from airflow_mlserver.client.protocol import (
@@ -37,8 +39,6 @@ from airflow_mlserver.client.protocol import (
     ReadMode,
     Sleep,
     Spec,
-    list_answer,
-    object_answer,
     quote,
 )
 
@@ -89,7 +89,7 @@ class Calls:
 
     def list_services(self) -> Flow[list[WebService]]:
         answer = yield from self.auth.exchange(Spec("GET", "/services", "list the web services"))
-        return [WebService.from_api(s) for s in list_answer(answer.value, "GET /services")]
+        return [WebService.from_api(s) for s in answer_list(answer.value, "GET /services")]
 
     def get_service(self, name: str, version: str | None) -> Flow[WebService]:
         if version is None:
@@ -175,7 +175,7 @@ class Calls:
         answer = yield from self.auth.exchange(
             Spec("GET", path, "get the swagger document", scope="service", subject=subject)
         )
-        return object_answer(answer.value, f"GET {path}")
+        return answer_object(answer.value, f"GET {path}")
 
     # -- request-response ------------------------------------------------------------------------------------
 
@@ -215,7 +215,7 @@ class Calls:
             subject=f"Web service '{name}' version '{version}'",
         )
         answer = yield from self.auth.exchange(spec)
-        ids = list_answer(answer.value, f"GET {spec.path}")
+        ids = answer_list(answer.value, f"GET {spec.path}")
         if not all(isinstance(i, str) for i in ids):
             raise MalformedResponseError(
                 f"The server's answer to GET {spec.path} is not a list of execution ids: {str(ids)[:200]}."
@@ -331,7 +331,7 @@ class Calls:
             subject=f"Record {index} of batch execution '{execution_id}'",
         )
         answer = yield from self.auth.exchange(spec)
-        return [str(f) for f in list_answer(answer.value, f"GET {path}")]
+        return [str(f) for f in answer_list(answer.value, f"GET {path}")]
 
 
 # -- request specs shared by flows and the sync side's streamed reads -----------------------------------------

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow_mlserver.client.errors import MalformedResponseError
+
+_T = TypeVar("_T")
 
 _FINISHED_STATES = ("complete", "failed", "canceled", "cancelled")
 
@@ -40,13 +42,29 @@ def _field(
     return value
 
 
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
+def _shaped(value: Any, kind: type[_T], problem: str) -> _T:
+    """``value`` if it is a ``kind``; else the server does not follow the contract (``problem`` says how)."""
+    if not isinstance(value, kind):
         raise MalformedResponseError(
-            f"The server answered {type(value).__name__} where a {what} object was expected: "
-            f"{str(value)[:200]!r}. The server does not follow the Machine Learning Server API."
+            f"{problem}: {str(value)[:200]!r}. The server does not follow the Machine Learning Server API."
         )
     return value
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    problem = f"The server answered {type(value).__name__} where a {what} object was expected"
+    return _shaped(value, dict, problem)
+
+
+def answer_list(value: Any, what: str) -> list[Any]:
+    """The answer to ``what`` (e.g. ``GET /services``), which the contract says is a list."""
+    return _shaped(value, list, f"The server's answer to {what} is a {type(value).__name__}, not a list")
+
+
+def answer_object(value: Any, what: str) -> dict[str, Any]:
+    """The answer to ``what``, which the contract says is a JSON object."""
+    problem = f"The server's answer to {what} is a {type(value).__name__}, not an object"
+    return _shaped(value, dict, problem)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ import tenacity
 from airflow_mlserver.client.errors import (
     ArtifactNotFoundError,
     ExecutionNotFoundError,
-    MalformedResponseError,
     MLServerApiError,
     MLServerConnectionError,
     MLServerError,
@@ -333,23 +332,3 @@ def api_error(spec: Spec, answer: Answer) -> MLServerApiError:
         413: "The request is too large for the server: send fewer records per batch.",
     }.get(status, "The server failed: check its logs, and retry later." if status >= 500 else "")
     return cls(f"Could not {spec.what} ({where}). {advice}".rstrip(), status, message, spec.method, spec.path)
-
-
-def list_answer(value: Any, what: str) -> list[Any]:
-    """``value`` if it is a list; else the answer does not follow the contract."""
-    if not isinstance(value, list):
-        raise MalformedResponseError(
-            f"The server's answer to {what} is a {type(value).__name__}, not a list: {str(value)[:200]!r}. The server "
-            "does not follow the Machine Learning Server API."
-        )
-    return value
-
-
-def object_answer(value: Any, what: str) -> dict[str, Any]:
-    """``value`` if it is a JSON object; else the answer does not follow the contract."""
-    if not isinstance(value, dict):
-        raise MalformedResponseError(
-            f"The server's answer to {what} is a {type(value).__name__}, not an object: {str(value)[:200]!r}. The "
-            "server does not follow the Machine Learning Server API."
-        )
-    return value
