@@ -318,3 +318,31 @@ def test_hooks_of_one_connection_share_one_login(
     )
     with pytest.raises(MLServerAuthError):
         MLServerHook("mlserver_shared").list_services()  # other credentials never borrow that token
+
+
+def test_client_on_its_own(mlserver: LocalMLServer, add_service: str) -> None:
+    """The README's use of the client without Airflow: settings by hand, sync and async, closed by ``with``."""
+    from airflow_mlserver.client import MLServerClient
+
+    settings = ConnectionSettings(
+        conn_id="plain", base_url=mlserver.url, login=mlserver.username, password=mlserver.password
+    )
+    with MLServerClient(settings) as client:
+        execution_id = client.start_batch(add_service, "1.0", [{"x": 1}, {"x": 2}], parallel_count=2)
+        deadline = time.monotonic() + 60
+        while not client.get_batch(add_service, "1.0", execution_id).is_finished:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert [r.outputs for r in client.iter_batch_results(add_service, "1.0", execution_id)] == [
+            {"y": 2.0},
+            {"y": 3.0},
+        ]
+
+    async def poll() -> BatchStatus:
+        async with MLServerClient(settings) as aclient:
+            status = await aclient.async_get_batch(add_service, "1.0", execution_id)
+            assert aclient.aio._session is not None and not aclient.aio._session.closed
+        assert aclient.aio._session is None
+        return status
+
+    assert asyncio.run(poll()).is_complete

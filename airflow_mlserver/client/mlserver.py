@@ -91,6 +91,18 @@ class MLServerClient:
         """Close the async side's HTTP session (a trigger calls this when it ends)."""
         await self.aio.close()
 
+    def __enter__(self) -> MLServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> MLServerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     def test_connection(self) -> str:
         """Log in and ask ``GET /status`` (or list the services); answer a sentence for a person."""
         return self.run(self.calls.test_connection())
