@@ -1,0 +1,88 @@
+"""The layers of ARCHITECTURE.md import one way: client <- hooks <- operators, triggers, sensors; server apart."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parent.parent / "airflow_mlserver"
+
+#: What each layer must not import (prefixes of module names), lazy imports inside functions included.
+FORBIDDEN = {
+    "client": (
+        "airflow",
+        "airflow_mlserver.hooks",
+        "airflow_mlserver.operators",
+        "airflow_mlserver.triggers",
+        "airflow_mlserver.sensors",
+        "airflow_mlserver.server",
+        "airflow_mlserver.exceptions",
+        "airflow_mlserver.tables",
+        "airflow_mlserver.lineage",
+    ),
+    "hooks": (
+        "airflow_mlserver.operators",
+        "airflow_mlserver.triggers",
+        "airflow_mlserver.sensors",
+        "airflow_mlserver.server",
+    ),
+    "triggers": ("airflow_mlserver.operators", "airflow_mlserver.sensors", "airflow_mlserver.server"),
+    "sensors": ("airflow_mlserver.operators", "airflow_mlserver.server"),
+    "operators": ("airflow_mlserver.sensors", "airflow_mlserver.server"),
+    "server": (
+        "airflow",
+        "airflow_mlserver.hooks",
+        "airflow_mlserver.operators",
+        "airflow_mlserver.triggers",
+        "airflow_mlserver.sensors",
+        "airflow_mlserver.exceptions",
+        "airflow_mlserver.tables",
+    ),
+}
+#: The one part of the client the local server uses: the contract's parameter types (pure data).
+SERVER_MAY_USE = ("airflow_mlserver.client.parameters",)
+
+
+def imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def test_layers_import_one_way() -> None:
+    wrong = []
+    for layer, forbidden in FORBIDDEN.items():
+        for path in sorted((PACKAGE / layer).glob("*.py")):
+            for name in imports(path):
+                if any(under(name, prefix) for prefix in forbidden):
+                    wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
+                if (
+                    layer == "server"
+                    and under(name, "airflow_mlserver.client")
+                    and name not in SERVER_MAY_USE
+                ):
+                    wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_module_is_in_a_layer_or_named() -> None:
+    """A new top-level module must be placed deliberately (and ARCHITECTURE.md told)."""
+    top = {p.stem for p in PACKAGE.glob("*.py")}
+    assert top == {"__init__", "cli", "exceptions", "lineage", "tables"}, top
+
+
+def test_no_module_is_too_long_to_read_in_one_sitting() -> None:
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 520
+    }
+    assert not long, long
