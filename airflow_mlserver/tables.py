@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from airflow_mlserver.exceptions import MLServerConfigError
 from airflow_mlserver.client.models import RecordResult, WebService
+from airflow_mlserver.client.parameters import Column, result_column
+from airflow_mlserver.exceptions import MLServerConfigError
 
 RecordsFormat = Literal["csv", "tsv", "parquet", "jsonl"]
 ResultsFormat = Literal["parquet", "csv"]
@@ -41,14 +42,13 @@ _SUFFIXES: dict[str, RecordsFormat] = {
     ".json": "jsonl",
 }
 
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "integer": pa.int64(),
-    "numeric": pa.float64(),
-    "character": pa.string(),
-    "logical": pa.bool_(),
-    "vector": pa.string(),
-    "matrix": pa.string(),
-    "data.frame": pa.string(),
+#: The Arrow type of each kind of results column (see ``client.parameters``).
+_ARROW_TYPES: dict[Column, pa.DataType] = {
+    Column.INT64: pa.int64(),
+    Column.FLOAT64: pa.float64(),
+    Column.BOOL: pa.bool_(),
+    Column.STRING: pa.string(),
+    Column.JSON: pa.string(),
 }
 
 
@@ -152,7 +152,7 @@ def results_frame(
     frame.insert(0, "record", range(offset, offset + len(inputs)))
     for output in service.outputs:
         values = [r.outputs.get(output.name) if r.success else None for r in results]
-        if output.type in ("vector", "matrix", "data.frame"):
+        if result_column(output.type) is Column.JSON:
             values = [_json_text(v) for v in values]
         frame[_unique(frame, output.name)] = values
     frame[_unique(frame, "success")] = [r.success for r in results]
@@ -167,7 +167,7 @@ def _unique(frame: pd.DataFrame, name: str) -> str:
 
 def results_schema(first: pd.DataFrame, service: WebService) -> pa.Schema:
     """A stable Arrow schema for every chunk: inputs as inferred from the first chunk, outputs as declared."""
-    declared = {o.name: _ARROW_TYPES.get(o.type, pa.string()) for o in service.outputs}
+    declared = {o.name: _ARROW_TYPES[result_column(o.type)] for o in service.outputs}
     inferred = pa.Schema.from_pandas(first, preserve_index=False)
     fields = []
     for field in inferred:

@@ -15,7 +15,7 @@ import datetime as dt
 import decimal
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +23,7 @@ import pandas as pd
 
 from airflow_mlserver.client.errors import RecordValidationError
 from airflow_mlserver.client.models import ParameterDefinition, WebService
+from airflow_mlserver.client.parameters import PARAMETER_TYPES
 
 RecordsInput = pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Any]
 ExtraColumns = Literal["error", "drop"]
@@ -59,10 +60,10 @@ def _is_na(value: Any) -> bool:
     return False
 
 
-def to_plain(value: Any) -> Any:
+def _to_plain(value: Any) -> Any:
     """A value as plain JSON: numpy/pandas scalars unwrapped, NaN/NaT/NA -> None, timestamps -> ISO 8601.
 
-    Raises ``ValueError`` for what JSON cannot carry (infinite numbers, arbitrary objects).
+    Raises ``_Invalid`` for what JSON cannot carry (infinite numbers, arbitrary objects).
     """
     if value is None or isinstance(value, bool | str):
         return value
@@ -75,19 +76,19 @@ def to_plain(value: Any) -> Any:
             raise _Invalid("infinite numbers cannot be sent as JSON")
         return value
     if isinstance(value, np.generic):
-        return to_plain(value.item())
+        return _to_plain(value.item())
     if isinstance(value, pd.Timestamp | dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, np.datetime64):
         return pd.Timestamp(value).isoformat()
     if isinstance(value, decimal.Decimal):
-        return to_plain(float(value))
+        return _to_plain(float(value))
     if isinstance(value, np.ndarray | pd.Series | pd.Index | list | tuple):
-        return [to_plain(v) for v in value]
+        return [_to_plain(v) for v in value]
     if isinstance(value, pd.DataFrame):
-        return {str(c): [to_plain(v) for v in value[c].tolist()] for c in value.columns}
+        return {str(c): [_to_plain(v) for v in value[c].tolist()] for c in value.columns}
     if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
+        return {str(k): _to_plain(v) for k, v in value.items()}
     raise _Invalid(f"a {type(value).__name__} cannot be sent as JSON")
 
 
@@ -95,13 +96,13 @@ _SIMPLE = (int, str, bool)
 
 
 def _plain_list(values: Any) -> list[Any]:
-    """``to_plain`` of every element, with a fast path for lists of ints, strings and booleans."""
+    """``_to_plain`` of every element, with a fast path for lists of ints, strings and booleans."""
     if type(values) is list and all(type(v) in _SIMPLE for v in values):
         return list(values)
-    return [to_plain(v) for v in values]
+    return [_to_plain(v) for v in values]
 
 
-# --- one scalar coercer per declared type (the per-element path) -------------------------------------------
+# --- one coercer per declared type (the per-element path), registered in _COERCERS --------------------------
 
 
 def _integer(value: Any) -> Any:
@@ -167,9 +168,9 @@ def _character(value: Any) -> Any:
     if isinstance(value, int | np.integer):
         return str(int(value))
     if isinstance(value, float | np.floating | decimal.Decimal):
-        return str(to_plain(value))
+        return str(_to_plain(value))
     if isinstance(value, pd.Timestamp | dt.datetime | dt.date | dt.time | np.datetime64):
-        return to_plain(value)
+        return _to_plain(value)
     raise _Invalid("expected text")
 
 
@@ -236,9 +237,9 @@ def _data_frame(value: Any) -> Any:
             raise _Invalid("expected an object of columns, or a list of row objects")
         value = pd.DataFrame.from_records(list(value))
     if isinstance(value, pd.DataFrame):
-        return {str(c): [to_plain(v) for v in value[c].tolist()] for c in value.columns}
+        return {str(c): [_to_plain(v) for v in value[c].tolist()] for c in value.columns}
     if isinstance(value, Mapping):
-        columns = {str(k): to_plain(v) for k, v in value.items()}
+        columns = {str(k): _to_plain(v) for k, v in value.items()}
         lengths = {len(v) if isinstance(v, list) else -1 for v in columns.values()}
         if -1 in lengths:
             raise _Invalid("every column of a data.frame must be a list of values")
@@ -249,10 +250,12 @@ def _data_frame(value: Any) -> Any:
 
 
 def _passthrough(value: Any) -> Any:
-    return to_plain(value)
+    return _to_plain(value)
 
 
-_SCALAR: dict[str, Callable[[Any], Any]] = {
+#: The coercer of each type of ``client.parameters.PARAMETER_TYPES``, by its name; a type outside the
+#: contract passes through as plain JSON.
+_COERCERS: dict[str, Callable[[Any], Any]] = {
     "integer": _integer,
     "numeric": _numeric,
     "character": _character,
@@ -264,7 +267,7 @@ _SCALAR: dict[str, Callable[[Any], Any]] = {
 
 
 def _expected(kind: str) -> str:
-    return kind if kind in _SCALAR else f"{kind!r}"
+    return kind if kind in PARAMETER_TYPES else f"{kind!r}"
 
 
 # --- column-wise coercion ----------------------------------------------------------------------------------
@@ -274,14 +277,14 @@ def _first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _coerce_array(kind: str, arr: np.ndarray, column: str, offset: int) -> list[Any] | None:
+def _coerce_array(kind: str, arr: np.ndarray, column: str) -> list[Any] | None:
     """Column-wise coercion of a numpy array of numbers or booleans; None when the per-element path must run."""
     code = arr.dtype.kind
     if code not in "biuf":
         return None
 
     def fail(i: int, why: str) -> RecordValidationError:
-        return _invalid_value(offset + i, column, kind, arr[i].item(), why)
+        return _invalid_value(i, column, kind, arr[i].item(), why)
 
     if kind in ("integer", "numeric") and code == "b":
         raise fail(
@@ -323,7 +326,7 @@ def _coerce_array(kind: str, arr: np.ndarray, column: str, offset: int) -> list[
     return None
 
 
-def _coerce_column(kind: str, values: Any, column: str, offset: int) -> list[Any]:
+def _coerce_column(kind: str, values: Any, column: str) -> list[Any]:
     """The JSON-ready values of one column, coerced to ``kind``; raises naming the first bad row."""
     if isinstance(values, pd.Series):
         if isinstance(values.dtype, np.dtype) and values.dtype.kind in "biuf":
@@ -331,18 +334,18 @@ def _coerce_column(kind: str, values: Any, column: str, offset: int) -> list[Any
         else:
             values = values.astype(object).where(values.notna(), None).to_numpy()
     if isinstance(values, np.ndarray) and values.ndim == 1:
-        fast = _coerce_array(kind, values, column, offset)
+        fast = _coerce_array(kind, values, column)
         if fast is not None:
             return fast
         values = values.tolist() if values.dtype.kind in "biufUS" else list(values)
-    coerce = _SCALAR.get(kind, _passthrough)
+    coerce = _COERCERS.get(kind, _passthrough)
     out: list[Any] = []
     append = out.append
     for i, value in enumerate(values):
         try:
             append(coerce(value))
         except _Invalid as exc:
-            raise _invalid_value(offset + i, column, _expected(kind), value, str(exc)) from None
+            raise _invalid_value(i, column, _expected(kind), value, str(exc)) from None
     return out
 
 
@@ -418,21 +421,19 @@ class _Table:
                 "dict of columns."
             )
 
-    def column(self, name: str, definitions: Sequence[ParameterDefinition], start: int, stop: int) -> Any:
+    def column(self, name: str, definitions: Sequence[ParameterDefinition]) -> Any:
         if self.frame is not None:
-            column = self.frame[self.frame.columns[self.names.index(name)]]
-            return column.iloc[start:stop] if (start, stop) != (0, self.length) else column
+            return self.frame[self.frame.columns[self.names.index(name)]]
         if self.rows is not None:
-            values = [row.get(name, _ABSENT) for row in self.rows[start:stop]]
+            values = [row.get(name, _ABSENT) for row in self.rows]
             for i, value in enumerate(values):
                 if value is _ABSENT:
                     raise RecordValidationError(
-                        f"Row {start + i} has no value for input {name!r}; every record needs every declared input: "
+                        f"Row {i} has no value for input {name!r}; every record needs every declared input: "
                         f"{_declared(definitions)}."
                     )
             return values
-        column = self.columns[name]
-        return column[start:stop] if (start, stop) != (0, self.length) else column
+        return self.columns[name]
 
 
 def _check_columns(
@@ -455,16 +456,11 @@ def _check_columns(
         )
 
 
-def _build(
-    table: _Table, definitions: Sequence[ParameterDefinition], start: int, stop: int
-) -> list[dict[str, Any]]:
+def _build(table: _Table, definitions: Sequence[ParameterDefinition]) -> list[dict[str, Any]]:
     names = [d.name for d in definitions]
-    columns = [
-        _coerce_column(d.type, table.column(d.name, definitions, start, stop), d.name, start)
-        for d in definitions
-    ]
+    columns = [_coerce_column(d.type, table.column(d.name, definitions), d.name) for d in definitions]
     if not columns:
-        return [{} for _ in range(stop - start)]
+        return [{} for _ in range(table.length)]
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
@@ -484,27 +480,7 @@ def prepare_records(
     _check_columns(table, definitions, label, extra_columns)
     if table.length == 0:
         raise RecordValidationError("The data has no rows: a batch needs at least one record.")
-    return _build(table, definitions, 0, table.length)
-
-
-def iter_record_chunks(
-    data: RecordsInput,
-    inputs: WebService | Sequence[ParameterDefinition],
-    chunk_size: int = 10_000,
-    extra_columns: ExtraColumns = "error",
-) -> Iterator[list[dict[str, Any]]]:
-    """Like :func:`prepare_records`, a chunk of at most ``chunk_size`` records at a time (rows keep their numbers).
-
-    Columns are checked before the first chunk; values are checked chunk by chunk, so a bad value in a late
-    row is reported when its chunk is reached.
-    """
-    if chunk_size < 1:
-        raise RecordValidationError(f"chunk_size must be at least 1, not {chunk_size}.")
-    definitions, label = _definitions(inputs)
-    table = _Table(data)
-    _check_columns(table, definitions, label, extra_columns)
-    for start in range(0, table.length, chunk_size):
-        yield _build(table, definitions, start, min(start + chunk_size, table.length))
+    return _build(table, definitions)
 
 
 def prepare_inputs(

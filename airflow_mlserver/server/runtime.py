@@ -5,8 +5,8 @@ loaded and its ``initCode`` run once, the first time that worker runs the servic
 then gets a shallow copy of that namespace with the inputs bound as variables, runs ``code`` in a
 fresh working folder, and reads each declared output back by name.
 
-This module imports only the standard library at import time so that workers start fast; numpy,
-pandas and dill are imported when a service needs them.
+This module imports only the standard library (and the pure-data table of parameter types) at import time
+so that workers start fast; numpy, pandas and dill are imported when a service needs them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-# Declared types of the contract (section 2).
-TYPES = ("integer", "numeric", "character", "logical", "vector", "matrix", "data.frame")
+from airflow_mlserver.client.parameters import PARAMETER_TYPES, Binding
 
 
 class InputError(ValueError):
@@ -33,43 +32,20 @@ def bind_input(kind: str, value: Any) -> Any:
     """Turn a JSON input value into the Python value the service code sees (the Python client's rules)."""
     if value is None:
         return None
-    if kind == "integer":
-        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
-            raise InputError(f"expected an integer, got {value!r}")
-        return int(value)
-    if kind == "numeric":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"expected a number, got {value!r}")
-        return float(value)
-    if kind == "character":
-        if not isinstance(value, str):
-            raise InputError(f"expected a string, got {value!r}")
-        return value
-    if kind == "logical":
-        if not isinstance(value, bool):
-            raise InputError(f"expected true or false, got {value!r}")
-        return value
-    if kind == "vector":
+    declared = PARAMETER_TYPES.get(kind)
+    if declared is None:
+        raise InputError(f"unknown type {kind!r}")
+    if not declared.accepts(value):
+        raise InputError(f"expected {declared.expected}, got {value!r}")
+    if declared.binds_to is Binding.NUMPY_ARRAY:
         import numpy as np
 
-        if not isinstance(value, list):
-            raise InputError(f"expected a list, got {value!r}")
         return np.array(value)
-    if kind == "matrix":
-        import numpy as np
-
-        if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
-            raise InputError(f"expected a list of lists, got {value!r}")
-        return np.array(value)
-    if kind == "data.frame":
+    if declared.binds_to is Binding.DATA_FRAME:
         import pandas as pd
 
-        if isinstance(value, dict):
-            return pd.DataFrame(value)
-        if isinstance(value, list):
-            return pd.DataFrame.from_records(value)
-        raise InputError(f"expected an object of columns, got {value!r}")
-    raise InputError(f"unknown type {kind!r}")
+        return pd.DataFrame(value) if isinstance(value, dict) else pd.DataFrame.from_records(value)
+    return declared.binds_to(value)
 
 
 def encode_output(value: Any) -> Any:

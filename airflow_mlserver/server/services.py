@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from airflow_mlserver.client.parameters import PARAMETER_TYPES
 from airflow_mlserver.server.context import ServerContext, current_user, read_json
 from airflow_mlserver.server.errors import ApiError, bad_request
-from airflow_mlserver.server.runtime import TYPES
 
 router = APIRouter()
 
@@ -56,9 +56,9 @@ def _check_parameters(field: str, value: Any) -> list[dict[str, str]]:
         name, kind = item["name"], item["type"]
         if not name.isidentifier() or keyword.iskeyword(name):
             raise bad_request(f"'{field}[{i}]': {name!r} is not a valid Python variable name.")
-        if kind not in TYPES:
+        if kind not in PARAMETER_TYPES:
             raise bad_request(
-                f"'{field}[{i}]': unknown type {kind!r} for '{name}'; use one of {', '.join(TYPES)}."
+                f"'{field}[{i}]': unknown type {kind!r} for '{name}'; use one of {', '.join(PARAMETER_TYPES)}."
             )
         if name in seen:
             raise bad_request(f"'{field}': the parameter '{name}' is declared twice.")
@@ -231,23 +231,13 @@ async def delete_version(request: Request, name: str, version: str) -> Response:
     return JSONResponse(True)
 
 
-_JSON_TYPES = {
-    "integer": {"type": "integer", "format": "int64"},
-    "numeric": {"type": "number", "format": "double"},
-    "character": {"type": "string"},
-    "logical": {"type": "boolean"},
-    "vector": {"type": "array", "items": {}},
-    "matrix": {"type": "array", "items": {"type": "array", "items": {}}},
-    "data.frame": {"type": "object", "additionalProperties": {"type": "array", "items": {}}},
-}
-
-
 def swagger_document(service: dict[str, Any], host: str) -> dict[str, Any]:
     """A Swagger 2.0 document for consuming one service (request-response and batch)."""
     name, version = service["name"], service["version"]
 
     def schema(params: list[dict[str, str]]) -> dict[str, Any]:
-        return {"type": "object", "properties": {p["name"]: _JSON_TYPES[p["type"]] for p in params}}
+        properties = {p["name"]: PARAMETER_TYPES[p["type"]].json_schema for p in params}
+        return {"type": "object", "properties": properties}
 
     inputs = schema(service.get("inputParameterDefinitions", []))
     inputs["required"] = [p["name"] for p in service.get("inputParameterDefinitions", [])]
