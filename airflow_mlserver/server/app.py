@@ -14,11 +14,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_mlserver import __version__
 from airflow_mlserver.server import auth, batch, consume, services, sessions
-from airflow_mlserver.server.batch import BatchRunner
 from airflow_mlserver.server.config import ServerConfig
 from airflow_mlserver.server.context import ServerContext
 from airflow_mlserver.server.errors import ApiError
 from airflow_mlserver.server.middleware import ServerMiddleware
+from airflow_mlserver.server.runner import BatchRunner
 from airflow_mlserver.server.store import Store
 from airflow_mlserver.server.workers import WorkerPool
 
@@ -27,20 +27,19 @@ def create_app(config: ServerConfig) -> FastAPI:
     """Build the application; the worker pool starts and unfinished batches resume at startup."""
     store = Store(config.data_dir)
     pool = WorkerPool(config.workers, config.execution_timeout, home=str(config.data_dir))
-    ctx = ServerContext(config=config, store=store, pool=pool)
-    ctx.runner = BatchRunner(ctx)
+    runner = BatchRunner(store, pool)
+    ctx = ServerContext(config=config, store=store, pool=pool, runner=runner)
     started = time.time()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.start()
         store.purge_tokens(time.time())
-        assert ctx.runner is not None
-        ctx.runner.resume_unfinished()
+        runner.resume_unfinished()
         try:
             yield
         finally:
-            await ctx.runner.stop()
+            await runner.stop()
             pool.close()
             store.close()
 

@@ -1,9 +1,6 @@
-"""Section 4 of the contract: asynchronous batch consumption, and the runner that executes batches.
+"""Section 4 of the contract: asynchronous batch consumption (start, poll, cancel, list, artifacts).
 
-An execution runs ``parallelCount`` records at a time (lanes), in input order, on the shared worker
-pool. Each finished record is committed with its result before it counts, so a restarted server picks
-up exactly the records that have no result yet. A cancel stops the lanes from taking new records;
-records already running finish and keep their result. An ``initCode`` failure fails the execution.
+The routes check and store a batch; :class:`~airflow_mlserver.server.runner.BatchRunner` executes it.
 
 Polling is cheap: ``showPartialResults=false`` on an unfinished execution answers state and counts
 only. A results list is streamed from the database, so answering it needs memory for one page of
@@ -12,115 +9,19 @@ records, not for the batch.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from airflow_mlserver.server.consume import answer, build_job, check_record
 from airflow_mlserver.server.context import ServerContext, current_user
 from airflow_mlserver.server.errors import ApiError, bad_request
-from airflow_mlserver.server.store import CANCELED, COMPLETE, FAILED, FINISHED, RUNNING, Execution
+from airflow_mlserver.server.jobs import check_record
+from airflow_mlserver.server.store import FINISHED, Execution
 
-log = logging.getLogger("airflow_mlserver.server")
 router = APIRouter()
-
-
-class BatchRunner:
-    """Runs batch executions in the server's event loop, on the worker pool."""
-
-    def __init__(self, ctx: ServerContext) -> None:
-        self.ctx = ctx
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._canceled: set[str] = set()
-
-    def launch(self, execution_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(execution_id))
-        self._tasks[execution_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(execution_id, None))
-
-    def resume_unfinished(self) -> None:
-        """After a restart: run what every pending or running execution has left."""
-        for execution_id in self.ctx.store.unfinished_execution_ids():
-            self.launch(execution_id)
-
-    def cancel(self, execution_id: str) -> None:
-        self._canceled.add(execution_id)
-        self.ctx.store.set_state(execution_id, CANCELED)
-
-    async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _pending(self, execution_id: str) -> Iterator[int]:
-        after = -1
-        while True:
-            page = self.ctx.store.pending_indexes(execution_id, after, 1000)
-            if not page:
-                return
-            yield from page
-            after = page[-1]
-
-    async def _run(self, execution_id: str) -> None:
-        store = self.ctx.store
-        execution = store.get_execution(execution_id)
-        if execution is None or execution.state in FINISHED:
-            return
-        found = store.get_service(execution.name, execution.version)
-        if found is None:
-            store.set_state(
-                execution_id,
-                FAILED,
-                f"Web service '{execution.name}' version "
-                f"'{execution.version}' was deleted before the execution finished.",
-            )
-            return
-        service, revision = found
-        store.set_state(execution_id, RUNNING)
-        pending = self._pending(execution_id)
-        failure: list[str] = []
-        record_dir = store.execution_dir(execution_id)
-        resumed = execution.state == RUNNING  # it ran before a restart: some folders may be half-written
-
-        async def lane() -> None:
-            while execution_id not in self._canceled and not failure:
-                index = next(pending, None)
-                if index is None:
-                    return
-                workdir = record_dir / str(index)
-                if resumed and workdir.exists():
-                    shutil.rmtree(workdir)  # a fresh folder for a record that was cut short by a restart
-                job = build_job(self.ctx, service, revision, store.get_input(execution_id, index), workdir)
-                job["artifacts_only"] = True
-                result = await self.ctx.pool.run(job)
-                if self.ctx.pool.closing:
-                    return  # shutting down: the record runs again after a restart
-                if result.get("initFailed"):
-                    failure.append(result["errorMessage"])
-                    return
-                store.save_result(execution_id, index, answer(result, {}))
-
-        lanes = min(execution.parallel_count, max(1, execution.total - execution.completed))
-        try:
-            await asyncio.gather(*(lane() for _ in range(lanes)))
-        except asyncio.CancelledError:
-            raise  # server shutdown: the execution stays running and resumes after a restart
-        except Exception as exc:
-            log.exception("Batch execution %s stopped", execution_id)
-            store.set_state(execution_id, FAILED, f"The execution stopped on a server error: {exc}")
-            return
-        if failure:
-            store.set_state(execution_id, FAILED, failure[0])
-        elif execution_id not in self._canceled:
-            store.set_state(execution_id, COMPLETE)
-        self._canceled.discard(execution_id)
 
 
 def _parallel_count(ctx: ServerContext, request: Request) -> int:
@@ -190,7 +91,6 @@ async def start(request: Request, name: str, version: str) -> dict[str, Any]:
     texts = [json.dumps(r, separators=(",", ":")) for r in records]
     del records
     execution = ctx.store.create_execution(name, version, texts, parallel, current_user(request))
-    assert ctx.runner is not None
     ctx.runner.launch(execution.id)
     return {
         "name": name,
@@ -248,7 +148,6 @@ async def cancel(request: Request, name: str, version: str, execution_id: str) -
     execution = _execution(ctx, name, version, execution_id)
     ctx.store.count_cancel_request(execution_id)
     if execution.state not in FINISHED:
-        assert ctx.runner is not None
         ctx.runner.cancel(execution_id)
     refreshed = ctx.store.get_execution(execution_id)
     assert refreshed is not None

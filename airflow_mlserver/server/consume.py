@@ -1,70 +1,18 @@
-"""Section 3 of the contract: request-response consumption, and the job every execution is built from."""
+"""Section 3 of the contract: request-response consumption (one call, one execution)."""
 
 from __future__ import annotations
 
 import base64
 import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from airflow_mlserver.server.context import ServerContext, read_json
-from airflow_mlserver.server.errors import bad_request
+from airflow_mlserver.server.jobs import answer, build_job, check_record
 
 router = APIRouter()
-
-
-def check_record(service: dict[str, Any], record: Any, where: str) -> None:
-    """Refuse a record that is not an object or lacks a declared input (400 naming both)."""
-    if not isinstance(record, dict):
-        raise bad_request(f"{where} must be a JSON object of inputs, not {type(record).__name__}.")
-    declared = [p["name"] for p in service.get("inputParameterDefinitions", [])]
-    missing = [n for n in declared if n not in record]
-    if missing:
-        raise bad_request(
-            f"{where} is missing the declared input(s) {', '.join(repr(n) for n in missing)} of service "
-            f"'{service['name']}' version '{service['version']}' (declared: {', '.join(declared) or 'none'})."
-        )
-    unknown = [n for n in record if n not in declared]
-    if unknown:
-        raise bad_request(
-            f"{where} has input(s) {', '.join(repr(n) for n in unknown)} that service '{service['name']}' version "
-            f"'{service['version']}' does not declare (declared: {', '.join(declared) or 'none'})."
-        )
-
-
-def build_job(
-    ctx: ServerContext, service: dict[str, Any], revision: str, inputs: dict[str, Any], workdir: Path
-) -> dict[str, Any]:
-    """What a worker needs to run one execution of ``service`` (see ``runtime.Runtime.run``)."""
-    name, version = service["name"], service["version"]
-    service_dir = ctx.store.service_dir(name, version)
-    return {
-        "key": f"{name}\x00{version}\x00{revision}",
-        "code": service["code"],
-        "init_code": service.get("initCode"),
-        "objects_dir": str(service_dir / "objects"),
-        "scratch_dir": str(ctx.store.data_dir / "scratch" / name / version),
-        "inputs": inputs,
-        "inputs_types": [(p["name"], p["type"]) for p in service.get("inputParameterDefinitions", [])],
-        "outputs": service.get("outputParameterDefinitions", []),
-        "output_files": service.get("outputFileNames", []),
-        "workdir": str(workdir),
-    }
-
-
-def answer(result: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
-    """A worker's result in the consume-answer shape of the contract."""
-    return {
-        "success": result["success"],
-        "errorMessage": result["errorMessage"],
-        "consoleOutput": result["consoleOutput"],
-        "changedFiles": result["changedFiles"],
-        "outputParameters": result["outputParameters"],
-        "outputFiles": files,
-    }
 
 
 @router.post("/api/{name}/{version}")
@@ -75,7 +23,7 @@ async def consume(request: Request, name: str, version: str) -> dict[str, Any]:
     check_record(service, inputs, "The request body")
     workdir = ctx.store.data_dir / "consume" / str(uuid.uuid4())
     try:
-        result = await ctx.pool.run(build_job(ctx, service, revision, inputs, workdir))
+        result = await ctx.pool.run(build_job(ctx.store, service, revision, inputs, workdir))
         files = {
             f: base64.b64encode((workdir / f).read_bytes()).decode() for f in result.get("artifacts", [])
         }

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 
 from airflow_mlserver.server.config import ServerConfig
 from airflow_mlserver.server.errors import bad_request, not_found
+from airflow_mlserver.server.runner import BatchRunner
 from airflow_mlserver.server.store import Store
 from airflow_mlserver.server.workers import WorkerPool
-
-if TYPE_CHECKING:
-    from airflow_mlserver.server.batch import BatchRunner
 
 T = TypeVar("T")
 
@@ -26,7 +24,7 @@ class ServerContext:
     config: ServerConfig
     store: Store
     pool: WorkerPool
-    runner: BatchRunner | None = None
+    runner: BatchRunner
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def service(self, name: str, version: str) -> tuple[dict[str, Any], str]:

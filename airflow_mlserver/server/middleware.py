@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from airflow_mlserver.server.auth import authenticate
+from airflow_mlserver.server.context import ServerContext
 from airflow_mlserver.server.errors import ApiError
 from airflow_mlserver.server.faults import FaultInjector, dropping_send
 
@@ -36,7 +37,7 @@ class _BodyTooLarge(Exception):
 class ServerMiddleware:
     """Checks the token of every route but ``/login``, caps body size, and injects faults when asked."""
 
-    def __init__(self, app: Any, ctx: Any) -> None:
+    def __init__(self, app: Any, ctx: ServerContext) -> None:
         self.app = app
         self.ctx = ctx
         self.faults = FaultInjector.parse(ctx.config.faults)

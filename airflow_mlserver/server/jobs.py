@@ -1,0 +1,65 @@
+"""What every execution is built from, request-response or batch: the record check, the worker job, the answer.
+
+A job is what a worker process needs to run one execution of a service (see ``runtime.Runtime.run``);
+a worker's result becomes the contract's consume answer (section 3), which is also each record's
+result in a batch (section 4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from airflow_mlserver.server.errors import bad_request
+from airflow_mlserver.server.store import Store
+
+
+def check_record(service: dict[str, Any], record: Any, where: str) -> None:
+    """Refuse a record that is not an object or lacks a declared input (400 naming both)."""
+    if not isinstance(record, dict):
+        raise bad_request(f"{where} must be a JSON object of inputs, not {type(record).__name__}.")
+    declared = [p["name"] for p in service.get("inputParameterDefinitions", [])]
+    missing = [n for n in declared if n not in record]
+    if missing:
+        raise bad_request(
+            f"{where} is missing the declared input(s) {', '.join(repr(n) for n in missing)} of service "
+            f"'{service['name']}' version '{service['version']}' (declared: {', '.join(declared) or 'none'})."
+        )
+    unknown = [n for n in record if n not in declared]
+    if unknown:
+        raise bad_request(
+            f"{where} has input(s) {', '.join(repr(n) for n in unknown)} that service '{service['name']}' version "
+            f"'{service['version']}' does not declare (declared: {', '.join(declared) or 'none'})."
+        )
+
+
+def build_job(
+    store: Store, service: dict[str, Any], revision: str, inputs: dict[str, Any], workdir: Path
+) -> dict[str, Any]:
+    """What a worker needs to run one execution of ``service`` (see ``runtime.Runtime.run``)."""
+    name, version = service["name"], service["version"]
+    service_dir = store.service_dir(name, version)
+    return {
+        "key": f"{name}\x00{version}\x00{revision}",
+        "code": service["code"],
+        "init_code": service.get("initCode"),
+        "objects_dir": str(service_dir / "objects"),
+        "scratch_dir": str(store.data_dir / "scratch" / name / version),
+        "inputs": inputs,
+        "inputs_types": [(p["name"], p["type"]) for p in service.get("inputParameterDefinitions", [])],
+        "outputs": service.get("outputParameterDefinitions", []),
+        "output_files": service.get("outputFileNames", []),
+        "workdir": str(workdir),
+    }
+
+
+def answer(result: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
+    """A worker's result in the consume-answer shape of the contract."""
+    return {
+        "success": result["success"],
+        "errorMessage": result["errorMessage"],
+        "consoleOutput": result["consoleOutput"],
+        "changedFiles": result["changedFiles"],
+        "outputParameters": result["outputParameters"],
+        "outputFiles": files,
+    }
