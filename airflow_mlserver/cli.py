@@ -9,9 +9,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from airflow_mlserver.server.config import ADMIN_PASSWORD_ENV, DEFAULT_PORT, ServerConfig
-
-READY_LINE = "airflow-mlserver listening on"
+from airflow_mlserver.server.config import ADMIN_PASSWORD_ENV, DEFAULT_PORT, READY_LINE, ServerConfig
 
 
 def _user(value: str) -> tuple[str, str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 DEFAULT_PORT = 12800
 ADMIN_PASSWORD_ENV = "AIRFLOW_MLSERVER_ADMIN_PASSWORD"
+#: What ``airflow-mlserver serve`` prints, followed by its URL, once it answers (``process`` waits for it).
+READY_LINE = "airflow-mlserver listening on"
 
 
 @dataclass

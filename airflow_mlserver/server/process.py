@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from airflow_mlserver.cli import READY_LINE
+from airflow_mlserver.server.config import READY_LINE
 
 
 class ServerStartError(RuntimeError):
