@@ -12,11 +12,12 @@ How a run goes:
 4. Results are read back chunk by chunk and written to ``output_path`` in input order; the task fails when
    more than ``max_failed_records`` records failed, and returns a small summary.
 
-Crash safety: the task-state store survives retries and worker crashes (XCom does not). Its key is the task
-instance's own ``(dag, run, task, map index)`` scope, never the try number, so a retry finds the executions of
-the earlier try and reattaches to every running or complete one; only a failed or canceled execution is
-started again. An execution that finished while nobody watched is used without deferring. The deadline for
-``timeout`` is stored with them, so it holds across retries and triggerer restarts.
+Crash safety (:mod:`~airflow_mlserver.operators.batch_state`): the task-state store survives retries and
+worker crashes (XCom does not). Its key is the task instance's own ``(dag, run, task, map index)`` scope, never
+the try number, so a retry finds the executions of the earlier try and reattaches to every running or complete
+one; only a failed or canceled execution is started again. An execution that finished while nobody watched is
+used without deferring. The deadline for ``timeout`` is stored with them, so it holds across retries and
+triggerer restarts.
 """
 
 from __future__ import annotations
@@ -29,22 +30,33 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink, BaseXCom, conf
 
+from airflow_mlserver.client.models import BatchStatus, RecordResult, WebService
+from airflow_mlserver.client.records import ExtraColumns, prepare_records
 from airflow_mlserver.exceptions import (
     MLServerBatchFailedError,
     MLServerBatchTimeoutError,
     MLServerConfigError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.client.models import BatchStatus, RecordResult, WebService
-from airflow_mlserver.client.records import ExtraColumns, prepare_records
+from airflow_mlserver.operators.batch_state import BatchState
 from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, results_frame, storage_path
-from airflow_mlserver.triggers.batch import CANCELED, COMPLETE, FAILED, TIMEOUT, MLServerBatchTrigger
+from airflow_mlserver.triggers.batch import MLServerBatchTrigger
+from airflow_mlserver.triggers.waiting import (
+    CANCELED,
+    COMPLETE,
+    FAILED,
+    TIMEOUT,
+    deadline_passed,
+    ended,
+    ended_message,
+    outcome,
+    wait_for_executions,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
-STATE_KEY = "mlserver_batch"
 SWAGGER_XCOM_KEY = "swagger_url"
 EXECUTIONS_XCOM_KEY = "execution_ids"
 MAX_FAILURES_SHOWN = 5
@@ -175,42 +187,28 @@ class MLServerBatchOperator(BaseOperator):
     def _chunk_size(self) -> int:
         return self.chunk_size or 2**62
 
-    def _load_state(self, context: Context) -> dict[str, Any]:
-        store = context.get("task_state_store")
-        value = store.get(STATE_KEY) if store is not None else None
-        return dict(value) if isinstance(value, dict) else {}
-
-    def _save_state(self, context: Context, state: dict[str, Any]) -> None:
-        store = context.get("task_state_store")
-        if store is None:
-            return
-        from airflow.sdk.execution_time.context import NEVER_EXPIRE
-
-        store.set(STATE_KEY, state, retention=NEVER_EXPIRE)
-
     # -- the run ---------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         hook = self.hook
-        state = self._load_state(context)
-        if state and state.get("service") != self.service_name:
-            state = {}
-        version = state.get("version") or self.service_version
+        state = BatchState.load(context)
+        if state is not None and state.service != self.service_name:
+            state = None
+        version = state.version if state is not None else self.service_version
         service = hook.get_service(self.service_name, version)
-        if self.service_version is None and not state:
+        if self.service_version is None and state is None:
             self.log.info("Latest version of web service '%s' is '%s'", service.name, service.version)
         chunks = self._validate(service)
-        if not state:
-            state = {
-                "service": service.name,
-                "version": service.version,
-                "chunks": chunks,
-                "executions": {},
-                "started": time.time(),
-                "deadline": time.time() + self.batch_timeout if self.batch_timeout else None,
-            }
+        if state is None:
+            state = BatchState(
+                service=service.name,
+                version=service.version,
+                chunks=chunks,
+                started=time.time(),
+                deadline=time.time() + self.batch_timeout if self.batch_timeout else None,
+            )
         else:
-            self.log.info("Found the executions of an earlier try: %s", state.get("executions"))
+            self.log.info("Found the executions of an earlier try: %s", state.stored_executions())
         context["ti"].xcom_push(
             key=SWAGGER_XCOM_KEY,
             value=f"{hook.settings.base_url}/api/{service.name}/{service.version}/swagger.json",
@@ -227,27 +225,27 @@ class MLServerBatchOperator(BaseOperator):
             raise MLServerConfigError("The records are empty: a batch needs at least one record.")
         return count
 
-    def _advance(self, context: Context, service: WebService, state: dict[str, Any]) -> Any:
+    def _advance(self, context: Context, service: WebService, state: BatchState) -> Any:
         """Reattach, start what is missing, and wait (defer or poll) until every chunk is complete."""
         hook = self.hook
-        executions: dict[str, str] = state["executions"]
+        executions = state.executions
         while True:
             statuses: dict[int, BatchStatus] = {}
-            for key, execution_id in list(executions.items()):
+            for index, execution_id in list(executions.items()):
                 status = hook.get_batch(service.name, service.version, execution_id)
-                if status.is_failed or status.is_canceled:
+                if ended(status):
                     self.log.warning(
                         "Execution %s of chunk %s ended %s: starting that chunk again",
                         execution_id,
-                        key,
+                        index,
                         status.state,
                     )
-                    del executions[key]
+                    del executions[index]
                 else:
-                    statuses[int(key)] = status
-            self._check_deadline(context, service, state, statuses)
-            running = [i for i, s in statuses.items() if not s.is_complete]
-            missing = [i for i in range(state["chunks"]) if str(i) not in executions]
+                    statuses[index] = status
+            self._check_deadline(service, state, statuses)
+            running = [i for i, s in statuses.items() if outcome(s) != COMPLETE]
+            missing = [i for i in range(state.chunks) if i not in executions]
             to_start = missing[: max(0, self.max_active_executions - len(running))]
             # one pass over the input per wave, reading up to the last chunk this wave starts
             frames = self._frames(self._chunk_size()) if to_start else iter(())
@@ -263,18 +261,16 @@ class MLServerBatchOperator(BaseOperator):
                     self.parallel_count,
                     service=service,
                 )
-                executions[str(index)] = execution_id
-                self._save_state(context, state)  # before any waiting: a crash from here on reattaches
+                executions[index] = execution_id
+                state.save(context)  # before any waiting: a crash from here on reattaches
                 self.log.info(
-                    "Started batch execution %s for chunk %d of %d", execution_id, index + 1, state["chunks"]
+                    "Started batch execution %s for chunk %d of %d", execution_id, index + 1, state.chunks
                 )
                 running.append(index)
-            context["ti"].xcom_push(
-                key=EXECUTIONS_XCOM_KEY, value=[executions[k] for k in sorted(executions, key=int)]
-            )
+            context["ti"].xcom_push(key=EXECUTIONS_XCOM_KEY, value=state.execution_ids())
             if not running:
-                return self._finish(context, service, state)
-            watched = [executions[str(i)] for i in running]
+                return self._finish(service, state)
+            watched = [executions[i] for i in running]
             if self.deferrable:
                 self.defer(
                     trigger=MLServerBatchTrigger(
@@ -283,48 +279,42 @@ class MLServerBatchOperator(BaseOperator):
                         service_version=service.version,
                         execution_ids=watched,
                         poll_interval=self.poll_interval,
-                        deadline=state.get("deadline"),
+                        deadline=state.deadline,
                         cancel_on_kill=self.cancel_on_kill,
                     ),
                     method_name="execute_complete",
                 )
-            for status in self._poll(service, watched, state):
-                if status.is_failed or status.is_canceled:  # as the trigger's failed or canceled event
-                    detail = f": {status.error_message}" if status.error_message else ""
+            # not deferrable: wait in the worker, by the trigger's rule (until all finished or one ended)
+            polled = wait_for_executions(
+                hook,
+                service.name,
+                service.version,
+                watched,
+                self.poll_interval,
+                state.deadline,
+                self._progress,
+            )
+            for status in polled:
+                if ended(status):  # as the trigger's failed or canceled event
                     raise MLServerBatchFailedError(
-                        f"Batch execution {status.execution_id} of web service '{service.name}' version "
-                        f"'{service.version}' ended {status.state}{detail}. Look at the execution on the server; "
-                        "a retry of this task starts the failed chunk again."
+                        f"{ended_message(status.execution_id, service.name, service.version, status)}. Look at "
+                        "the execution on the server; a retry of this task starts the failed chunk again."
                     )
 
-    def _poll(self, service: WebService, watched: list[str], state: dict[str, Any]) -> list[BatchStatus]:
-        """Non-deferrable wait in the worker, with the trigger's semantics: until all finished or one failed."""
-        hook = self.hook
-        while True:
-            statuses = [hook.get_batch(service.name, service.version, e) for e in watched]
-            if all(s.is_finished for s in statuses) or any(s.is_failed or s.is_canceled for s in statuses):
-                return statuses
-            deadline = state.get("deadline")
-            if deadline is not None and time.time() >= deadline:
-                return statuses
-            done, total = sum(s.completed for s in statuses), sum(s.total for s in statuses)
-            self.log.info("Batch progress: %d/%d records", done, total)
-            time.sleep(
-                self.poll_interval
-                if deadline is None
-                else max(0.0, min(self.poll_interval, deadline - time.time()))
-            )
+    def _progress(self, statuses: list[BatchStatus]) -> None:
+        done, total = sum(s.completed for s in statuses), sum(s.total for s in statuses)
+        self.log.info("Batch progress: %d/%d records", done, total)
 
     def _check_deadline(
-        self, context: Context, service: WebService, state: dict[str, Any], statuses: dict[int, BatchStatus]
+        self, service: WebService, state: BatchState, statuses: dict[int, BatchStatus]
     ) -> None:
-        deadline = state.get("deadline")
-        if deadline is None or time.time() < deadline:
+        """Past the deadline: cancel what still runs and fail, unless every chunk has finished."""
+        if not deadline_passed(state.deadline):
             return
         unfinished = [s for s in statuses.values() if not s.is_finished]
         for status in unfinished:
             self.hook.cancel_batch(service.name, service.version, status.execution_id)
-        if unfinished or len(statuses) < state["chunks"]:
+        if unfinished or len(statuses) < state.chunks:
             done = sum(s.completed for s in statuses.values())
             raise MLServerBatchTimeoutError(
                 f"The batch on web service '{service.name}' version '{service.version}' did not finish within its "
@@ -351,19 +341,19 @@ class MLServerBatchOperator(BaseOperator):
             )
         if status != COMPLETE:
             raise MLServerBatchFailedError(f"Waiting for the batch failed: {message or event!r}")
-        state = self._load_state(context)
-        if not state:
+        state = BatchState.load(context)
+        if state is None:
             raise MLServerBatchFailedError(
                 "The task-state store holds no batch for this task: it was cleared while the task was deferred. "
                 "Clear the task to score again."
             )
-        service = self.hook.get_service(state["service"], state["version"])
+        service = self.hook.get_service(state.service, state.version)
         return self._advance(context, service, state)
 
-    def _finish(self, context: Context, service: WebService, state: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, service: WebService, state: BatchState) -> dict[str, Any]:
         """Read every chunk's results in input order, write them, check failures, answer the summary."""
         hook = self.hook
-        executions: dict[str, str] = state["executions"]
+        executions = state.executions
         writer = None
         if self.output_path:
             path = storage_path(self.output_path, self.output_conn_id)
@@ -373,7 +363,7 @@ class MLServerBatchOperator(BaseOperator):
         kept: list[dict[str, Any]] = []
         try:
             for index, frame in enumerate(self._frames(self._chunk_size())):
-                execution_id = executions[str(index)]
+                execution_id = executions[index]
                 results: list[RecordResult] = list(
                     hook.iter_batch_results(service.name, service.version, execution_id)
                 )
@@ -401,12 +391,12 @@ class MLServerBatchOperator(BaseOperator):
         summary: dict[str, Any] = {
             "service_name": service.name,
             "service_version": service.version,
-            "execution_ids": [executions[k] for k in sorted(executions, key=int)],
+            "execution_ids": state.execution_ids(),
             "total": total,
             "succeeded": total - failed,
             "failed": failed,
             "output_uri": str(writer.path) if writer is not None else None,
-            "duration_seconds": round(time.time() - state["started"], 3),
+            "duration_seconds": round(time.time() - state.started, 3),
         }
         if failed > self.max_failed_records:
             raise MLServerBatchFailedError(
@@ -455,10 +445,12 @@ class MLServerBatchOperator(BaseOperator):
             context = get_current_context()
         except Exception:  # pragma: no cover - no context outside a task
             return
-        state = self._load_state(context)
-        for execution_id in state.get("executions", {}).values():
+        state = BatchState.load(context)
+        if state is None:
+            return
+        for execution_id in state.executions.values():
             try:
-                self.hook.cancel_batch(state["service"], state["version"], execution_id)
+                self.hook.cancel_batch(state.service, state.version, execution_id)
             except Exception as exc:
                 self.log.warning("Could not cancel batch execution %s: %s", execution_id, exc)
 

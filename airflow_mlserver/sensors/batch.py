@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, conf
 
+from airflow_mlserver.client.models import BatchStatus
 from airflow_mlserver.exceptions import MLServerExecutionEndedError
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.client.models import BatchStatus
-from airflow_mlserver.triggers.batch import COMPLETE, TIMEOUT, MLServerBatchTrigger
+from airflow_mlserver.triggers.batch import MLServerBatchTrigger
+from airflow_mlserver.triggers.waiting import COMPLETE, TIMEOUT, ended, ended_message, outcome
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -57,12 +58,11 @@ class MLServerBatchSensor(BaseSensorOperator):
         return hook.get_batch(self.service_name, self.service_version, self.execution_id)
 
     def _check(self, status: BatchStatus) -> bool:
-        if status.is_failed or status.is_canceled:
-            detail = f": {status.error_message}" if status.error_message else ""
+        if ended(status):
             raise MLServerExecutionEndedError(
-                f"Batch execution {self.execution_id} of web service '{self.service_name}' version "
-                f"'{self.service_version}' ended {status.state}{detail} ({status.completed}/{status.total} "
-                "records done). Start a new execution; this one will not complete."
+                f"{ended_message(self.execution_id, self.service_name, self.service_version, status)} "
+                f"({status.completed}/{status.total} records done). Start a new execution; this one will not "
+                "complete."
             )
         self.log.info(
             "Batch execution %s: %s, %d/%d records",
@@ -71,7 +71,7 @@ class MLServerBatchSensor(BaseSensorOperator):
             status.completed,
             status.total,
         )
-        return status.is_complete
+        return outcome(status) == COMPLETE
 
     def poke(self, context: Context) -> bool:
         return self._check(self._status())

@@ -5,7 +5,8 @@ watches, logs progress, and yields exactly one event: ``complete`` when every ex
 ``failed`` or ``canceled`` as soon as one is, ``timeout`` once the deadline (computed once, before
 deferring, and passed in as a timestamp so that it holds across triggerer restarts) has passed, or
 ``error`` when an execution is unknown to the server. While the server cannot be read it keeps polling
-with backoff and logs the state as unknown, never as failed.
+with backoff and logs the state as unknown, never as failed. What counts as complete, failed or past the
+deadline is :mod:`airflow_mlserver.triggers.waiting`'s rule, the same in workers.
 
 Cancelling the executions is not its job, except in :meth:`MLServerBatchTrigger.on_kill`, which Airflow
 calls only when a user kills the task (mark failed, mark success, clear), never on a triggerer restart;
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -29,10 +30,18 @@ from airflow_mlserver.exceptions import (
     ServiceNotFoundError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.client.models import BatchStatus
+from airflow_mlserver.triggers.waiting import (
+    COMPLETE,
+    ERROR,
+    TIMEOUT,
+    deadline_passed,
+    ended_message,
+    outcome,
+    sleep_time,
+)
 
-# Outcomes carried by the event's "status".
-COMPLETE, FAILED, CANCELED, TIMEOUT, ERROR = "complete", "failed", "canceled", "timeout", "error"
+if TYPE_CHECKING:
+    from airflow_mlserver.client.models import BatchStatus
 
 _PERMANENT = (ExecutionNotFoundError, ServiceNotFoundError, MLServerAuthError, MLServerConfigError)
 
@@ -129,15 +138,13 @@ class MLServerBatchTrigger(BaseTrigger):
                 for execution_id in list(pending):
                     status = await hook.async_get_batch(self.service_name, self.service_version, execution_id)
                     statuses[execution_id] = status
-                    if status.is_complete:
+                    ending = outcome(status)
+                    if ending == COMPLETE:
                         pending.remove(execution_id)
-                    elif status.is_failed or status.is_canceled:
-                        outcome = FAILED if status.is_failed else CANCELED
-                        detail = f": {status.error_message}" if status.error_message else ""
+                    elif ending is not None:
                         yield self._event(
-                            outcome,
-                            f"Batch execution {execution_id} of web service '{self.service_name}' version "
-                            f"'{self.service_version}' ended {status.state}{detail}",
+                            ending,
+                            ended_message(execution_id, self.service_name, self.service_version, status),
                             statuses,
                             execution_id=execution_id,
                         )
@@ -171,17 +178,14 @@ class MLServerBatchTrigger(BaseTrigger):
             if statuses and now - last_progress >= self.progress_interval:
                 last_progress = now
                 self.log.info("Batch progress: %s", _progress(done, total, done - first_done, now - started))
-            if self.deadline is not None and time.time() >= self.deadline:
+            if deadline_passed(self.deadline):
                 yield self._event(
                     TIMEOUT,
                     f"The batch did not finish before its timeout: {done}/{total} records done",
                     statuses,
                 )
                 return
-            wait = backoff
-            if self.deadline is not None:
-                wait = max(0.0, min(wait, self.deadline - time.time()))
-            await asyncio.sleep(wait)
+            await asyncio.sleep(sleep_time(backoff, self.deadline))
 
     async def on_kill(self) -> None:
         """A user killed the task: cancel each watched execution once (only if ``cancel_on_kill``)."""

@@ -1,0 +1,85 @@
+"""The one rule for waiting on batch executions, shared by the trigger, the operators and the sensor.
+
+An execution has finished once it is complete, failed or canceled; a state the provider does not know counts
+as running. A failed or canceled execution ends a wait at once: the batch cannot complete any more. A
+deadline is an absolute Unix timestamp (so that it holds across retries and triggerer restarts): once it has
+passed the wait ends, and no sleep runs past it.
+
+The trigger applies the rule in its own async loop, which never blocks; a worker that waits (the batch
+operator with ``deferrable=False``, the artifacts operator) calls :func:`wait_for_executions`; the sensor
+checks once per poke.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_mlserver.client.models import BatchStatus
+    from airflow_mlserver.hooks.mlserver import MLServerHook
+
+# Outcomes of a wait (the trigger's event carries one as its "status").
+COMPLETE, FAILED, CANCELED, TIMEOUT, ERROR = "complete", "failed", "canceled", "timeout", "error"
+
+
+def outcome(status: BatchStatus) -> str | None:
+    """``COMPLETE``, ``FAILED`` or ``CANCELED`` once the execution has finished; None while it runs."""
+    if status.is_complete:
+        return COMPLETE
+    if status.is_failed:
+        return FAILED
+    if status.is_canceled:
+        return CANCELED
+    return None
+
+
+def ended(status: BatchStatus) -> bool:
+    """Failed or canceled: the execution will never complete."""
+    return outcome(status) in (FAILED, CANCELED)
+
+
+def ended_message(execution_id: str, service_name: str, service_version: str, status: BatchStatus) -> str:
+    """``Batch execution ... ended <state>: <server's reason>``, the start of every error about an ended one."""
+    detail = f": {status.error_message}" if status.error_message else ""
+    return (
+        f"Batch execution {execution_id} of web service '{service_name}' version '{service_version}' "
+        f"ended {status.state}{detail}"
+    )
+
+
+def deadline_passed(deadline: float | None) -> bool:
+    """Whether the deadline (a Unix timestamp; None for none) has passed."""
+    return deadline is not None and time.time() >= deadline
+
+
+def sleep_time(interval: float, deadline: float | None) -> float:
+    """Seconds to sleep before the next poll: ``interval``, but never past the deadline."""
+    return interval if deadline is None else max(0.0, min(interval, deadline - time.time()))
+
+
+def wait_for_executions(
+    hook: MLServerHook,
+    service_name: str,
+    service_version: str,
+    execution_ids: Sequence[str],
+    poll_interval: float,
+    deadline: float | None,
+    on_poll: Callable[[list[BatchStatus]], None],
+) -> list[BatchStatus]:
+    """Poll in this thread until every execution finished, one failed or was canceled, or the deadline passed.
+
+    Answers the last statuses, in the order of ``execution_ids``; what to raise is the caller's. ``on_poll``
+    sees the statuses of each round that goes on waiting (to log progress).
+    """
+    while True:
+        statuses = [hook.get_batch(service_name, service_version, e) for e in execution_ids]
+        if (
+            all(s.is_finished for s in statuses)
+            or any(ended(s) for s in statuses)
+            or deadline_passed(deadline)
+        ):
+            return statuses
+        on_poll(statuses)
+        time.sleep(sleep_time(poll_interval, deadline))
