@@ -30,11 +30,8 @@ from airflow_mlserver.exceptions import (
     UnsafeArtifactNameError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.artifacts import (
-    MLServerArtifactsToObjectStorageOperator,
-    check_artifact_name,
-    parse_indexes,
-)
+from airflow_mlserver.operators.artifact_names import check_artifact_name, parse_indexes
+from airflow_mlserver.operators.artifacts import MLServerArtifactsToObjectStorageOperator
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
 

@@ -1,0 +1,163 @@
+"""Writes that never leave a destination half-written, one strategy per kind of store.
+
+``rename`` (local file systems): the file is written under a temporary name beside its place and renamed into
+it. ``commit`` (S3, GCS, Azure Blob, ...: an upload becomes visible only once complete): an unfinished upload is
+aborted. ``direct`` (any other store): the written size is checked and the object deleted on failure. In every
+mode the bytes written are checked against the bytes read (and the size the server announced), and a SHA-256
+of the content is computed while it streams, in fixed-size chunks so that memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from airflow_mlserver.exceptions import ArtifactSizeMismatchError
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+#: How a store is written so that a destination is complete or untouched (see the module's docstring).
+WriteMode = Literal["rename", "commit", "direct"]
+
+#: Bytes moved per read/write call.
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+#: Upload part size on object stores (S3's smallest multipart part is 5 MiB): the buffer each transfer keeps.
+UPLOAD_BLOCK_SIZE = 5 * 1024 * 1024
+
+#: Stores on which an upload becomes visible only once it completes, and can be aborted before that.
+_COMMIT_ON_CLOSE = frozenset({"s3", "s3a", "s3n", "gs", "gcs", "abfs", "abfss", "az", "adl", "oci", "oss"})
+#: Local file systems: a rename is a cheap, atomic move there.
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+def write_mode(protocol: str | None) -> WriteMode:
+    """The write strategy for a store's protocol (``None``: a local path)."""
+    protocol = protocol or "file"
+    if protocol in LOCAL_PROTOCOLS:
+        return "rename"
+    if protocol in _COMMIT_ON_CLOSE:
+        return "commit"
+    return "direct"
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def _discard(f: Any) -> None:
+    """Abandon a file opened for writing without committing it (aborts a multipart upload)."""
+    with contextlib.suppress(Exception):
+        discard = getattr(f, "discard", None)
+        if callable(discard):
+            discard()
+            with contextlib.suppress(Exception):
+                f.closed = True  # fsspec files: close() after discard() would try to commit
+            return
+    with contextlib.suppress(Exception):
+        f.close()
+
+
+def _remove(fs: AbstractFileSystem, path: str) -> None:
+    """Delete ``path`` if it is there; a failure to delete must not hide the error that led here."""
+    with contextlib.suppress(Exception):
+        fs.rm_file(path)
+
+
+#: Hashing runs beside the copy (hashlib releases the GIL on large buffers), overlapping reads and writes.
+_HASHERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mlserver-artifacts-sha256")
+
+
+def _copy_into(f: Any, source: IO[bytes], chunk_size: int) -> tuple[int, str]:
+    """Copy ``source`` into ``f`` in chunks; answer (bytes, sha256).
+
+    Two buffers alternate: while one chunk is hashed (in a helper thread) and written, the next is read into
+    the other buffer, so hashing costs no wall time on a large file.
+    """
+    buffers = (memoryview(bytearray(chunk_size)), memoryview(bytearray(chunk_size)))
+    digest = hashlib.sha256()
+    total = 0
+    pending: Future[None] | None = None
+    turn = 0
+    try:
+        while True:
+            view = buffers[turn]
+            n = source.readinto(view)  # type: ignore[attr-defined]
+            if pending is not None:
+                pending.result()  # the other buffer's hash is done: it may be reused next round
+                pending = None
+            if not n:
+                break
+            data = view[:n]
+            pending = _HASHERS.submit(digest.update, data) if n >= 65536 else None
+            if pending is None:
+                digest.update(data)
+            f.write(data)
+            total += n
+            turn ^= 1
+    finally:
+        if pending is not None:
+            pending.result()
+    return total, digest.hexdigest()
+
+
+def write_stream(
+    fs: AbstractFileSystem,
+    mode: WriteMode,
+    path: str,
+    source: IO[bytes],
+    chunk_size: int,
+    announced: int | None,
+) -> tuple[int, str]:
+    """Stream ``source`` to ``path`` so that ``path`` is either complete or untouched; (bytes, sha256)."""
+
+    def check(written: int, stored: int | None) -> None:
+        if announced is not None and written != announced:
+            raise ArtifactSizeMismatchError(
+                f"Read {written} bytes of an artifact the server announced as {announced} bytes; the copy was "
+                "dropped. Run the task again."
+            )
+        if stored is not None and stored != written:
+            raise ArtifactSizeMismatchError(
+                f"The destination holds {stored} bytes after {written} bytes were written; the copy was "
+                "deleted. Check the store (quota, permissions) and run the task again."
+            )
+
+    if mode == "rename":
+        parent = _parent(path)
+        fs.makedirs(parent, exist_ok=True)
+        temp = f"{parent}/.{path.rsplit('/', 1)[-1][:180]}.{uuid.uuid4().hex[:12]}.part"
+        try:
+            with fs.open(temp, "wb") as f:
+                written, digest = _copy_into(f, source, chunk_size)
+            check(written, fs.size(temp))
+            fs.mv(temp, path)
+        except BaseException:
+            _remove(fs, temp)
+            raise
+        return written, digest
+    f = fs.open(path, "wb", block_size=UPLOAD_BLOCK_SIZE)
+    try:
+        written, digest = _copy_into(f, source, chunk_size)
+        check(written, None)
+    except BaseException:
+        _discard(f)
+        if mode == "direct":
+            _remove(fs, path)
+        raise
+    try:
+        f.close()
+        check(written, fs.size(path))
+    except BaseException:
+        _remove(fs, path)
+        raise
+    return written, digest
+
+
+def write_bytes(fs: AbstractFileSystem, mode: WriteMode, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` as :func:`write_stream` does: complete or untouched."""
+    write_stream(fs, mode, path, io.BytesIO(data), max(4096, min(len(data), DEFAULT_CHUNK_SIZE)), len(data))
