@@ -23,10 +23,8 @@ async def consume(request: Request, name: str, version: str) -> dict[str, Any]:
     check_record(service, inputs, "The request body")
     workdir = ctx.store.data_dir / "consume" / str(uuid.uuid4())
     try:
-        result = await ctx.pool.run(build_job(ctx.store, service, revision, inputs, workdir))
-        files = {
-            f: base64.b64encode((workdir / f).read_bytes()).decode() for f in result.get("artifacts", [])
-        }
+        outcome = await ctx.pool.run(build_job(ctx.store, service, revision, inputs, workdir))
+        files = {f: base64.b64encode((workdir / f).read_bytes()).decode() for f in outcome.artifacts}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return answer(result, files)
+    return answer(outcome, files)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_mlserver.server.errors import bad_request
+from airflow_mlserver.server.runtime import Job, Outcome
 from airflow_mlserver.server.store import Store
 
 
@@ -34,32 +35,37 @@ def check_record(service: dict[str, Any], record: Any, where: str) -> None:
 
 
 def build_job(
-    store: Store, service: dict[str, Any], revision: str, inputs: dict[str, Any], workdir: Path
-) -> dict[str, Any]:
+    store: Store,
+    service: dict[str, Any],
+    revision: str,
+    inputs: dict[str, Any],
+    workdir: Path,
+    artifacts_only: bool = False,
+) -> Job:
     """What a worker needs to run one execution of ``service`` (see ``runtime.Runtime.run``)."""
     name, version = service["name"], service["version"]
-    service_dir = store.service_dir(name, version)
-    return {
-        "key": f"{name}\x00{version}\x00{revision}",
-        "code": service["code"],
-        "init_code": service.get("initCode"),
-        "objects_dir": str(service_dir / "objects"),
-        "scratch_dir": str(store.data_dir / "scratch" / name / version),
-        "inputs": inputs,
-        "inputs_types": [(p["name"], p["type"]) for p in service.get("inputParameterDefinitions", [])],
-        "outputs": service.get("outputParameterDefinitions", []),
-        "output_files": service.get("outputFileNames", []),
-        "workdir": str(workdir),
-    }
+    return Job(
+        key=f"{name}\x00{version}\x00{revision}",
+        code=service["code"],
+        init_code=service.get("initCode"),
+        objects_dir=str(store.service_dir(name, version) / "objects"),
+        scratch_dir=str(store.data_dir / "scratch" / name / version),
+        inputs=inputs,
+        input_types=[(p["name"], p["type"]) for p in service.get("inputParameterDefinitions", [])],
+        output_names=[p["name"] for p in service.get("outputParameterDefinitions", [])],
+        output_files=service.get("outputFileNames", []),
+        workdir=str(workdir),
+        artifacts_only=artifacts_only,
+    )
 
 
-def answer(result: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
-    """A worker's result in the consume-answer shape of the contract."""
+def answer(outcome: Outcome, files: dict[str, str]) -> dict[str, Any]:
+    """A worker's outcome in the consume-answer shape of the contract."""
     return {
-        "success": result["success"],
-        "errorMessage": result["errorMessage"],
-        "consoleOutput": result["consoleOutput"],
-        "changedFiles": result["changedFiles"],
-        "outputParameters": result["outputParameters"],
+        "success": outcome.success,
+        "errorMessage": outcome.error_message,
+        "consoleOutput": outcome.console_output,
+        "changedFiles": outcome.changed_files,
+        "outputParameters": outcome.outputs,
         "outputFiles": files,
     }

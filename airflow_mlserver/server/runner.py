@@ -87,15 +87,16 @@ class BatchRunner:
                 workdir = record_dir / str(index)
                 if resumed and workdir.exists():
                     shutil.rmtree(workdir)  # a fresh folder for a record that was cut short by a restart
-                job = build_job(store, service, revision, store.get_input(execution_id, index), workdir)
-                job["artifacts_only"] = True
-                result = await self.pool.run(job)
+                inputs = store.get_input(execution_id, index)
+                outcome = await self.pool.run(
+                    build_job(store, service, revision, inputs, workdir, artifacts_only=True)
+                )
                 if self.pool.closing:
                     return  # shutting down: the record runs again after a restart
-                if result.get("initFailed"):
-                    failure.append(result["errorMessage"])
+                if outcome.init_failed:
+                    failure.append(outcome.error_message)
                     return
-                store.save_result(execution_id, index, answer(result, {}))
+                store.save_result(execution_id, index, answer(outcome, {}))
 
         lanes = min(execution.parallel_count, max(1, execution.total - execution.completed))
         try:

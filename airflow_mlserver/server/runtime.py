@@ -18,10 +18,54 @@ import math
 import os
 import shutil
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from airflow_mlserver.client.parameters import PARAMETER_TYPES, Binding
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to run one execution of a service (built by ``jobs.build_job``).
+
+    :param key: The service revision; a worker keeps a loaded service under it.
+    :param code: The service's ``code``.
+    :param init_code: Its ``initCode``, run once per worker before the first execution.
+    :param objects_dir: Where its model objects are (dill files named after their variable).
+    :param scratch_dir: The working folder of ``initCode``.
+    :param inputs: The input values (JSON), by input name.
+    :param input_types: Each declared input's name and type, in declared order.
+    :param output_names: The declared outputs, read back from the code's variables.
+    :param output_files: Files the code may write that are returned (``outputFileNames``).
+    :param workdir: The execution's fresh working folder.
+    :param artifacts_only: Keep only the declared output files in ``workdir`` (a batch record's artifacts).
+    """
+
+    key: str
+    code: str
+    init_code: str | None
+    objects_dir: str
+    scratch_dir: str
+    inputs: dict[str, Any]
+    input_types: list[tuple[str, str]]
+    output_names: list[str]
+    output_files: list[str]
+    workdir: str
+    artifacts_only: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came of one execution; ``init_failed`` when the service could not even be loaded."""
+
+    success: bool
+    error_message: str
+    console_output: str = ""
+    changed_files: list[str] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)
+    init_failed: bool = False
 
 
 class InputError(ValueError):
@@ -87,24 +131,22 @@ def encode_output(value: Any) -> Any:
 class _ServiceRuntime:
     """One service revision loaded in this worker: its namespace after ``initCode`` and compiled code."""
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: Job) -> None:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-        objects_dir = job.get("objects_dir")
-        if objects_dir and os.path.isdir(objects_dir):
+        if os.path.isdir(job.objects_dir):
             import dill
 
-            for path in sorted(Path(objects_dir).iterdir()):
+            for path in sorted(Path(job.objects_dir).iterdir()):
                 self.namespace[path.name] = dill.loads(path.read_bytes())
-        self.code = compile(job["code"], "<code>", "exec")
-        init_code = job.get("init_code")
-        if init_code:
-            scratch = Path(job["scratch_dir"])
+        self.code = compile(job.code, "<code>", "exec")
+        if job.init_code:
+            scratch = Path(job.scratch_dir)
             scratch.mkdir(parents=True, exist_ok=True)
             cwd = os.getcwd()
             os.chdir(scratch)
             try:
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    exec(compile(init_code, "<initCode>", "exec"), self.namespace)
+                    exec(compile(job.init_code, "<initCode>", "exec"), self.namespace)
             finally:
                 os.chdir(cwd)
 
@@ -118,48 +160,43 @@ def _format_error(exc: BaseException) -> str:
 
 
 class Runtime:
-    """The state of one worker process: a cache of loaded service revisions."""
+    """The state of one worker process: a cache of loaded service revisions.
 
-    def __init__(self) -> None:
+    :param home: The worker's own folder, where it returns after each execution.
+    """
+
+    def __init__(self, home: str) -> None:
+        self.home = home
         self._services: dict[str, _ServiceRuntime] = {}
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        key = job["key"]
-        service = self._services.get(key)
+    def run(self, job: Job) -> Outcome:
+        service = self._services.get(job.key)
         if service is None:
             try:
                 service = _ServiceRuntime(job)
             except BaseException as exc:
-                return {
-                    "initFailed": True,
-                    "success": False,
-                    "errorMessage": f"initCode failed: {_format_error(exc)}",
-                    "consoleOutput": "",
-                    "changedFiles": [],
-                    "outputParameters": {},
-                    "artifacts": [],
-                }
-            self._services[key] = service
+                error = f"initCode failed: {_format_error(exc)}"
+                return Outcome(success=False, error_message=error, init_failed=True)
+            self._services[job.key] = service
         return self._execute(service, job)
 
-    def _execute(self, service: _ServiceRuntime, job: dict[str, Any]) -> dict[str, Any]:
-        workdir = Path(job["workdir"])
+    def _execute(self, service: _ServiceRuntime, job: Job) -> Outcome:
+        workdir = Path(job.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         env = dict(service.namespace)
         console = io.StringIO()
         error = ""
         outputs: dict[str, Any] = {}
         try:
-            for name, kind in job["inputs_types"]:
+            for name, kind in job.input_types:
                 try:
-                    env[name] = bind_input(kind, job["inputs"].get(name))
+                    env[name] = bind_input(kind, job.inputs.get(name))
                 except InputError as exc:
                     raise InputError(f"input '{name}' ({kind}): {exc}") from None
             os.chdir(workdir)
             with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
                 exec(service.code, env)
-            for out in job["outputs"]:
-                name = out["name"]
+            for name in job.output_names:
                 if name not in env:
                     raise NameError(f"the service code did not set its output '{name}'")
                 outputs[name] = encode_output(env[name])
@@ -168,10 +205,10 @@ class Runtime:
                 raise
             error = _format_error(exc)
         finally:
-            os.chdir(job["home"])
+            os.chdir(self.home)
         changed = sorted(p.name for p in workdir.iterdir() if p.is_file())
-        files = [f for f in job.get("output_files") or [] if (workdir / f).is_file()]
-        if job.get("artifacts_only"):
+        files = [f for f in job.output_files if (workdir / f).is_file()]
+        if job.artifacts_only:
             # batch records keep only their declared output files: they are the record's artifacts
             keep = set(files)
             for path in workdir.iterdir():
@@ -179,14 +216,14 @@ class Runtime:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
             if not keep:
                 workdir.rmdir()
-        return {
-            "success": not error,
-            "errorMessage": error,
-            "consoleOutput": console.getvalue(),
-            "changedFiles": changed,
-            "outputParameters": outputs if not error else {},
-            "artifacts": files,
-        }
+        return Outcome(
+            success=not error,
+            error_message=error,
+            console_output=console.getvalue(),
+            changed_files=changed,
+            outputs=outputs if not error else {},
+            artifacts=files,
+        )
 
 
 def worker_main(conn: Any, home: str) -> None:
@@ -198,7 +235,7 @@ def worker_main(conn: Any, home: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.chdir(home)
-    runtime = Runtime()
+    runtime = Runtime(home)
     while True:
         try:
             job = conn.recv()

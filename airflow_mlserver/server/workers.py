@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
-from airflow_mlserver.server.runtime import worker_main
+from airflow_mlserver.server.runtime import Job, Outcome, worker_main
 
 
 @dataclass
@@ -58,12 +57,12 @@ class WorkerPool:
         for _ in range(self.size):
             self._idle.put_nowait(await loop.run_in_executor(self._threads, self._spawn))
 
-    def _call(self, worker: _Worker, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _call(self, worker: _Worker, job: Job, timeout: float) -> Outcome:
         worker.conn.send(job)
         if not worker.conn.poll(timeout):
             raise _Timeout
-        result: dict[str, Any] = worker.conn.recv()
-        return result
+        outcome: Outcome = worker.conn.recv()
+        return outcome
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.process.kill()
@@ -73,9 +72,8 @@ class WorkerPool:
             self._all.remove(worker)
         return self._spawn()
 
-    async def run(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def run(self, job: Job) -> Outcome:
         """Run one execution on a free worker; never raises for what the service code does."""
-        job.setdefault("home", self.home)
         worker = await self._idle.get()
         loop = asyncio.get_running_loop()
         self.busy += 1
@@ -83,12 +81,11 @@ class WorkerPool:
             return await loop.run_in_executor(self._threads, self._call, worker, job, self.timeout)
         except _Timeout:
             worker = await loop.run_in_executor(self._threads, self._replace, worker)
-            return _failure(
-                f"the execution ran longer than the server's execution timeout ({self.timeout:g} s)"
-            )
+            error = f"the execution ran longer than the server's execution timeout ({self.timeout:g} s)"
+            return Outcome(success=False, error_message=error)
         except (EOFError, OSError):
             worker = await loop.run_in_executor(self._threads, self._replace, worker)
-            return _failure("the worker process running this execution died")
+            return Outcome(success=False, error_message="the worker process running this execution died")
         finally:
             self.busy -= 1
             self._idle.put_nowait(worker)
@@ -107,14 +104,3 @@ class WorkerPool:
 
     def alive(self) -> int:
         return sum(1 for w in self._all if w.process.is_alive())
-
-
-def _failure(message: str) -> dict[str, Any]:
-    return {
-        "success": False,
-        "errorMessage": message,
-        "consoleOutput": "",
-        "changedFiles": [],
-        "outputParameters": {},
-        "artifacts": [],
-    }
