@@ -6,9 +6,10 @@ Inputs can be a DataFrame, a list of dicts, a dict of columns, or a path/URI rea
 same source twice yields the same chunks, which is what lets a retried task find "chunk 3" again.
 
 Results are written as Parquet (default) or CSV, one row per input record: the input columns, then each
-declared output, then ``success`` and ``error_message``. Output types follow the service's declaration
-(``vector``, ``matrix`` and ``data.frame`` outputs are stored as JSON text). The file is written under a
-temporary name and moved into place, so a reader never sees a half-written result.
+declared output, then ``success`` and ``error_message``. Output columns follow the service's declaration
+and the table of :mod:`airflow_mlserver.client.parameters` (``vector``, ``matrix`` and ``data.frame``
+outputs are stored as JSON text). The file is written under a temporary name and moved into place, so a
+reader never sees a half-written result.
 """
 
 from __future__ import annotations

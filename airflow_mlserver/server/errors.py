@@ -6,17 +6,17 @@ from __future__ import annotations
 class ApiError(Exception):
     """An error answered to the client with an HTTP status and a message that says what to do."""
 
-    def __init__(self, status: int, message: str, exception_type: str = "") -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.exception_type = exception_type or _DEFAULT_TYPES.get(status, "ServerError")
+        self.exception_type = _EXCEPTION_TYPES.get(status, "ServerError")
 
     def body(self) -> dict[str, str]:
         return {"message": self.message, "link": "", "exceptionType": self.exception_type}
 
 
-_DEFAULT_TYPES = {
+_EXCEPTION_TYPES = {
     400: "BadRequestException",
     401: "UnauthorizedException",
     403: "ForbiddenException",
