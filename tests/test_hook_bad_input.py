@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from airflow_mlserver.client.models import ParameterDefinition, WebService
+from airflow_mlserver.client.records import prepare_records
 from airflow_mlserver.exceptions import (
     ArtifactNotFoundError,
     ExecutionNotFoundError,
@@ -25,8 +27,6 @@ from airflow_mlserver.exceptions import (
     ServiceNotFoundError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.client.models import ParameterDefinition, WebService
-from airflow_mlserver.client.records import prepare_records
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
 
