@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from airflow_mlserver.client.calls import Calls
 from airflow_mlserver.client.errors import (
     AmbiguousStartError,
     ExecutionNotFoundError,
+    MLServerApiError,
     MLServerAuthError,
     MLServerConnectionError,
     ServiceExistsError,
@@ -50,6 +52,7 @@ SERVICE = {
     "outputParameterDefinitions": [{"name": "y", "type": "integer"}],
 }
 LOG = logging.getLogger("test-client-flows")
+SETTINGS = ConnectionSettings(conn_id="ml", base_url="http://ml:12800", access_token="tok", max_retries=1)
 
 
 @pytest.fixture(autouse=True)
@@ -309,10 +312,11 @@ def test_retry_policy_resends_transient_failures_then_stops() -> None:
         return "ok"
 
     policy = RetryPolicy(max_retries=2, wait=0.0, wait_max=0.0)
-    assert tenacity.Retrying(**policy.tenacity_args(wire(True).spec, LOG))(flaky) == "ok"
+    assert tenacity.Retrying(**policy.tenacity_args(SETTINGS, wire(True).spec, LOG))(flaky) == "ok"
     attempts.clear()
-    with pytest.raises(Transient):
-        tenacity.Retrying(**RetryPolicy(1, 0.0, 0.0).tenacity_args(wire(True).spec, LOG))(flaky)
+    spent = RetryPolicy(1, 0.0, 0.0).tenacity_args(SETTINGS, wire(True).spec, LOG)
+    with pytest.raises(MLServerApiError, match=re.escape("answered 503 (HTTP 503: busy) to all 2 attempts")):
+        tenacity.Retrying(**spent)(flaky)
     assert len(attempts) == 2
 
 

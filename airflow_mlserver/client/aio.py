@@ -25,7 +25,7 @@ from airflow_mlserver.client.protocol import (
     Transient,
     Wire,
     classified,
-    exhausted_error,
+    resume,
 )
 from airflow_mlserver.client.sync import TransferStats
 
@@ -119,29 +119,26 @@ class AsyncDriver:
 
     async def _drive(self, session: aiohttp.ClientSession, flow: Flow[T]) -> T:
         outcome: Answer | AmbiguousSend | None = None
-        try:
-            while True:
-                step = flow.throw(outcome) if isinstance(outcome, AmbiguousSend) else flow.send(outcome)
+        while True:
+            try:
+                step = resume(flow, outcome)
+            except StopIteration as stop:
                 await self._flush_secrets()
-                if isinstance(step, Sleep):
-                    await asyncio.sleep(step.seconds)
-                    outcome = None
-                    continue
-                try:
-                    outcome = await self._send(session, step)
-                except AmbiguousSend as exc:
-                    outcome = exc
-        except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
             await self._flush_secrets()
-            return stop.value  # type: ignore[no-any-return]
+            if isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
+                outcome = None
+            else:
+                outcome = await self._send(session, step)
 
-    async def _send(self, session: aiohttp.ClientSession, wire: Wire) -> Answer:
+    async def _send(self, session: aiohttp.ClientSession, wire: Wire) -> Answer | AmbiguousSend:
         try:
-            retrying = tenacity.AsyncRetrying(**self.policy.tenacity_args(wire.spec, self.log))
+            retrying = tenacity.AsyncRetrying(**self.policy.tenacity_args(self.settings, wire.spec, self.log))
             answer: Answer = await retrying(self._send_once, session, wire)
             return answer
-        except Transient as exc:
-            raise exhausted_error(self.settings, wire.spec, exc) from None
+        except AmbiguousSend as exc:
+            return exc
 
     async def _send_once(self, session: aiohttp.ClientSession, wire: Wire) -> Answer:
         spec = wire.spec

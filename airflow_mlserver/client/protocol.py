@@ -250,8 +250,12 @@ class RetryPolicy:
     wait: float = 1.0
     wait_max: float = 30.0
 
-    def tenacity_args(self, spec: Spec, log: Any) -> dict[str, Any]:
-        """The arguments of ``tenacity.Retrying`` / ``AsyncRetrying`` for one request."""
+    def tenacity_args(self, settings: ConnectionSettings, spec: Spec, log: Any) -> dict[str, Any]:
+        """The arguments of ``tenacity.Retrying`` / ``AsyncRetrying`` for one request.
+
+        Once the retries are spent, the last :class:`Transient` failure becomes the error a caller sees
+        (:func:`exhausted_error`).
+        """
 
         def log_retry(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -266,13 +270,28 @@ class RetryPolicy:
                 wait,
             )
 
+        def give_up(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            assert isinstance(exc, Transient)
+            raise exhausted_error(settings, spec, exc) from None
+
         return {
             "stop": tenacity.stop_after_attempt(self.max_retries + 1),
             "wait": Backoff(self.wait, self.wait_max),
             "retry": tenacity.retry_if_exception_type(Transient),
             "before_sleep": log_retry,
-            "reraise": True,
+            "retry_error_callback": give_up,
         }
+
+
+def resume(flow: Flow[T], outcome: Answer | AmbiguousSend | None) -> Wire | Sleep:
+    """Hand a flow the outcome of its last step (an answer, or an ambiguous send thrown in); answer its next.
+
+    ``StopIteration`` carries the flow's result, as for any generator.
+    """
+    if isinstance(outcome, AmbiguousSend):
+        return flow.throw(outcome)
+    return flow.send(outcome)
 
 
 def exhausted_error(settings: ConnectionSettings, spec: Spec, exc: Transient) -> MLServerError:

@@ -28,7 +28,7 @@ from airflow_mlserver.client.protocol import (
     Transient,
     Wire,
     classified,
-    exhausted_error,
+    resume,
 )
 
 T = TypeVar("T")
@@ -112,31 +112,27 @@ class SyncDriver:
 
     def _drive(self, flow: Flow[T]) -> T:
         outcome: Answer | AmbiguousSend | None = None
-        try:
-            while True:
-                step = flow.throw(outcome) if isinstance(outcome, AmbiguousSend) else flow.send(outcome)
+        while True:
+            try:
+                step = resume(flow, outcome)
+            except StopIteration as stop:
                 self._flush_secrets()
-                if isinstance(step, Sleep):
-                    time.sleep(step.seconds)
-                    outcome = None
-                    continue
-                try:
-                    outcome = self._send(step)
-                except AmbiguousSend as exc:
-                    outcome = exc
-        except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
             self._flush_secrets()
-            return stop.value  # type: ignore[no-any-return]
+            if isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                outcome = None
+            else:
+                outcome = self._send(step)
 
-    def _send(self, wire: Wire) -> Answer:
-        """Send one request under the retry policy; read its answer as the spec says."""
+    def _send(self, wire: Wire) -> Answer | AmbiguousSend:
+        """Send one request under the retry policy; an ambiguous failure is handed back to the flow."""
         try:
-            answer: Answer = tenacity.Retrying(**self.policy.tenacity_args(wire.spec, self.log))(
-                self._send_once, wire
-            )
+            retrying = tenacity.Retrying(**self.policy.tenacity_args(self.settings, wire.spec, self.log))
+            answer: Answer = retrying(self._send_once, wire)
             return answer
-        except Transient as exc:
-            raise exhausted_error(self.settings, wire.spec, exc) from None
+        except AmbiguousSend as exc:
+            return exc
 
     def _send_once(self, wire: Wire) -> Answer:
         spec = wire.spec
