@@ -3,7 +3,8 @@
 An execution runs ``parallelCount`` records at a time (lanes), in input order, on the shared worker
 pool. Each finished record is committed with its result before it counts, so a restarted server picks
 up exactly the records that have no result yet. A cancel stops the lanes from taking new records;
-records already running finish and keep their result. An ``initCode`` failure fails the execution.
+records already running finish and keep their result. An ``initCode`` failure fails the execution. An
+execution stays ``Pending`` until a worker takes its first record, as on a busy real server.
 """
 
 from __future__ import annotations
@@ -73,11 +74,19 @@ class BatchRunner:
             )
             return
         service, revision = found
-        store.set_state(execution_id, RUNNING)
+        resumed = execution.state == RUNNING  # it ran before a restart: some folders may be half-written
+        started = resumed
+
+        def running() -> None:
+            """A worker took a record: the execution has started (written once)."""
+            nonlocal started
+            if not started:
+                started = True
+                store.set_state(execution_id, RUNNING)
+
         pending = self._pending(execution_id)
         failure: list[str] = []
         record_dir = store.execution_dir(execution_id)
-        resumed = execution.state == RUNNING  # it ran before a restart: some folders may be half-written
 
         async def lane() -> None:
             while execution_id not in self._canceled and not failure:
@@ -89,7 +98,7 @@ class BatchRunner:
                     shutil.rmtree(workdir)  # a fresh folder for a record that was cut short by a restart
                 inputs = store.get_input(execution_id, index)
                 outcome = await self.pool.run(
-                    build_job(store, service, revision, inputs, workdir, artifacts_only=True)
+                    build_job(store, service, revision, inputs, workdir, artifacts_only=True), running
                 )
                 if self.pool.closing:
                     return  # shutting down: the record runs again after a restart

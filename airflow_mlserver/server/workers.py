@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -72,9 +73,14 @@ class WorkerPool:
             self._all.remove(worker)
         return self._spawn()
 
-    async def run(self, job: Job) -> Outcome:
-        """Run one execution on a free worker; never raises for what the service code does."""
+    async def run(self, job: Job, on_start: Callable[[], None] | None = None) -> Outcome:
+        """Run one execution on a free worker; never raises for what the service code does.
+
+        ``on_start`` is called once a worker has taken the job (a batch execution is ``Pending`` until then).
+        """
         worker = await self._idle.get()
+        if on_start is not None:
+            on_start()
         loop = asyncio.get_running_loop()
         self.busy += 1
         try:
