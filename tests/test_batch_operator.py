@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,21 @@ def _summary(dagrun: Any, task_id: str = "score") -> Any:
         return None if row is None else XComModel.deserialize_value(row)
 
 
+def _stored_batch(dagrun: Any, task_id: str = "score") -> dict[str, Any]:
+    """The batch state the task instance left in the task-state store, as stored (JSON)."""
+    from airflow.models.task_state_store import TaskStateStoreModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(TaskStateStoreModel)
+            .filter_by(dag_id=dagrun.dag_id, run_id=dagrun.run_id, task_id=task_id, key="mlserver_batch")
+            .one()
+        )
+        value: dict[str, Any] = json.loads(row.value)
+        return value
+
+
 def _task_state(dagrun: Any, task_id: str = "score") -> str:
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
@@ -109,10 +128,17 @@ def test_in_worker_batch_writes_csv_results(
         "mlserver_test_in_worker", records=_write(_frame(5), tmp_path / "in.csv"), output=f"file://{out}"
     )
     assert dagrun.state == "success"
-    assert "new_state=deferred" not in capfd.readouterr().out
-    assert (
-        pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0] if out.suffix == ".parquet" else True
-    )
+    log = capfd.readouterr().out
+    assert "new_state=deferred" not in log
+    assert pd.read_csv(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert re.search(r"Started batch execution \S+ for chunk 1 of 1 \(5 records\)", log)
+    # the last line: a sentence with the counts, the duration, the rate and the output, not a dict
+    assert re.search(
+        r"Scored 5 records with web service 'scorer' version 'v1' in \d+(\.\d)?s \([\d,.]+ records/s\): "
+        rf"5 succeeded, 0 failed; results in file://{re.escape(str(out))}",
+        log,
+    ), log[-3000:]
+    assert "Batch done: {" not in log and "map index" not in log
 
 
 def test_dataframe_records_and_latest_version(run_dag: Any, tmp_path: Path) -> None:
@@ -154,6 +180,16 @@ def test_chunks_run_as_separate_executions_and_results_keep_input_order(
     assert len(summary["execution_ids"]) == 5  # 30 records in chunks of 7
     for execution_id in summary["execution_ids"]:
         assert api.status("scorer", "v1", execution_id)["state"] == "Complete"
+    # the task-state store keeps its times as ISO-8601 text in UTC, each chunk's start among them
+    stored = _stored_batch(dagrun)
+    assert stored["executions"] == {str(i): e for i, e in enumerate(summary["execution_ids"])}
+    assert stored["deadline"] is None
+    started = datetime.fromisoformat(stored["started"])
+    assert started.utcoffset() is not None and started.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert abs(started.timestamp() - time.time()) < 600
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", stored["started"])
+    chunk_starts = [datetime.fromisoformat(stored["executions_started"][str(i)]) for i in range(5)]
+    assert chunk_starts == sorted(chunk_starts) and chunk_starts[0] >= started
     results = pd.read_parquet(out)
     assert results["record"].tolist() == list(range(30))
     assert results["y"].tolist() == [2.0 * i for i in range(30)]
@@ -262,3 +298,90 @@ def test_a_failed_execution_fails_the_task_once(run_dag: Any, api: Api, tmp_path
     assert dagrun.state == "failed"
     started = set(api.get("/api/brokeninit/v1/batch").json()) - before
     assert len(started) == 1  # failed once, never started again in the same try
+
+
+def test_timeout_is_stored_as_an_iso_deadline(run_dag: Any, tmp_path: Path) -> None:
+    records = _write(_frame(40), tmp_path / "in.csv")
+    dagrun = run_dag("mlserver_test_timeout", service="slowpoke", records=records, output=str(tmp_path / "o"))
+    stored = _stored_batch(dagrun)
+    started, deadline = (datetime.fromisoformat(stored[k]) for k in ("started", "deadline"))
+    assert abs((deadline - started).total_seconds() - 3) < 0.01  # timeout=3
+
+
+def test_a_state_stored_by_an_older_version_reattaches(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Unix-timestamp times (the form before ISO-8601) are read: the task uses that execution, starts none."""
+    frame = _frame(4)
+    execution_id = api.start_batch("scorer", "v1", frame.to_dict("records"), 2)
+    before = set(api.get("/api/scorer/v1/batch").json())
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        "mlserver_test_legacy_state",
+        records=_write(frame, tmp_path / "in.csv"),
+        output=str(out),
+        execution_id=execution_id,
+    )
+    assert dagrun.state == "success"
+    assert set(api.get("/api/scorer/v1/batch").json()) == before  # nothing started again
+    assert _summary(dagrun)["execution_ids"] == [execution_id]
+    assert pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0]
+    log = capfd.readouterr().out
+    assert re.search(
+        rf"Found the executions of an earlier try \(started 1m3\ds ago\): chunk 1 of 1: {execution_id}", log
+    ), log[-3000:]
+    assert "Started batch execution" not in log
+    # the summary's duration counts from the older try's start, 90 s ago
+    assert 90 <= _summary(dagrun)["duration_seconds"] < 150
+    assert re.search(r"Scored 4 records with web service 'scorer' version 'v1' in 1m3\ds ", log)
+
+
+def test_mapped_task_names_its_map_index_and_its_own_chunks(
+    run_dag: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    dagrun = run_dag("mlserver_test_mapped")
+    assert dagrun.state == "success"
+    log = capfd.readouterr().out
+    for map_index, records, chunks in ((0, 3, 2), (1, 2, 1)):
+        for chunk in range(1, chunks + 1):
+            assert re.search(
+                rf"map index {map_index}: Started batch execution \S+ for chunk {chunk} of {chunks} of this "
+                r"task's records \(\d records?\)",
+                log,
+            ), log[-3000:]
+        assert re.search(
+            rf"map index {map_index}: Scored {records} records with web service 'scorer' version 'v1' in "
+            rf"[\d.]+s \([\d,.]+ records/s\): {records} succeeded, 0 failed; no results file",
+            log,
+        )
+    assert "chunk 1 of 1 (" not in log  # a mapped task's chunk always says whose records it cuts
+
+
+def test_pending_execution_says_so_while_the_server_is_busy(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Both workers busy: the task's execution is Pending, and its progress line says that, not 0.0 records/s."""
+    busy = api.start_batch("slowpoke", "v1", [{"x": float(i), "name": "b"} for i in range(60)], 2)
+    before = set(api.get("/api/scorer/v1/batch").json())
+
+    def free_the_server() -> None:
+        """Once the task's execution exists (and its first poll has seen it Pending), cancel the blocker."""
+        deadline = time.monotonic() + 120
+        while not set(api.get("/api/scorer/v1/batch").json()) - before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+        api.delete(f"/api/slowpoke/v1/batch/{busy}")
+
+    freer = threading.Thread(target=free_the_server)
+    freer.start()
+    try:
+        records = _write(_frame(2), tmp_path / "in.csv")
+        dagrun = run_dag("mlserver_test_in_worker", records=records, output=str(tmp_path / "o.csv"))
+    finally:
+        freer.join()
+    assert dagrun.state == "success"
+    log = capfd.readouterr().out
+    assert re.search(
+        r"Batch execution \S+ \(chunk 1 of 1\) is Pending: waiting \d+\.\ds for the server to start it", log
+    ), log[-3000:]
+    assert "records/s, ETA unknown" not in log

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from typing import Any
 
 import pytest
 
+from airflow_mlserver.client.models import BatchStatus
+from airflow_mlserver.operators.batch_state import BatchState
 from airflow_mlserver.server.process import LocalMLServer
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
+from airflow_mlserver.triggers.progress import ProgressLog, duration, scored_sentence
 from tests.helpers import Api
 
 
@@ -41,7 +45,9 @@ def services(api: Api) -> None:
 
 
 def test_serialized_kwargs_hold_no_secret_and_recreate_the_trigger(mlserver: LocalMLServer) -> None:
-    trigger = _trigger(["a", "b"], deadline=123.0)
+    trigger = _trigger(
+        ["a", "b"], deadline=123.0, labels={"a": "chunk 1 of 2"}, started={"a": 100.0}, map_index=3
+    )
     path, kwargs = trigger.serialize()
     assert path == "airflow_mlserver.triggers.batch.MLServerBatchTrigger"
     assert mlserver.password not in repr(kwargs)
@@ -121,3 +127,114 @@ def test_on_kill_cancels_once_and_cleanup_cancels_nothing(
     keep = _trigger([execution_id], cancel_on_kill=False)
     asyncio.run(keep.on_kill())
     assert api.status("trig", "v1", execution_id)["cancelRequestCount"] == 1
+
+
+def test_pending_execution_says_how_long_it_has_waited(
+    api: Api, mlserver_conn: str, services: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Both workers busy: the execution is Pending; the log says so, from its stored start, then when it starts."""
+    busy = api.start_batch("trig", "v1", [{"x": 2.0}] * 2, 2)
+    deadline = time.monotonic() + 30
+    while api.status("trig", "v1", busy)["state"] != "Running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    execution_id = api.start_batch("trig", "v1", [{"x": 1.0}], 1)
+    assert api.status("trig", "v1", execution_id)["state"] == "Pending"
+    trigger = _trigger(
+        [execution_id],
+        labels={execution_id: "chunk 2 of 3"},
+        started={execution_id: time.time() - 125},
+        map_index=3,
+    )
+    (event,) = _events(trigger)
+    assert event["status"] == "complete"
+    out = capfd.readouterr().out
+    assert f"map index 3: Batch execution {execution_id} (chunk 2 of 3) is Pending: waiting 2m0" in out
+    assert "for the server to start it" in out
+    assert f"map index 3: Batch execution {execution_id} (chunk 2 of 3) is Running after waiting 2m0" in out
+    assert "0.0 records/s" not in out
+
+
+def _status(state: str, completed: int, total: int = 1000, execution_id: str = "e1") -> BatchStatus:
+    return BatchStatus(execution_id, "svc", "1", state, total, completed)
+
+
+def test_progress_is_said_once_a_minute_with_rate_and_eta() -> None:
+    log = logging.getLogger("test_progress")
+    progress = ProgressLog(log, {"e1": "chunk 1 of 1"}, {"e1": 1000.0})
+    assert progress.lines([_status("Pending", 0)], now=1192.0) == [
+        "Batch execution e1 (chunk 1 of 1) is Pending: waiting 3m12s for the server to start it"
+    ]
+    assert progress.lines([_status("Pending", 0)], now=1200.0) == []  # not a minute yet
+    assert progress.lines([_status("Running", 0)], now=1210.0) == [
+        "Batch execution e1 (chunk 1 of 1) is Running after waiting 3m30s for the server to start it"
+    ]
+    assert progress.lines([_status("Running", 0)], now=1252.0) == [
+        "Batch progress (chunk 1 of 1): 0/1,000 records (0.0%); no record finished in the last 42s"
+    ]
+    assert progress.lines([_status("Running", 100)], now=1300.0) == []
+    assert progress.lines([_status("Running", 450)], now=1315.0) == [
+        "Batch progress (chunk 1 of 1): 450/1,000 records (45.0%), 4.3 records/s, ETA 2m08s"
+    ]
+
+
+def test_progress_of_several_executions_and_a_mapped_task() -> None:
+    progress = ProgressLog(logging.getLogger("test_progress"), prefix="map index 2: ")
+    statuses = [
+        _status("Running", 20, 50, "a"),
+        _status("Running", 10, 50, "b"),
+        _status("Complete", 50, 50, "c"),
+        _status("Pending", 0, 50, "d"),
+    ]
+    assert progress.lines(statuses, now=500.0) == [
+        "map index 2: Batch execution d is Pending: waiting 0.0s for the server to start it",
+        "map index 2: Batch progress (2 executions running): 80/200 records (40.0%)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.04, "0.0s"), (3.25, "3.2s"), (9.96, "10s"), (42, "42s"), (192, "3m12s"), (3599.6, "1h00m"),
+     (3720, "1h02m"), (93784, "26h03m")],
+)  # fmt: skip
+def test_durations_read_as_people_write_them(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
+
+
+def test_final_sentence() -> None:
+    summary = {
+        "service_name": "TxService",
+        "service_version": "1.0",
+        "total": 50_000,
+        "succeeded": 49_990,
+        "failed": 10,
+        "output_uri": "s3://bucket/scores/2026-11-30.parquet",
+        "duration_seconds": 243.0,
+    }
+    assert scored_sentence(summary) == (
+        "Scored 50,000 records with web service 'TxService' version '1.0' in 4m03s (205.8 records/s): 49,990 "
+        "succeeded, 10 failed; results in s3://bucket/scores/2026-11-30.parquet"
+    )
+    one = summary | {"total": 1, "succeeded": 1, "failed": 0, "output_uri": None, "duration_seconds": 0.5}
+    assert scored_sentence(one, "map index 0: ") == (
+        "map index 0: Scored 1 record with web service 'TxService' version '1.0' in 0.5s (2.0 records/s): 1 "
+        "succeeded, 0 failed; no results file (no output_path)"
+    )
+    slow = summary | {"total": 4, "succeeded": 4, "failed": 0, "duration_seconds": 90.4}
+    assert "Scored 4 records with web service 'TxService' version '1.0' in 1m30s (0.044 records/s)" in (
+        scored_sentence(slow)
+    )
+
+
+def test_batch_state_times_are_stored_as_iso_text_and_old_floats_are_read() -> None:
+    state = BatchState("svc", "1", 2, started=1_780_000_000.25, deadline=1_780_003_600.0,
+                       executions={0: "e0"}, executions_started={0: 1_780_000_001.5})  # fmt: skip
+    stored = state.to_stored()
+    assert stored["started"] == "2026-05-28T20:26:40.250+00:00"
+    assert stored["deadline"] == "2026-05-28T21:26:40.000+00:00"
+    assert stored["executions_started"] == {"0": "2026-05-28T20:26:41.500+00:00"}
+    assert BatchState.from_stored(stored) == state
+    legacy = {"service": "svc", "version": "1", "chunks": 2, "executions": {"0": "e0"},
+              "started": 1_780_000_000.25, "deadline": None}  # fmt: skip
+    old = BatchState.from_stored(legacy)
+    assert (old.started, old.deadline, old.executions) == (1_780_000_000.25, None, {0: "e0"})
+    assert old.chunk_started(0) == old.started  # no per-chunk start stored: the batch's start stands in

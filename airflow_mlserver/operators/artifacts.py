@@ -48,6 +48,7 @@ from airflow_mlserver.operators.artifact_names import (
     render_relative_path,
 )
 from airflow_mlserver.operators.artifact_writes import DEFAULT_CHUNK_SIZE, write_stream
+from airflow_mlserver.triggers.progress import ProgressLog
 from airflow_mlserver.triggers.waiting import wait_for_executions
 
 if TYPE_CHECKING:
@@ -321,14 +322,7 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
             return hook.get_batch(name, version, execution_id)
         started = time.monotonic()
         deadline = time.time() + self.timeout if self.timeout is not None else None
-
-        def progress(statuses: list[BatchStatus]) -> None:
-            status = statuses[0]
-            self.log.info(
-                "Execution '%s' is %s: %d of %d records done; next poll in %g s",
-                execution_id, status.state, status.completed, status.total, self.poll_interval,
-            )  # fmt: skip
-
+        progress = ProgressLog(self.log)  # once a minute; a pending execution says how long it has waited
         [status] = wait_for_executions(
             hook, name, version, [execution_id], self.poll_interval, deadline, progress
         )

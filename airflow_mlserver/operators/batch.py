@@ -10,7 +10,9 @@ How a run goes:
 3. While executions run the task defers to :class:`~airflow_mlserver.triggers.batch.MLServerBatchTrigger`
    (or polls in the worker when ``deferrable=False``), then starts the next chunks, until all are complete.
 4. Results are read back chunk by chunk and written to ``output_path`` in input order; the task fails when
-   more than ``max_failed_records`` records failed, and returns a small summary.
+   more than ``max_failed_records`` records failed, and returns a small summary (and logs it as a sentence).
+
+The log lines are :mod:`~airflow_mlserver.triggers.progress`'s; a mapped task's lines name its map index.
 
 Crash safety (:mod:`~airflow_mlserver.operators.batch_state`): the task-state store survives retries and
 worker crashes (XCom does not). Its key is the task instance's own ``(dag, run, task, map index)`` scope, never
@@ -41,6 +43,14 @@ from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.operators.batch_state import BatchState
 from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, results_frame, storage_path
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
+from airflow_mlserver.triggers.progress import (
+    ProgressLog,
+    chunk_label,
+    counted,
+    duration,
+    map_prefix,
+    scored_sentence,
+)
 from airflow_mlserver.triggers.waiting import (
     CANCELED,
     COMPLETE,
@@ -187,6 +197,17 @@ class MLServerBatchOperator(BaseOperator):
     def _chunk_size(self) -> int:
         return self.chunk_size or 2**62
 
+    @staticmethod
+    def _map_index(context: Context) -> int | None:
+        """The task instance's map index (-1 or None when the task is not mapped)."""
+        index = getattr(context.get("ti"), "map_index", None)
+        return index if isinstance(index, int) else None
+
+    def _log_names(self, context: Context, state: BatchState) -> tuple[str, dict[int, str]]:
+        """The start of each log line (a mapped task's map index), and each chunk's name: ``chunk 2 of 3``."""
+        prefix = map_prefix(self._map_index(context))
+        return prefix, {i: chunk_label(i, state.chunks, bool(prefix)) for i in range(state.chunks)}
+
     # -- the run ---------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
@@ -208,7 +229,10 @@ class MLServerBatchOperator(BaseOperator):
                 deadline=time.time() + self.batch_timeout if self.batch_timeout else None,
             )
         else:
-            self.log.info("Found the executions of an earlier try: %s", state.stored_executions())
+            prefix, labels = self._log_names(context, state)
+            found = ", ".join(f"{labels[i]}: {e}" for i, e in sorted(state.executions.items()))
+            ago = duration(time.time() - state.started)
+            self.log.info("%sFound the executions of an earlier try (started %s ago): %s", prefix, ago, found)
         context["ti"].xcom_push(
             key=SWAGGER_XCOM_KEY,
             value=f"{hook.settings.base_url}/api/{service.name}/{service.version}/swagger.json",
@@ -229,15 +253,17 @@ class MLServerBatchOperator(BaseOperator):
         """Reattach, start what is missing, and wait (defer or poll) until every chunk is complete."""
         hook = self.hook
         executions = state.executions
+        prefix, labels = self._log_names(context, state)
         while True:
             statuses: dict[int, BatchStatus] = {}
             for index, execution_id in list(executions.items()):
                 status = hook.get_batch(service.name, service.version, execution_id)
                 if ended(status):
                     self.log.warning(
-                        "Execution %s of chunk %s ended %s: starting that chunk again",
+                        "%sExecution %s of %s ended %s: starting that chunk again",
+                        prefix,
                         execution_id,
-                        index,
+                        labels[index],
                         status.state,
                     )
                     del executions[index]
@@ -254,6 +280,7 @@ class MLServerBatchOperator(BaseOperator):
                     break
                 if index not in to_start:
                     continue
+                begun = time.time()
                 execution_id = hook.start_batch(
                     service.name,
                     service.version,
@@ -261,16 +288,22 @@ class MLServerBatchOperator(BaseOperator):
                     self.parallel_count,
                     service=service,
                 )
-                executions[index] = execution_id
+                executions[index], state.executions_started[index] = execution_id, begun
                 state.save(context)  # before any waiting: a crash from here on reattaches
                 self.log.info(
-                    "Started batch execution %s for chunk %d of %d", execution_id, index + 1, state.chunks
+                    "%sStarted batch execution %s for %s (%s)",
+                    prefix,
+                    execution_id,
+                    labels[index],
+                    counted(len(frame), "record"),
                 )
                 running.append(index)
             context["ti"].xcom_push(key=EXECUTIONS_XCOM_KEY, value=state.execution_ids())
             if not running:
-                return self._finish(service, state)
+                return self._finish(service, state, prefix)
             watched = [executions[i] for i in running]
+            names = {executions[i]: labels[i] for i in running}
+            started = {executions[i]: state.chunk_started(i) for i in running}
             if self.deferrable:
                 self.defer(
                     trigger=MLServerBatchTrigger(
@@ -281,6 +314,9 @@ class MLServerBatchOperator(BaseOperator):
                         poll_interval=self.poll_interval,
                         deadline=state.deadline,
                         cancel_on_kill=self.cancel_on_kill,
+                        labels=names,
+                        started=started,
+                        map_index=self._map_index(context),
                     ),
                     method_name="execute_complete",
                 )
@@ -292,7 +328,7 @@ class MLServerBatchOperator(BaseOperator):
                 watched,
                 self.poll_interval,
                 state.deadline,
-                self._progress,
+                ProgressLog(self.log, names, started, prefix),
             )
             for status in polled:
                 if ended(status):  # as the trigger's failed or canceled event
@@ -300,10 +336,6 @@ class MLServerBatchOperator(BaseOperator):
                         f"{ended_message(status.execution_id, service.name, service.version, status)}. Look at "
                         "the execution on the server; a retry of this task starts the failed chunk again."
                     )
-
-    def _progress(self, statuses: list[BatchStatus]) -> None:
-        done, total = sum(s.completed for s in statuses), sum(s.total for s in statuses)
-        self.log.info("Batch progress: %d/%d records", done, total)
 
     def _check_deadline(
         self, service: WebService, state: BatchState, statuses: dict[int, BatchStatus]
@@ -350,8 +382,11 @@ class MLServerBatchOperator(BaseOperator):
         service = self.hook.get_service(state.service, state.version)
         return self._advance(context, service, state)
 
-    def _finish(self, service: WebService, state: BatchState) -> dict[str, Any]:
-        """Read every chunk's results in input order, write them, check failures, answer the summary."""
+    def _finish(self, service: WebService, state: BatchState, prefix: str) -> dict[str, Any]:
+        """Read every chunk's results in input order, write them, check failures, answer the summary.
+
+        ``prefix`` starts the last log line (a mapped task's map index).
+        """
         hook = self.hook
         executions = state.executions
         writer = None
@@ -408,7 +443,7 @@ class MLServerBatchOperator(BaseOperator):
             service.name,
             service.version,
         )  # read by the OpenLineage method, same process
-        self.log.info("Batch done: %s", summary)
+        self.log.info("%s", scored_sentence(summary, prefix))
         if self.return_results:
             summary["results"] = kept if total <= 1000 else None
         return summary

@@ -2,17 +2,23 @@
 
 The store survives retries and worker crashes (XCom does not) and its scope is the task instance (DAG, run,
 task, map index), never the try number: a retry, or a deferred task that resumes, finds here what an earlier
-try started. The stored form is a JSON-like dict under the key ``mlserver_batch``::
+try started. The stored form is a JSON-like dict under the key ``mlserver_batch``, its times ISO-8601 in UTC
+(people read them in the UI and in the store's REST API)::
 
     {"service": "TxService", "version": "1.0", "chunks": 3,
-     "executions": {"0": "<execution id>", "1": "..."}, "started": 1718000000.0, "deadline": 1718003600.0}
+     "executions": {"0": "<execution id>", "1": "..."},
+     "executions_started": {"0": "2026-11-30T12:00:00.000+00:00", "1": "..."},
+     "started": "2026-11-30T12:00:00.000+00:00", "deadline": "2026-11-30T13:00:00.000+00:00"}
 
-``started`` and ``deadline`` are Unix timestamps (``deadline`` None for no timeout).
+``deadline`` is None for no timeout. Earlier versions of this provider stored ``started`` and ``deadline`` as
+Unix timestamps (floats) and no ``executions_started``: that form is still read, so a retry of a task an older
+version started reattaches. In memory every time is a Unix timestamp, as ``time.time()`` gives.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +34,8 @@ class BatchState:
     :param executions: Execution id by chunk number (0-based), for the chunks started so far.
     :param started: When the first try started the batch (Unix timestamp).
     :param deadline: When the batch times out (Unix timestamp), None for never.
+    :param executions_started: When each chunk's execution was started (Unix timestamp), so that a pending
+        one can say how long it has waited; missing for chunks an older version started.
     """
 
     service: str
@@ -36,6 +44,7 @@ class BatchState:
     started: float
     deadline: float | None
     executions: dict[int, str] = field(default_factory=dict)
+    executions_started: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, context: Context) -> BatchState | None:
@@ -55,13 +64,18 @@ class BatchState:
 
     @classmethod
     def from_stored(cls, value: dict[str, Any]) -> BatchState:
+        """Read the stored form, ISO-8601 times or an older version's Unix timestamps."""
+        deadline = value.get("deadline")
         return cls(
             service=value["service"],
             version=value["version"],
             chunks=int(value["chunks"]),
-            started=float(value["started"]),
-            deadline=value.get("deadline"),
+            started=_timestamp(value["started"]),
+            deadline=None if deadline is None else _timestamp(deadline),
             executions={int(k): str(v) for k, v in value["executions"].items()},
+            executions_started={
+                int(k): _timestamp(v) for k, v in value.get("executions_started", {}).items()
+            },
         )
 
     def to_stored(self) -> dict[str, Any]:
@@ -70,9 +84,14 @@ class BatchState:
             "version": self.version,
             "chunks": self.chunks,
             "executions": self.stored_executions(),
-            "started": self.started,
-            "deadline": self.deadline,
+            "executions_started": {str(k): _iso(v) for k, v in self.executions_started.items()},
+            "started": _iso(self.started),
+            "deadline": None if self.deadline is None else _iso(self.deadline),
         }
+
+    def chunk_started(self, index: int) -> float:
+        """When chunk ``index``'s execution was started; the batch's start where that was not stored."""
+        return self.executions_started.get(index, self.started)
 
     def stored_executions(self) -> dict[str, str]:
         """The executions as stored: chunk numbers as text (the store keeps JSON objects)."""
@@ -81,3 +100,16 @@ class BatchState:
     def execution_ids(self) -> list[str]:
         """The execution ids in chunk order."""
         return [self.executions[k] for k in sorted(self.executions)]
+
+
+def _iso(timestamp: float) -> str:
+    """A Unix timestamp as ISO-8601 text in UTC, to the millisecond: ``2026-11-30T12:00:00.000+00:00``."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def _timestamp(value: Any) -> float:
+    """A stored time as a Unix timestamp: ISO-8601 text (a zone-less one is UTC), or an older version's number."""
+    if isinstance(value, str):
+        moment = datetime.fromisoformat(value)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return float(value)

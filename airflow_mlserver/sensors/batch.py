@@ -12,6 +12,7 @@ from airflow_mlserver.client.models import BatchStatus
 from airflow_mlserver.exceptions import MLServerExecutionEndedError
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
+from airflow_mlserver.triggers.progress import status_line
 from airflow_mlserver.triggers.waiting import COMPLETE, TIMEOUT, ended, ended_message, outcome
 
 if TYPE_CHECKING:
@@ -64,13 +65,7 @@ class MLServerBatchSensor(BaseSensorOperator):
                 f"({status.completed}/{status.total} records done). Start a new execution; this one will not "
                 "complete."
             )
-        self.log.info(
-            "Batch execution %s: %s, %d/%d records",
-            self.execution_id,
-            status.state,
-            status.completed,
-            status.total,
-        )
+        self.log.info("%s", status_line(status))  # once a poke; a pending execution says so
         return outcome(status) == COMPLETE
 
     def poke(self, context: Context) -> bool:
@@ -92,6 +87,7 @@ class MLServerBatchSensor(BaseSensorOperator):
                 poll_interval=self.poke_interval,
                 deadline=time.time() + self.timeout,
                 cancel_on_kill=False,  # the sensor does not own the execution
+                map_index=getattr(context.get("ti"), "map_index", None),
             ),
             method_name="execute_complete",
         )

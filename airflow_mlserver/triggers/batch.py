@@ -1,12 +1,13 @@
 """The async poll behind every deferral of this provider: wait for batch executions to finish.
 
 The trigger only observes. It polls the cheap status (``showPartialResults=false``) of each execution it
-watches, logs progress, and yields exactly one event: ``complete`` when every execution is complete,
-``failed`` or ``canceled`` as soon as one is, ``timeout`` once the deadline (computed once, before
-deferring, and passed in as a timestamp so that it holds across triggerer restarts) has passed, or
-``error`` when an execution is unknown to the server. While the server cannot be read it keeps polling
-with backoff and logs the state as unknown, never as failed. What counts as complete, failed or past the
-deadline is :mod:`airflow_mlserver.triggers.waiting`'s rule, the same in workers.
+watches, logs progress once a minute (:class:`~airflow_mlserver.triggers.progress.ProgressLog`: a pending
+execution says how long it has waited, a mapped task names its map index), and yields exactly one event:
+``complete`` when every execution is complete, ``failed`` or ``canceled`` as soon as one is, ``timeout`` once
+the deadline (computed once, before deferring, and passed in as a timestamp so that it holds across triggerer
+restarts) has passed, or ``error`` when an execution is unknown to the server. While the server cannot be read
+it keeps polling with backoff and logs the state as unknown, never as failed. What counts as complete, failed
+or past the deadline is :mod:`airflow_mlserver.triggers.waiting`'s rule, the same in workers.
 
 Cancelling the executions is not its job, except in :meth:`MLServerBatchTrigger.on_kill`, which Airflow
 calls only when a user kills the task (mark failed, mark success, clear), never on a triggerer restart;
@@ -30,6 +31,7 @@ from airflow_mlserver.exceptions import (
     ServiceNotFoundError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.triggers.progress import PROGRESS_INTERVAL, ProgressLog, duration, map_prefix
 from airflow_mlserver.triggers.waiting import (
     COMPLETE,
     ERROR,
@@ -57,6 +59,10 @@ class MLServerBatchTrigger(BaseTrigger):
     :param deadline: A Unix timestamp after which a ``timeout`` event is sent; None for no deadline.
     :param cancel_on_kill: Cancel the unfinished executions when a user kills the task.
     :param progress_interval: Seconds between two progress log lines.
+    :param labels: How the log names each execution id (e.g. ``chunk 2 of 3``).
+    :param started: When each execution was started (Unix timestamps), for how long a pending one has waited;
+        the trigger's own start for those not given.
+    :param map_index: The task instance's map index, named in every log line of a mapped task.
     """
 
     def __init__(
@@ -68,7 +74,10 @@ class MLServerBatchTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         deadline: float | None = None,
         cancel_on_kill: bool = True,
-        progress_interval: float = 60.0,
+        progress_interval: float = PROGRESS_INTERVAL,
+        labels: dict[str, str] | None = None,
+        started: dict[str, float] | None = None,
+        map_index: int | None = None,
     ) -> None:
         super().__init__()
         self.mlserver_conn_id = mlserver_conn_id
@@ -79,6 +88,9 @@ class MLServerBatchTrigger(BaseTrigger):
         self.deadline = deadline
         self.cancel_on_kill = cancel_on_kill
         self.progress_interval = progress_interval
+        self.labels = dict(labels or {})
+        self.started = dict(started or {})
+        self.map_index = map_index
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -92,6 +104,9 @@ class MLServerBatchTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "cancel_on_kill": self.cancel_on_kill,
                 "progress_interval": self.progress_interval,
+                "labels": self.labels,
+                "started": self.started,
+                "map_index": self.map_index,
             },
         )
 
@@ -128,9 +143,9 @@ class MLServerBatchTrigger(BaseTrigger):
     async def _watch(self, hook: MLServerHook) -> AsyncIterator[TriggerEvent]:
         statuses: dict[str, BatchStatus] = {}
         pending = list(self.execution_ids)
-        started = time.monotonic()
-        first_done: int | None = None
-        last_progress = 0.0
+        progress = ProgressLog(
+            self.log, self.labels, self.started, map_prefix(self.map_index), self.progress_interval
+        )
         unknown_since: float | None = None
         backoff = self.poll_interval
         while True:
@@ -158,10 +173,10 @@ class MLServerBatchTrigger(BaseTrigger):
                 unknown_since = unknown_since or time.monotonic()
                 backoff = min(max(backoff * 2, 1.0), max(self.poll_interval, 60.0))
                 self.log.warning(
-                    "Batch state unknown for %.0f s (server not readable: %s); polling again in %.0f s",
-                    time.monotonic() - unknown_since,
+                    "Batch state unknown for %s (server not readable: %s); polling again in %s",
+                    duration(time.monotonic() - unknown_since),
                     exc,
-                    backoff,
+                    duration(backoff),
                 )
             if not pending:
                 yield self._event(
@@ -171,14 +186,13 @@ class MLServerBatchTrigger(BaseTrigger):
                     statuses,
                 )
                 return
-            now = time.monotonic()
-            total = sum(s.total for s in statuses.values())
-            done = sum(s.completed for s in statuses.values())
-            first_done = done if first_done is None else first_done
-            if statuses and now - last_progress >= self.progress_interval:
-                last_progress = now
-                self.log.info("Batch progress: %s", _progress(done, total, done - first_done, now - started))
+            if statuses and unknown_since is None:  # while unreadable, the warning above says so
+                progress([statuses[e] for e in self.execution_ids if e in statuses])
             if deadline_passed(self.deadline):
+                done, total = (
+                    sum(s.completed for s in statuses.values()),
+                    sum(s.total for s in statuses.values()),
+                )
                 yield self._event(
                     TIMEOUT,
                     f"The batch did not finish before its timeout: {done}/{total} records done",
@@ -199,11 +213,3 @@ class MLServerBatchTrigger(BaseTrigger):
             except MLServerError as exc:
                 self.log.warning("Could not cancel batch execution %s on kill: %s", execution_id, exc)
         await hook.aclose()
-
-
-def _progress(done: int, total: int, gained: int, elapsed: float) -> str:
-    """``completed/total (pct), rate, ETA`` for a progress log line."""
-    pct = 100.0 * done / total if total else 0.0
-    rate = gained / elapsed if elapsed > 0 else 0.0
-    eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "unknown"
-    return f"{done}/{total} records ({pct:.1f}%), {rate:.1f} records/s, ETA {eta}"

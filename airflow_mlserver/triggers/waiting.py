@@ -35,6 +35,11 @@ def outcome(status: BatchStatus) -> str | None:
     return None
 
 
+def pending(status: BatchStatus) -> bool:
+    """``Pending``: the server holds the execution but has not started it (it waits for capacity)."""
+    return status.state.strip().lower() == "pending"
+
+
 def ended(status: BatchStatus) -> bool:
     """Failed or canceled: the execution will never complete."""
     return outcome(status) in (FAILED, CANCELED)
@@ -71,7 +76,8 @@ def wait_for_executions(
     """Poll in this thread until every execution finished, one failed or was canceled, or the deadline passed.
 
     Answers the last statuses, in the order of ``execution_ids``; what to raise is the caller's. ``on_poll``
-    sees the statuses of each round that goes on waiting (to log progress).
+    sees the statuses of each round that goes on waiting: a
+    :class:`~airflow_mlserver.triggers.progress.ProgressLog` there logs progress once a minute.
     """
     while True:
         statuses = [hook.get_batch(service_name, service_version, e) for e in execution_ids]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 from airflow.sdk import DAG
@@ -41,6 +43,30 @@ from_frame = _batch(
     deferrable=True,
     records=pd.DataFrame({"x": [1.5, 2.0, 3.0], "name": ["a", "b", "c"]}),
 )
+
+
+def _store_legacy_state(context: Any) -> None:
+    """Store the batch state as an older version of the provider did (Unix timestamps), as its first try would.
+
+    The execution is ``params.execution_id``, started 90 s ago; it runs before ``execute`` (and only when the
+    store is still empty), so the operator finds it as a retry would.
+    """
+    store, params = context["task_state_store"], context["params"]
+    if not store.get("mlserver_batch"):
+        started = time.time() - 90
+        store.set("mlserver_batch", {
+            "service": params["service"], "version": params["version"], "chunks": 1,
+            "executions": {"0": params["execution_id"]}, "started": started, "deadline": started + 3600,
+        })  # fmt: skip
+
+
+legacy_state = _batch("mlserver_test_legacy_state", deferrable=False, pre_execute=_store_legacy_state)
+
+with DAG("mlserver_test_mapped", **COMMON) as mapped:  # type: ignore[arg-type]
+    MLServerBatchOperator.partial(
+        task_id="score", service_name="scorer", service_version="v1", chunk_size=2, poll_interval=0.3,
+        deferrable=True,
+    ).expand(records=[[{"x": float(i), "name": f"m{i}"} for i in range(n)] for n in (3, 2)])  # fmt: skip
 
 
 def _sensor(dag_id: str, mode: str, deferrable: bool) -> DAG:
