@@ -12,7 +12,13 @@ __version__ = "0.1.0"
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Describe the provider to Airflow (entry point ``apache_airflow_provider``)."""
+    """Describe the provider to Airflow (entry point ``apache_airflow_provider``).
+
+    The connection form is declared here (``ui-field-behaviour`` and ``conn-fields``): Airflow's UI builds it
+    from this description without importing the hook.
+    """
+    from airflow_mlserver.client.settings import DEFAULT_MAX_RETRIES, DEFAULT_PORT, DEFAULT_TIMEOUT
+
     return {
         "package-name": "airflow-mlserver",
         "name": "Machine Learning Server",
@@ -22,6 +28,48 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "connection-type": "mlserver",
                 "hook-class-name": "airflow_mlserver.hooks.mlserver.MLServerHook",
+                "hook-name": "Machine Learning Server",
+                "ui-field-behaviour": {
+                    "hidden-fields": [],
+                    "relabeling": {
+                        "host": "Server",
+                        "schema": "Scheme",
+                        "login": "Username",
+                        "password": "Password",
+                    },
+                    "placeholders": {
+                        "host": "localhost, or a URL such as https://mlserver.example.com/base",
+                        "port": f"{DEFAULT_PORT} for http (the one-box default), 443 for https",
+                        "schema": "http or https (default http, or the URL's)",
+                        "login": "admin",
+                        "password": "the user's password, or a bearer token when no username is set",
+                        "extra": '{"verify": true, "timeout": 60, "max_retries": 8}',
+                    },
+                },
+                "conn-fields": {
+                    "access_token": {
+                        "label": "Access token",
+                        "description": "A bearer token to send instead of logging in (e.g. from Azure AD); "
+                        "then username and password are not needed.",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "verify": {
+                        "label": "Verify TLS",
+                        "description": "true, false, or the path of a CA bundle file on the workers.",
+                        "schema": {"type": ["string", "null"], "default": "true"},
+                    },
+                    "timeout": {
+                        "label": "Timeout (seconds)",
+                        "description": f"Seconds to wait for each answer (default {DEFAULT_TIMEOUT:g}).",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    },
+                    "max_retries": {
+                        "label": "Max retries",
+                        "description": "Retries of a request that failed on the way (connection errors, 429, "
+                        f"502, 503, 504) before giving up (default {DEFAULT_MAX_RETRIES}).",
+                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                    },
+                },
             }
         ],
         "integrations": [

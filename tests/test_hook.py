@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,10 +88,42 @@ def test_connection_uri_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "tok12345" not in repr(settings)
 
 
-def test_ui_field_behaviour_and_widgets() -> None:
-    behaviour = MLServerHook.get_ui_field_behaviour()
-    assert behaviour["relabeling"]["host"] == "Host or URL"
-    assert isinstance(MLServerHook.get_connection_form_widgets(), dict)  # {} without the UI packages
+def test_connection_form_as_airflow_reads_it() -> None:
+    """Airflow's UI builds the form from the provider info (without importing the hook): read it the same way."""
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert (
+        manager.hooks["mlserver"] is not None
+        and manager.hooks["mlserver"].hook_name == "Machine Learning Server"
+    )
+    behaviour = manager.field_behaviours["mlserver"]
+    assert behaviour["relabeling"]["host"] == "Server"
+    assert behaviour["placeholders"]["host"].startswith("localhost")
+    widgets = {
+        name: w for name, w in manager.connection_form_widgets.items() if name.startswith("extra__mlserver__")
+    }
+    assert set(widgets) == {
+        f"extra__mlserver__{f}" for f in ("access_token", "verify", "timeout", "max_retries")
+    }
+    assert widgets["extra__mlserver__access_token"].is_sensitive
+    assert widgets["extra__mlserver__timeout"].field["schema"]["title"] == "Timeout (seconds)"
+
+
+def test_form_extras_left_empty_mean_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A form stores fields the user left empty as null or blank: those are the defaults, not errors."""
+    extra = '{"verify": "", "timeout": null, "max_retries": null, "access_token": ""}'
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN_ID.upper()}",
+        json.dumps({"conn_type": "mlserver", "host": "h", "login": "u", "password": "p", "extra": extra}),
+    )
+    settings = MLServerHook(CONN_ID).settings
+    assert (settings.verify, settings.timeout, settings.max_retries, settings.access_token) == (
+        True,
+        60.0,
+        8,
+        None,
+    )
 
 
 def test_services(hook: MLServerHook, add_service: str) -> None:

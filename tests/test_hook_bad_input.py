@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -229,7 +230,8 @@ def test_bad_connection_fields(monkeypatch: pytest.MonkeyPatch, uri: str, expect
     with pytest.raises(MLServerConfigError) as excinfo:
         hook.list_services()
     assert message(excinfo) == expected
-    assert hook.test_connection() == (False, expected)
+    # The UI tests a form under a made-up connection id: its Test speaks of "this connection".
+    assert hook.test_connection() == (False, expected.replace("Connection 'mlserver_bad'", "This connection"))
 
 
 def test_wrong_password(mlserver: LocalMLServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,6 +257,50 @@ def test_server_not_running(monkeypatch: pytest.MonkeyPatch) -> None:
     assert message(excinfo).endswith(
         "Check that the server runs and that the host and port of connection 'mlserver_bad' are right."
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_test_button_answers_quickly_naming_the_server(
+    mlserver: LocalMLServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI's Test: one attempt, a short timeout, the server's URL named, no connection id (it is made up)."""
+    dead = free_port()
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        quiet = silent.getsockname()[1]
+        cases = {
+            f"mlserver://admin:pw@127.0.0.1:{dead}": (
+                f"Could not log in: POST /login at http://127.0.0.1:{dead} failed once: connection failed",
+                "Check that the server runs and that the host and port of this connection are right.",
+            ),
+            f"mlserver://admin:pw@127.0.0.1:{quiet}": (
+                f"Could not log in: POST /login at http://127.0.0.1:{quiet} failed once: no answer in time",
+                "Check that the server runs and that the host and port of this connection are right.",
+            ),
+            "mlserver://admin:pw@no-such-host.invalid:12800": (
+                "Could not log in: POST /login at http://no-such-host.invalid:12800 failed once: ",
+                "are right.",
+            ),
+            f"mlserver://admin:not-the-password@127.0.0.1:{mlserver.port}": (
+                f"Machine Learning Server at http://127.0.0.1:{mlserver.port}: The server refused the login of "
+                "user 'admin' (POST /login answered 401: Invalid username or password.).",
+                "Check the login and password of this connection.",
+            ),
+        }
+        for uri, (start, end) in cases.items():
+            hook = use_connection(monkeypatch, uri)
+            began = time.monotonic()
+            ok, text = hook.test_connection()
+            took = time.monotonic() - began
+            assert not ok and text.startswith(start) and text.endswith(end), (uri, text)
+            assert "mlserver_bad" not in text
+            assert took < 10.5, (uri, took)
 
 
 # --- unknown things on a real server -----------------------------------------------------------------------

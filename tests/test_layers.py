@@ -1,4 +1,4 @@
-"""The layers of ARCHITECTURE.md import one way: client <- hooks <- operators, triggers, sensors; server apart."""
+"""The layers of ARCHITECTURE.md import one way: client <- hooks <- operators, triggers, sensors <- ui; server apart."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ FORBIDDEN = {
     ),
     "triggers": ("airflow_mlserver.operators", "airflow_mlserver.sensors", "airflow_mlserver.server"),
     "sensors": ("airflow_mlserver.operators", "airflow_mlserver.server"),
-    "operators": ("airflow_mlserver.sensors", "airflow_mlserver.server"),
+    "operators": ("airflow_mlserver.sensors", "airflow_mlserver.server", "airflow_mlserver.ui"),
+    "ui": ("airflow_mlserver.server",),
     "server": (
         "airflow",
         "airflow_mlserver.hooks",
@@ -39,6 +40,9 @@ FORBIDDEN = {
         "airflow_mlserver.tables",
     ),
 }
+for _layer in ("client", "hooks", "triggers", "sensors", "server"):
+    FORBIDDEN[_layer] = (*FORBIDDEN[_layer], "airflow_mlserver.ui")  # the UI sits on top of everything
+
 #: The one part of the client the local server uses: the contract's parameter types (pure data).
 SERVER_MAY_USE = ("airflow_mlserver.client.parameters",)
 

@@ -298,19 +298,19 @@ def exhausted_error(settings: ConnectionSettings, spec: Spec, exc: Transient) ->
     """The error of a request that failed transiently on every attempt."""
     attempts = settings.max_retries + 1
     if exc.status is not None:
+        to = "its only attempt" if attempts == 1 else f"all {attempts} attempts"
         return MLServerApiError(
-            f"Could not {spec.what}: {spec.method} {spec.path} answered {exc.status} ({exc.reason}) to all "
-            f"{attempts} attempts. The server is overloaded or unavailable: retry later, or raise the "
-            f"connection's max_retries.",
+            f"Could not {spec.what}: {spec.method} {spec.path} answered {exc.status} ({exc.reason}) to {to}. "
+            "The server is overloaded or unavailable: retry later, or raise the connection's max_retries.",
             exc.status,
             exc.reason,
             spec.method,
             spec.path,
         )
+    failed = "once" if attempts == 1 else f"{attempts} times, last"
     return MLServerConnectionError(
-        f"Could not {spec.what}: {spec.method} {spec.path} at {settings.base_url} failed {attempts} times, "
-        f"last: {exc.reason}. Check that the server runs and that the host and port of connection "
-        f"'{settings.conn_id}' are right."
+        f"Could not {spec.what}: {spec.method} {spec.path} at {settings.base_url} failed {failed}: {exc.reason}. "
+        f"Check that the server runs and that the host and port of connection '{settings.conn_id}' are right."
     )
 
 

@@ -130,7 +130,7 @@ class ConnectionSettings:
         if ":" in hostname and not hostname.startswith("["):
             hostname = f"[{hostname}]"  # IPv6 literal
         base_url = f"{scheme}://{hostname}:{port}{path}"
-        access_token = extras.get("access_token") or None
+        access_token = _extra(extras, "access_token", None)
         if access_token is not None and not isinstance(access_token, str):
             raise MLServerConfigError(f"Connection '{conn_id}': extra 'access_token' must be a string.")
         if not access_token and not conn.password:
@@ -148,12 +148,20 @@ class ConnectionSettings:
             login=conn.login or None,
             password=conn.password or None,
             access_token=access_token,
-            verify=_verify(conn_id, extras.get("verify", True)),
-            timeout=_positive(conn_id, "timeout", extras.get("timeout", DEFAULT_TIMEOUT), float),
+            verify=_verify(conn_id, _extra(extras, "verify", True)),
+            timeout=_positive(conn_id, "timeout", _extra(extras, "timeout", DEFAULT_TIMEOUT), float),
             max_retries=int(
-                _positive(conn_id, "max_retries", extras.get("max_retries", DEFAULT_MAX_RETRIES), int, 0)
+                _positive(conn_id, "max_retries", _extra(extras, "max_retries", DEFAULT_MAX_RETRIES), int, 0)
             ),
         )
+
+
+def _extra(extras: Mapping[str, Any], name: str, default: Any) -> Any:
+    """An extra's value; an empty one (None or blank text, as a form leaves an unset field) is the default."""
+    value = extras.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    return value
 
 
 def _scheme_of_conn_type(conn_id: str, conn_type: str | None) -> str | None:

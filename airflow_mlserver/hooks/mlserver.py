@@ -1,13 +1,13 @@
 """The hook: the Airflow glue of the Machine Learning Server client.
 
 What is Airflow's here: reading the connection (sync, or async inside a trigger), handing secrets to Airflow's
-masker, the connection form and the UI's Test button. Every API call is the client's
+masker, and the UI's Test button (the connection form itself is declared in the provider info,
+:func:`airflow_mlserver.get_provider_info`). Every API call is the client's
 (:class:`~airflow_mlserver.client.mlserver.MLServerClient`); the methods below only pass it on.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,16 +23,14 @@ from airflow_mlserver.client.models import (
     ServiceDefinition,
     WebService,
 )
-from airflow_mlserver.client.settings import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_PORT,
-    DEFAULT_TIMEOUT,
-    ConnectionSettings,
-)
+from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.client.sync import ArtifactReader
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.records import ExtraColumns, RecordsInput
+
+#: Longest a Test (the UI's button) waits for one answer, in seconds.
+TEST_TIMEOUT = 8.0
 
 
 class MLServerHook(BaseHook):
@@ -78,63 +76,15 @@ class MLServerHook(BaseHook):
         self.retry_wait_max = retry_wait_max
         self._client: MLServerClient | None = None
 
-    # -- Airflow UI --------------------------------------------------------------------------------------
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Labels and hints of the connection form."""
-        return {
-            "hidden_fields": [],
-            "relabeling": {
-                "host": "Host or URL",
-                "schema": "Scheme (http or https)",
-                "login": "Username",
-                "password": "Password (or bearer token when no username)",
-            },
-            "placeholders": {
-                "host": "localhost or https://mlserver.example.com",
-                "schema": "http",
-                "port": str(DEFAULT_PORT),
-                "login": "admin",
-                "extra": json.dumps(
-                    {"verify": True, "timeout": DEFAULT_TIMEOUT, "max_retries": DEFAULT_MAX_RETRIES}
-                ),
-            },
-        }
-
-    @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields of the connection form; empty when the web UI packages are not installed."""
-        try:
-            from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
-            from flask_babel import lazy_gettext
-            from wtforms import IntegerField, PasswordField, StringField
-            from wtforms.validators import NumberRange, Optional
-        except ImportError:
-            return {}
-        return {
-            "verify": StringField(
-                lazy_gettext("Verify TLS (true, false or CA bundle path)"),
-                widget=BS3TextFieldWidget(),
-                default="true",
-            ),
-            "timeout": StringField(lazy_gettext("Timeout (seconds)"), widget=BS3TextFieldWidget()),
-            "access_token": PasswordField(lazy_gettext("Access token"), widget=BS3PasswordFieldWidget()),
-            "max_retries": IntegerField(
-                lazy_gettext("Max retries"),
-                validators=[Optional(), NumberRange(min=0)],
-                widget=BS3TextFieldWidget(),
-            ),
-        }
-
     # -- connection ----------------------------------------------------------------------------------------
 
     def _new_client(self, conn: Any, extras: Mapping[str, Any]) -> MLServerClient:
+        settings = ConnectionSettings.from_connection(conn, extras)
+        return self._client_for(settings.with_overrides(self.timeout, self.max_retries))
+
+    def _client_for(self, settings: ConnectionSettings) -> MLServerClient:
         from airflow.sdk.log import amask_secret, mask_secret
 
-        settings = ConnectionSettings.from_connection(conn, extras).with_overrides(
-            self.timeout, self.max_retries
-        )
         return MLServerClient(
             settings,
             retry_wait=self.retry_wait,
@@ -183,11 +133,27 @@ class MLServerHook(BaseHook):
             await self._client.aclose()
 
     def test_connection(self) -> tuple[bool, str]:
-        """Log in and ask ``GET /status`` (or list the services); answer success and a message for the UI."""
+        """Log in and ask ``GET /status`` (or list the services): the UI's Test button.
+
+        It answers within about :data:`TEST_TIMEOUT` seconds whatever the failure (one attempt, no retries),
+        and its message names the server's URL. The UI tests a form under a made-up connection id, so the
+        message speaks of "this connection" rather than naming one.
+        """
+        base_url = ""
         try:
-            return True, self.get_conn().test_connection()
+            conn = self.get_connection(self.mlserver_conn_id)
+            settings = ConnectionSettings.from_connection(conn, conn.extra_dejson)
+            base_url = settings.base_url
+            timeout = min(settings.timeout, TEST_TIMEOUT)
+            with self._client_for(settings.with_overrides(timeout=timeout, max_retries=0)) as client:
+                return True, client.test_connection()
         except MLServerError as exc:
-            return False, str(exc)
+            conn_id = self.mlserver_conn_id
+            message = str(exc).replace(f"connection '{conn_id}'", "this connection")
+            message = message.replace(f"Connection '{conn_id}'", "This connection")
+            if base_url and base_url not in message:
+                message = f"Machine Learning Server at {base_url}: {message}"
+            return False, message
 
     # -- the calls: see MLServerClient for what each does ---------------------------------------------------
 
