@@ -1,26 +1,17 @@
-"""Numbers and durations as a person reads them on the batch view."""
+"""Numbers and durations on the batch view, worded as in the task logs (:mod:`airflow_mlserver.triggers.progress`)."""
 
 from __future__ import annotations
+
+from airflow_mlserver.triggers import progress
+
+UNKNOWN = "\u2014"
 
 
 def duration(seconds: float | None) -> str:
     """``0.4s``, ``42s``, ``3m12s``, ``1h02m``; an em dash when unknown."""
-    if seconds is None:
-        return "\u2014"
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+    return UNKNOWN if seconds is None else progress.duration(seconds)
 
 
 def number(value: float | None, digits: int = 0) -> str:
     """Thousands separated (``12,345``), ``digits`` decimals; an em dash when unknown."""
-    if value is None:
-        return "\u2014"
-    return f"{value:,.{digits}f}"
+    return UNKNOWN if value is None else f"{value:,.{digits}f}"
