@@ -7,6 +7,7 @@ first records, ``histogram.png``) as artifacts, like the seed's ``manualTransmis
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import pandas as pd
 MTCARS = Path(__file__).parent / "data" / "mtcars.csv"
 SERVICE_NAME = "TxService"
 SERVICE_VERSION = "1.0"
+
+log = logging.getLogger(__name__)
 
 
 def load_mtcars() -> pd.DataFrame:
@@ -93,15 +96,26 @@ def publish_if_absent(
 ) -> str:
     """Publish the service on the server of ``hook`` unless that name and version exist; answer ``name/version``.
 
-    ``artifacts=False`` publishes a variant that writes no files (for very large batches).
+    It logs which: ``Published web service 'TxService' version '1.0'``, or ``Found web service 'TxService'
+    version '1.0' (published 2026-11-30T12:00:00, by admin)``, so the task's log tells whether this run's
+    scores come from a model it fitted or from one already there. ``artifacts=False`` publishes a variant
+    that writes no files (for very large batches).
     """
     from airflow_mlserver.exceptions import ServiceNotFoundError
 
     try:
-        hook.get_service(name, version)
-        return f"{name}/{version}"
+        found = hook.get_service(name, version)
     except ServiceNotFoundError:
-        pass
+        found = None
+    if found is not None:
+        log.info(
+            "Found web service '%s' version '%s' (published %s, by %s)",
+            name,
+            version,
+            found.creation_time or "at a time the server does not say",
+            found.published_by or "a user the server does not name",
+        )
+        return f"{name}/{version}"
     body = publish_request(fit_logistic(load_mtcars()))
     hook.publish_service(
         name,
@@ -114,6 +128,7 @@ def publish_if_absent(
         operation_id=body["operationId"],
         description=body["description"],
     )
+    log.info("Published web service '%s' version '%s'", name, version)
     return f"{name}/{version}"
 
 

@@ -99,6 +99,11 @@ def test_batch_scoring_end_to_end(examples_env: Any) -> None:
     env, server, storage = examples_env
     out = _dags_test(env, "mlserver_batch_scoring")
     assert "Scored 32 cars (0 failed)" in out
+    assert "Scored 32 records with web service 'TxService' version '1.0' in " in out
+    assert (
+        "Published web service 'TxService' version '1.0'" in out
+        or "Found web service 'TxService' version '1.0' (published " in out
+    )
     (results,) = storage.glob("scores/*/mtcars.parquet")
     frame = pd.read_parquet(results)
     assert len(frame) == 32 and frame["success"].all()
@@ -129,13 +134,21 @@ def test_external_batch_sensor(examples_env: Any) -> None:
 def test_large_scoring_in_chunks_reruns_deterministically_and_feeds_the_report(examples_env: Any) -> None:
     env, _, storage = examples_env
     conf = '{"rows": 2000, "chunk_rows": 500}'
-    _dags_test(env, "mlserver_large_scoring", "2026-03-01", "-c", conf)
+    out = _dags_test(env, "mlserver_large_scoring", "2026-03-01", "-c", conf)
+    assert "Published web service 'TxScore' version '1.0'" in out
+    for map_index in range(4):  # each mapped chunk names its map index, and its chunk of its own records
+        assert f"map index {map_index}: Started batch execution " in out
+        assert (
+            f"map index {map_index}: Scored 500 records with web service 'TxScore' version '1.0' in " in out
+        )
+    assert "for chunk 1 of 1 of this task's records (500 records)" in out
     merged = storage / "large" / "2026-03-01" / "scores.parquet"
     first = pd.read_parquet(merged)
     assert len(first) == 2000 and first["success"].all()
     assert first["car_id"].tolist() == list(range(2000))  # chunks merged in input order
     assert len(list((storage / "large" / "2026-03-01" / "scores").glob("part-*.parquet"))) == 4
-    _dags_test(env, "mlserver_large_scoring", "2026-03-01", "-c", conf)  # a rerun of the same date
+    out = _dags_test(env, "mlserver_large_scoring", "2026-03-01", "-c", conf)  # a rerun of the same date
+    assert "Found web service 'TxScore' version '1.0' (published 20" in out and ", by admin)" in out
     pd.testing.assert_frame_equal(pd.read_parquet(merged), first)
     out = _dags_test(env, "mlserver_scores_report")
     assert "records             2000" in out or "records  2000" in out or "2000" in out
