@@ -106,5 +106,5 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_mlserver.triggers.batch"],
             }
         ],
-        "extra-links": ["airflow_mlserver.operators.batch.MLServerSwaggerLink"],
+        "extra-links": ["airflow_mlserver.operators.links.MLServerBatchLink"],
     }

@@ -48,6 +48,7 @@ from airflow_mlserver.operators.artifact_names import (
     render_relative_path,
 )
 from airflow_mlserver.operators.artifact_writes import DEFAULT_CHUNK_SIZE, write_stream
+from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.triggers.progress import ProgressLog
 from airflow_mlserver.triggers.waiting import wait_for_executions
 
@@ -119,9 +120,9 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
     :param chunk_size: Bytes moved per read and write.
     :param dest_as_outlet: Declare ``dest`` as an :class:`~airflow.sdk.Asset` outlet of the task (``dest``
         must then not be a Jinja template; otherwise pass ``outlets`` yourself).
-    :param mlserver_conn_id: The Machine Learning Server connection.
+    :param mlserver_conn_id: The Machine Learning Server connection. (templated)
     :param dest_conn_id: The Airflow connection of the destination store (``aws_default`` style);
-        overrides one given in ``dest``.
+        overrides one given in ``dest``. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -133,7 +134,10 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         "file_names",
         "path_template",
         "manifest_template",
+        "mlserver_conn_id",
+        "dest_conn_id",
     )
+    operator_extra_links = (MLServerBatchLink(),)
     ui_color = "#e8f4ea"
 
     def __init__(

@@ -30,7 +30,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, BaseOperatorLink, BaseXCom, conf
+from airflow.sdk import BaseOperator, conf
 
 from airflow_mlserver.client.models import BatchStatus, RecordResult, WebService
 from airflow_mlserver.client.records import ExtraColumns, prepare_records
@@ -41,6 +41,7 @@ from airflow_mlserver.exceptions import (
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.operators.batch_state import BatchState
+from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, results_frame, storage_path
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
 from airflow_mlserver.triggers.progress import (
@@ -65,21 +66,9 @@ from airflow_mlserver.triggers.waiting import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.sdk.types import TaskInstanceKey
 
-SWAGGER_XCOM_KEY = "swagger_url"
 EXECUTIONS_XCOM_KEY = "execution_ids"
 MAX_FAILURES_SHOWN = 5
-
-
-class MLServerSwaggerLink(BaseOperatorLink):
-    """Link from the task to the ``swagger.json`` of the service it scored against."""
-
-    name = "Service swagger.json"
-
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        value = BaseXCom.get_value(ti_key=ti_key, key=SWAGGER_XCOM_KEY)  # type: ignore[arg-type]
-        return str(value) if value else ""
 
 
 class MLServerBatchOperator(BaseOperator):
@@ -90,10 +79,10 @@ class MLServerBatchOperator(BaseOperator):
     :param records: The input records: a DataFrame, a list of dicts, a dict of columns, or a path/URI of a
         CSV, TSV, Parquet or JSON-lines file read through Airflow's object storage. (templated)
     :param records_format: ``csv``, ``tsv``, ``parquet`` or ``jsonl`` when the file's suffix does not tell.
-    :param records_conn_id: Connection for reading a records URI (e.g. ``aws_default`` for ``s3://``).
+    :param records_conn_id: Connection for reading a records URI (e.g. ``aws_default`` for ``s3://``). (templated)
     :param output_path: Where results go (a URI or ``ObjectStoragePath``); None to write nothing. (templated)
     :param output_format: ``parquet`` (default) or ``csv``.
-    :param output_conn_id: Connection for writing ``output_path``.
+    :param output_conn_id: Connection for writing ``output_path``. (templated)
     :param parallel_count: Records the server runs at a time in one execution (1 to 100, default 10).
     :param chunk_size: Records per batch execution (default: all in one); memory is bounded by a chunk.
     :param max_active_executions: Chunks running at once (default 1).
@@ -105,11 +94,19 @@ class MLServerBatchOperator(BaseOperator):
     :param deferrable: Free the worker slot while the server works (default ``[operators] default_deferrable``).
     :param cancel_on_kill: Cancel the executions when a user kills the task (default True).
     :param return_results: Also return the result rows in the summary (small batches only, at most 1,000).
-    :param mlserver_conn_id: The Machine Learning Server connection (default ``mlserver_default``).
+    :param mlserver_conn_id: The Machine Learning Server connection (default ``mlserver_default``). (templated)
     """
 
-    template_fields: Sequence[str] = ("service_name", "service_version", "records", "output_path")
-    operator_extra_links = (MLServerSwaggerLink(),)
+    template_fields: Sequence[str] = (
+        "service_name",
+        "service_version",
+        "records",
+        "output_path",
+        "records_conn_id",
+        "output_conn_id",
+        "mlserver_conn_id",
+    )
+    operator_extra_links = (MLServerBatchLink(),)
     ui_color = "#e8f0fe"
 
     def __init__(
@@ -233,10 +230,6 @@ class MLServerBatchOperator(BaseOperator):
             found = ", ".join(f"{labels[i]}: {e}" for i, e in sorted(state.executions.items()))
             ago = duration(time.time() - state.started)
             self.log.info("%sFound the executions of an earlier try (started %s ago): %s", prefix, ago, found)
-        context["ti"].xcom_push(
-            key=SWAGGER_XCOM_KEY,
-            value=f"{hook.settings.base_url}/api/{service.name}/{service.version}/swagger.json",
-        )
         return self._advance(context, service, state)
 
     def _validate(self, service: WebService) -> int:
@@ -490,4 +483,4 @@ class MLServerBatchOperator(BaseOperator):
                 self.log.warning("Could not cancel batch execution %s: %s", execution_id, exc)
 
 
-__all__ = ["MLServerBatchOperator", "MLServerSwaggerLink"]
+__all__ = ["MLServerBatchOperator"]

@@ -11,6 +11,7 @@ from airflow.sdk import BaseSensorOperator, conf
 from airflow_mlserver.client.models import BatchStatus
 from airflow_mlserver.exceptions import MLServerExecutionEndedError
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
 from airflow_mlserver.triggers.progress import status_line
 from airflow_mlserver.triggers.waiting import COMPLETE, TIMEOUT, ended, ended_message, outcome
@@ -31,10 +32,11 @@ class MLServerBatchSensor(BaseSensorOperator):
     :param service_version: Its version. (templated)
     :param execution_id: The batch execution to wait for. (templated)
     :param deferrable: Wait on the triggerer (default ``[operators] default_deferrable``).
-    :param mlserver_conn_id: The Machine Learning Server connection (default ``mlserver_default``).
+    :param mlserver_conn_id: The Machine Learning Server connection (default ``mlserver_default``). (templated)
     """
 
-    template_fields: Sequence[str] = ("service_name", "service_version", "execution_id")
+    template_fields: Sequence[str] = ("service_name", "service_version", "execution_id", "mlserver_conn_id")
+    operator_extra_links = (MLServerBatchLink(),)
     ui_color = "#e8f0fe"
 
     def __init__(

@@ -21,10 +21,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from airflow_mlserver import __version__
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.operators.links import batch_view_path
 from airflow_mlserver.ui.batch_view import BatchView, TaskInstanceRef, build_view, read_airflow_records
 from airflow_mlserver.ui.format import duration, number
 
-URL_PREFIX = "/mlserver"
 #: Seconds between refreshes of the page while the batch runs.
 REFRESH_SECONDS = 10
 
@@ -81,4 +81,4 @@ def readme_html() -> str:
 
 def task_instance_href() -> str:
     """The view's URL for the UI's external view (the UI fills in the placeholders)."""
-    return f"{URL_PREFIX}/batch/{{DAG_ID}}/{{RUN_ID}}/{{TASK_ID}}/{{MAP_INDEX}}"
+    return batch_view_path("{DAG_ID}", "{RUN_ID}", "{TASK_ID}", "{MAP_INDEX}")

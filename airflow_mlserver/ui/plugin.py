@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_mlserver.ui.app import URL_PREFIX, app, task_instance_href
+from airflow_mlserver.operators.links import URL_PREFIX
+from airflow_mlserver.ui.app import app, task_instance_href
 
 
 class MLServerPlugin(AirflowPlugin):

@@ -1,0 +1,37 @@
+"""The tasks' extra link: the batch view that this provider's Airflow plugin serves inside the UI.
+
+A Machine Learning Server has no web page for a batch execution, and every route of its API needs a bearer
+token that a browser does not have; so the link leads to the plugin's view (``airflow_mlserver.ui``), which
+reads the server on the API server's side, behind Airflow's login.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import TYPE_CHECKING
+
+from airflow.sdk import BaseOperatorLink, conf
+
+if TYPE_CHECKING:
+    from airflow.sdk.types import TaskInstanceKey
+    from airflow.sdk import BaseOperator
+
+#: Where the plugin's app is mounted on the API server.
+URL_PREFIX = "/mlserver"
+
+
+def batch_view_path(dag_id: str, run_id: str, task_id: str, map_index: str | int) -> str:
+    """The batch view of one task instance (``map_index`` may be the UI's ``{MAP_INDEX}`` placeholder)."""
+    parts = (urllib.parse.quote(str(p), safe="{}") for p in (dag_id, run_id, task_id, map_index))
+    return f"{URL_PREFIX}/batch/" + "/".join(parts)
+
+
+class MLServerBatchLink(BaseOperatorLink):
+    """ "ML Server batch": the task instance's batch view (executions, counts, failures, artifacts)."""
+
+    name = "ML Server batch"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        # below the UI's own base path, if it is served under one ([api] base_url)
+        base = urllib.parse.urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+        return base + batch_view_path(ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index)
