@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The browser tests drive Debian's Chromium; Playwright (a Python package of the dev extras) never downloads one.
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo demo-ui test lint typecheck pytest bench serve clean
 
@@ -11,6 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-liberation; \
+	else \
+		echo "The browser tests need Debian's chromium: run 'sudo apt-get install -y chromium', then make test again." >&2; \
+		exit 1; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/python dags_examples/demo.py
@@ -27,7 +37,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

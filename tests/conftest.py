@@ -3,6 +3,9 @@
 Airflow reads its configuration when first imported, so the environment of the test Airflow (a private
 ``AIRFLOW_HOME`` with a SQLite database, the DAGs of ``tests/dags``, no examples) is set here, before any test
 module imports it. ``airflow_db`` migrates that database once per session.
+
+The browser tests' fixtures (an Airflow API server, Chromium, logged-in pages) live in ``tests/ui_fixtures.py``
+and are imported here.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ os.environ.update(
 
 from airflow_mlserver.server.process import LocalMLServer  # noqa: E402 - after the environment is set
 from tests.helpers import Api  # noqa: E402
+from tests.ui_fixtures import (  # noqa: E402, F401 - the browser tests' fixtures, see that module
+    airflow_ui,
+    chromium,
+    pytest_runtest_makereport,
+    ui_logins,
+    ui_page,
+)
 
 
 @pytest.fixture(scope="session")
