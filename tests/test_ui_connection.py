@@ -29,6 +29,8 @@ STANDARD_FIELDS = {
     "Username": "login",
     "Password": "password",
 }
+#: A page size that shows the whole form, and its Save button above the notifications.
+TALL = {"width": 1440, "height": 1300}
 #: The extra fields' labels.
 EXTRA_LABELS = {
     "access_token": "Access token",
@@ -142,6 +144,9 @@ def test_add_save_and_test_a_connection(
 ) -> None:
     """Add Connection -> Machine Learning Server: our fields and help texts; save; Test right, then wrong."""
     page = ui_page("admin", "/connections")
+    # Tall enough that the notifications (bottom right, 5 s each) do not cover the form's Save button: on
+    # a smaller screen a user (and Playwright) waits for them to go before saving the next change.
+    page.set_viewport_size(TALL)
     page.get_by_role("button", name="Add Connection").click()
     form = page.get_by_role("dialog")
     form.get_by_label("Connection ID").fill(form_connection)
@@ -161,7 +166,6 @@ def test_add_save_and_test_a_connection(
     form.get_by_label("Port", exact=True).fill(str(mlserver.port))
     form.get_by_label("Username", exact=True).fill(mlserver.username)
     form.get_by_label("Password", exact=True).fill(mlserver.password)
-    page.set_viewport_size({"width": 1440, "height": 1400})  # the whole dialog in one picture
     screenshot(form, "connection-form-standard-fields")
 
     # the extra fields: labels and help texts
@@ -174,7 +178,6 @@ def test_add_save_and_test_a_connection(
     expect(_extra_field(page, form, "Verify TLS")).to_have_value("true")
     _extra_field(page, form, "Timeout (seconds)").fill("20")
     screenshot(form, "connection-form-extra-fields")
-    page.set_viewport_size({"width": 1440, "height": 1000})
 
     form.get_by_role("button", name="Save").click()
     expect(form).to_be_hidden()
