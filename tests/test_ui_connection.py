@@ -117,8 +117,8 @@ def test_hook_meta_describes_our_form(airflow_ui: AirflowUI) -> None:
     assert extra["max_retries"]["schema"]["type"] == ["integer", "null"]
 
 
-def test_fixture_users_and_the_restricted_dags(airflow_ui: AirflowUI) -> None:
-    """The API server's logins and permissions are the ones the browser tests rely on."""
+def test_fixture_users_and_the_restricted_dags(airflow_ui: AirflowUI, mlserver: LocalMLServer) -> None:
+    """The API server's logins, permissions and connection are the ones the browser tests rely on."""
     assert airflow_ui.get("/ui/connections/hook_meta", user=None).status_code == 401
     assert airflow_ui.get("/ui/connections/hook_meta", user="viewer").status_code == 403  # connections: op+
     dag = "/api/v2/dags/mlserver_test_deferrable"
@@ -130,6 +130,19 @@ def test_fixture_users_and_the_restricted_dags(airflow_ui: AirflowUI) -> None:
         f"{airflow_ui.url}/auth/token", json={"username": "admin", "password": "wrong"}, timeout=30
     )
     assert refused.status_code == 401
+    # mlserver_default (an environment connection) is the session's local server in the API server too
+    body = {
+        "connection_id": "mlserver_default",
+        "conn_type": "mlserver",
+        "host": "127.0.0.1",
+        "port": mlserver.port,
+    }
+    tested = airflow_ui.session("admin").post(
+        f"{airflow_ui.url}/api/v2/connections/test", json=body, timeout=30
+    )
+    assert tested.status_code == 200, tested.text
+    assert tested.json()["status"] is True, tested.json()
+    assert f"127.0.0.1:{mlserver.port}" in tested.json()["message"]
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
 """Fixtures for tests of what a user sees in Airflow's UI: a real API server, real logins, a real Chromium.
 
 - ``airflow_ui`` (session): ``airflow api-server`` in the session's ``AIRFLOW_HOME`` (the database that
-  ``airflow_db`` migrated, so DAG runs made with ``dag.test()`` in the test process show up in it), with
-  connection testing enabled and fixed users (:data:`USERS`). ``airflow_ui.session(user)`` is a ``requests``
-  session logged in with a JWT from ``POST /auth/token``; ``airflow_ui.session(None)`` has no login.
+  ``airflow_db`` migrated, so DAG runs made with ``dag.test()`` in the test process show up in it, and
+  ``mlserver_default`` pointing at the session's ``mlserver``), with connection testing enabled and fixed
+  users (:data:`USERS`): ``admin``, ``viewer``, and ``outsider``, a viewer that may not see the test DAGs
+  (:data:`RESTRICTED_DAGS`). ``airflow_ui.get(path, user)`` answers a REST call made with a JWT from
+  ``POST /auth/token`` (``user=None``: no login); ``airflow_ui.session(user)`` for other methods.
 - ``chromium`` (session): one headless Debian Chromium (``/usr/bin/chromium``) for the whole session.
 - ``ui_page`` (per test): ``ui_page("admin", "/connections")`` is a Playwright ``Page`` of a new browser
   context, logged in as that user through the real login page (once per user and session; the cookies
@@ -180,11 +182,13 @@ class AirflowUI:
 
 
 @pytest.fixture(scope="session")
-def airflow_ui(airflow_db: Path) -> Iterator[AirflowUI]:
+def airflow_ui(airflow_db: Path, mlserver_conn: str) -> Iterator[AirflowUI]:
     """One Airflow API server for the session, on the session's database, with fixed users.
 
     Connection testing is enabled; the auth manager is SimpleAuthManager with :data:`RESTRICTED_USER` kept
-    out of :data:`RESTRICTED_DAGS` (``tests/ui_auth.py``).
+    out of :data:`RESTRICTED_DAGS` (``tests/ui_auth.py``). Its environment is the test process's, taken
+    after ``mlserver_conn`` set ``mlserver_default`` to the session's local ML Server, so pages and routes
+    of the provider that read that connection reach the same server as the DAGs the tests run.
     """
     from tests.ui_auth import RESTRICTED_DAGS_ENV, RESTRICTED_USER_ENV  # imports Airflow's API server code
 
