@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, ViewportSize, expect
 
 from airflow_mlserver import get_provider_info
 from airflow_mlserver.server.process import LocalMLServer
@@ -30,7 +30,7 @@ STANDARD_FIELDS = {
     "Password": "password",
 }
 #: A page size that shows the whole form, and its Save button above the notifications.
-TALL = {"width": 1440, "height": 1300}
+TALL: ViewportSize = {"width": 1440, "height": 1300}
 #: The extra fields' labels.
 EXTRA_LABELS = {
     "access_token": "Access token",

@@ -41,7 +41,7 @@ import pytest
 import requests
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Locator, Page, Playwright, StorageState
+    from playwright.sync_api import Browser, Locator, Page, Playwright, StorageState, ViewportSize
 
 REPO = Path(__file__).resolve().parent.parent
 #: Where screenshots go (git-ignored), for a reviewer to look at.
@@ -50,7 +50,7 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 #: Debian's package; Playwright never downloads a browser here (``make test`` installs it).
 CHROMIUM = "/usr/bin/chromium"
 #: Size of every page, so screenshots are alike from run to run.
-VIEWPORT = {"width": 1440, "height": 1000}
+VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
 
 
 @dataclass(frozen=True)
