@@ -385,3 +385,85 @@ def test_pending_execution_says_so_while_the_server_is_busy(
         r"Batch execution \S+ \(chunk 1 of 1\) is Pending: waiting \d+\.\ds for the server to start it", log
     ), log[-3000:]
     assert "records/s, ETA unknown" not in log
+
+
+def _run_with_intent(run_dag: Any, api: Api, tmp_path: Path, before: list[str]) -> tuple[Any, Path]:
+    """Run the only chunk (4 records) of a task whose earlier try left an intent of 4 records and ``before``."""
+    out = tmp_path / "results.parquet"
+    records = _write(_frame(4), tmp_path / "in.csv")
+    dagrun = run_dag(
+        "mlserver_test_intent", records=records, output=str(out), before=before, intent_records=4
+    )
+    return dagrun, out
+
+
+def test_an_intent_with_one_new_execution_adopts_it(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The earlier try's start reached the server: the one new execution of 4 records is adopted."""
+    before = api.get("/api/scorer/v1/batch").json()
+    api.start_batch("scorer", "v1", [{"x": 1.0, "name": "other"}] * 3)  # another batch: 3 records, not 4
+    execution_id = api.start_batch("scorer", "v1", _frame(4).to_dict("records"))
+    everything = set(api.get("/api/scorer/v1/batch").json())
+    dagrun, out = _run_with_intent(run_dag, api, tmp_path, before)
+    assert dagrun.state == "success"
+    assert set(api.get("/api/scorer/v1/batch").json()) == everything  # nothing started
+    assert _summary(dagrun)["execution_ids"] == [execution_id]
+    assert pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0]
+    log = capfd.readouterr().out
+    assert (
+        f"Adopted batch execution {execution_id} for chunk 1 of 1: an earlier try started it and was stopped "
+        "before it stored its id" in log
+    )
+    stored = _stored_batch(dagrun)
+    assert stored["intent"] is None and stored["executions"] == {"0": execution_id}
+
+
+def test_an_intent_without_a_new_execution_starts_the_chunk(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The earlier try's start never reached the server: new executions of other sizes are not adopted."""
+    before = api.get("/api/scorer/v1/batch").json()
+    other = api.start_batch("scorer", "v1", [{"x": 1.0, "name": "other"}] * 5)
+    dagrun, _ = _run_with_intent(run_dag, api, tmp_path, before)
+    assert dagrun.state == "success"
+    (started,) = set(api.get("/api/scorer/v1/batch").json()) - set(before) - {other}
+    assert _summary(dagrun)["execution_ids"] == [started]
+    log = capfd.readouterr().out
+    assert (
+        "An earlier try was stopped while it started chunk 1 of 1, and the server has no execution of it: "
+        "starting it" in log
+    )
+    assert re.search(rf"Started batch execution {started} for chunk 1 of 1 \(4 records\)", log)
+
+
+def test_an_intent_with_several_candidates_fails_until_only_one_is_left(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Two new executions of 4 records: none is adopted, none started; once one is canceled the other is."""
+    before = api.get("/api/slowpoke/v1/batch").json()
+    first, second = (api.start_batch("slowpoke", "v1", _frame(4).to_dict("records"), 4) for _ in range(2))
+    out = tmp_path / "results.parquet"
+    records = _write(_frame(4), tmp_path / "in.csv")
+    params = {
+        "service": "slowpoke",
+        "records": records,
+        "output": str(out),
+        "before": before,
+        "intent_records": 4,
+    }
+    dagrun = run_dag("mlserver_test_intent", **params)
+    assert dagrun.state == "failed"
+    assert set(api.get("/api/slowpoke/v1/batch").json()) - set(before) == {first, second}
+    log = capfd.readouterr().out
+    assert (
+        "AmbiguousStartError: An earlier try of this task was stopped while it started the batch execution of "
+        "chunk 1 of 1 (4 records) on web service 'slowpoke' version 'v1', and the service now has 2 new "
+        f"executions of 4 records: {first}, {second}. Cannot tell which one is this chunk's, so none is adopted "
+        "and none is started." in log
+    ), log[-3000:]
+    api.delete(f"/api/slowpoke/v1/batch/{first}")  # the user cancels the one that is not this chunk's
+    dagrun = run_dag("mlserver_test_intent", **params)
+    assert dagrun.state == "success"
+    assert _summary(dagrun)["execution_ids"] == [second]
+    assert set(api.get("/api/slowpoke/v1/batch").json()) - set(before) == {first, second}

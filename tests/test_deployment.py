@@ -29,6 +29,7 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 DAGS = Path(__file__).parent / "deploy_dags"
 SLOW = "import time\ntime.sleep(0.2)\ny = x * 2\n"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+HOLD = 20  # seconds the held server keeps a start's answer
 
 
 def _free_port() -> int:
@@ -98,7 +99,17 @@ def ml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMLServer]:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, ml: LocalMLServer) -> Iterator[Deployment]:
+def held_ml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMLServer]:
+    """A server that starts each batch execution, then holds the start's answer for 20 s."""
+    faults = ["--faults", f"hold-start:{HOLD}s:1"]
+    with LocalMLServer(tmp_path_factory.mktemp("held-mlserver"), workers=1, extra_args=faults) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, ml: LocalMLServer, held_ml: LocalMLServer
+) -> Iterator[Deployment]:
     home = tmp_path_factory.mktemp("airflow-deployment")
     port = _free_port()
     env = {
@@ -117,6 +128,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, ml: LocalMLServer) -> I
         "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW_CONN_MLSERVER_DEFAULT": f"mlserver://admin:{ml.password}@127.0.0.1:{ml.port}",
+        "AIRFLOW_CONN_MLSERVER_HELD": f"mlserver://admin:{held_ml.password}@127.0.0.1:{held_ml.port}",
     }
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     deploy = Deployment(home, env, port)
@@ -165,23 +177,56 @@ def _wait_for_execution(api: Api, service: str, timeout: float = 60) -> str:
     raise AssertionError(f"no execution of {service} started")
 
 
+def _kill_task_process(ti: dict[str, Any]) -> None:
+    """SIGKILL the process that runs this task instance, as a worker crash would."""
+    task_process = subprocess.run(
+        ["pgrep", "-f", f"^airflow worker -- {ti['id']}$"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(task_process) == 1, task_process
+    os.kill(int(task_process[0]), signal.SIGKILL)
+
+
 def test_worker_crash_retry_reattaches(deployment: Deployment, ml: LocalMLServer, tmp_path: Path) -> None:
     api, conf = _setup(ml, tmp_path, "crash_svc", 150)  # about 15 s of work: still running at the kill
     run_id = deployment.trigger("mlserver_deploy_in_worker", conf)
     execution_id = _wait_for_execution(api, "crash_svc")
     ti = deployment.wait_task("mlserver_deploy_in_worker", run_id, {"running"})
     assert api.status("crash_svc", "v1", execution_id)["state"] in ("Pending", "Running")
-    task_process = subprocess.run(
-        ["pgrep", "-f", f"^airflow worker -- {ti['id']}$"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert len(task_process) == 1, task_process
-    os.kill(int(task_process[0]), signal.SIGKILL)
+    _kill_task_process(ti)
     done = deployment.wait_task("mlserver_deploy_in_worker", run_id, {"success", "failed"})
     assert done["state"] == "success", deployment.logs()
     assert done["try_number"] == 2
     assert api.get("/api/crash_svc/v1/batch").json() == [execution_id]  # reattached: one execution only
     results = pd.read_parquet(tmp_path / "out.parquet")
     assert results["y"].tolist() == [2.0 * i for i in range(150)]
+
+
+@pytest.mark.parametrize("dag_id", ["mlserver_deploy_in_worker", "mlserver_deploy_deferrable"])
+def test_worker_killed_while_the_start_is_answered_adopts_its_execution(
+    deployment: Deployment, held_ml: LocalMLServer, tmp_path: Path, dag_id: str
+) -> None:
+    """The server started the chunk's execution and holds the answer: the task dies without the id.
+
+    The first try stored its intent (chunk, record count, the executions before) before sending the start;
+    the retry finds it, reconciles against the server and adopts the one new execution: one execution only.
+    """
+    service = f"held_{dag_id.rsplit('_', 1)[-1]}"
+    api, conf = _setup(held_ml, tmp_path, service, 20)
+    run_id = deployment.trigger(dag_id, {**conf, "conn": "mlserver_held"})
+    execution_id = _wait_for_execution(api, service)  # the server acted; its answer is held for HOLD s
+    ti = deployment.wait_task(dag_id, run_id, {"running"})
+    stored = deployment.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/score/state-store")
+    (intent,) = [e["value"]["intent"] for e in stored["task_state_store"] if e["key"] == "mlserver_batch"]
+    assert (intent["part"], intent["records"], execution_id in intent["before"]) == (0, 20, False)
+    _kill_task_process(ti)  # inside the window: the execution exists, its id was never stored
+    done = deployment.wait_task(dag_id, run_id, {"success", "failed"}, timeout=180)
+    assert done["state"] == "success", deployment.logs()
+    assert done["try_number"] == 2
+    assert api.get(f"/api/{service}/v1/batch").json() == [execution_id]  # adopted, never started twice
+    log = deployment.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/score/logs/2")
+    assert f"Adopted batch execution {execution_id} for chunk 1 of 1: an earlier try started it" in str(log)
+    results = pd.read_parquet(tmp_path / "out.parquet")
+    assert results["y"].tolist() == [2.0 * i for i in range(20)]
 
 
 def test_triggerer_restart_keeps_waiting(deployment: Deployment, ml: LocalMLServer, tmp_path: Path) -> None:

@@ -40,7 +40,8 @@ from airflow_mlserver.exceptions import (
     MLServerConfigError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.batch_state import BatchState
+from airflow_mlserver.operators.batch_starts import reconcile, start_execution
+from airflow_mlserver.operators.batch_state import BatchState, StartIntent
 from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, results_frame, storage_path
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
@@ -225,7 +226,7 @@ class MLServerBatchOperator(BaseOperator):
                 started=time.time(),
                 deadline=time.time() + self.batch_timeout if self.batch_timeout else None,
             )
-        else:
+        elif state.executions:
             prefix, labels = self._log_names(context, state)
             found = ", ".join(f"{labels[i]}: {e}" for i, e in sorted(state.executions.items()))
             ago = duration(time.time() - state.started)
@@ -247,6 +248,8 @@ class MLServerBatchOperator(BaseOperator):
         hook = self.hook
         executions = state.executions
         prefix, labels = self._log_names(context, state)
+        if state.intent is not None:
+            self._settle_intent(context, service, state, state.intent, prefix, labels)
         while True:
             statuses: dict[int, BatchStatus] = {}
             for index, execution_id in list(executions.items()):
@@ -273,16 +276,10 @@ class MLServerBatchOperator(BaseOperator):
                     break
                 if index not in to_start:
                     continue
-                begun = time.time()
-                execution_id = hook.start_batch(
-                    service.name,
-                    service.version,
-                    prepare_records(frame, service, self.extra_columns),
-                    self.parallel_count,
-                    service=service,
-                )
-                executions[index], state.executions_started[index] = execution_id, begun
-                state.save(context)  # before any waiting: a crash from here on reattaches
+                records = prepare_records(frame, service, self.extra_columns)
+                execution_id = start_execution(
+                    hook, service, state, context, index, records, self.parallel_count
+                )  # its id stored before any waiting: a crash from here on reattaches
                 self.log.info(
                     "%sStarted batch execution %s for %s (%s)",
                     prefix,
@@ -329,6 +326,41 @@ class MLServerBatchOperator(BaseOperator):
                         f"{ended_message(status.execution_id, service.name, service.version, status)}. Look at "
                         "the execution on the server; a retry of this task starts the failed chunk again."
                     )
+
+    def _settle_intent(
+        self,
+        context: Context,
+        service: WebService,
+        state: BatchState,
+        intent: StartIntent,
+        prefix: str,
+        labels: dict[int, str],
+    ) -> None:
+        """An earlier try stopped while starting a chunk: adopt the execution it created, if it created one."""
+        label = labels[intent.part]
+        adopted = (
+            None
+            if intent.part in state.executions
+            else reconcile(hook=self.hook, service=service, state=state, intent=intent, label=label)
+        )
+        if adopted is not None:
+            state.executions[intent.part], state.executions_started[intent.part] = adopted, intent.at
+            self.log.info(
+                "%sAdopted batch execution %s for %s: an earlier try started it and was stopped before it stored "
+                "its id",
+                prefix,
+                adopted,
+                label,
+            )
+        elif intent.part not in state.executions:
+            self.log.info(
+                "%sAn earlier try was stopped while it started %s, and the server has no execution of it: "
+                "starting it",
+                prefix,
+                label,
+            )
+        state.intent = None
+        state.save(context)
 
     def _check_deadline(
         self, service: WebService, state: BatchState, statuses: dict[int, BatchStatus]

@@ -8,11 +8,16 @@ try started. The stored form is a JSON-like dict under the key ``mlserver_batch`
     {"service": "TxService", "version": "1.0", "chunks": 3,
      "executions": {"0": "<execution id>", "1": "..."},
      "executions_started": {"0": "2026-11-30T12:00:00.000+00:00", "1": "..."},
-     "started": "2026-11-30T12:00:00.000+00:00", "deadline": "2026-11-30T13:00:00.000+00:00"}
+     "started": "2026-11-30T12:00:00.000+00:00", "deadline": "2026-11-30T13:00:00.000+00:00",
+     "intent": {"round": 0, "part": 2, "records": 7, "before": ["<execution id>", "..."],
+                "at": "2026-11-30T12:00:05.000+00:00"}}
 
-``deadline`` is None for no timeout. Earlier versions of this provider stored ``started`` and ``deadline`` as
-Unix timestamps (floats) and no ``executions_started``: that form is still read, so a retry of a task an older
-version started reattaches. In memory every time is a Unix timestamp, as ``time.time()`` gives.
+``deadline`` is None for no timeout. ``intent`` is the start being sent, written before it is sent and
+cleared when its execution id is stored (None in between starts): a try that finds one does not know whether
+the server started that execution, and reconciles (see :class:`StartIntent`). Earlier versions of this
+provider stored ``started`` and ``deadline`` as Unix timestamps (floats) and no ``executions_started`` nor
+``intent``: those forms are still read, so a retry of a task an older version started reattaches. In memory
+every time is a Unix timestamp, as ``time.time()`` gives.
 """
 
 from __future__ import annotations
@@ -28,6 +33,47 @@ STATE_KEY = "mlserver_batch"
 
 
 @dataclass
+class StartIntent:
+    """A start about to be sent, stored before it is sent: whether the server acted on it is unknown until
+    its execution id is stored.
+
+    A try that finds an intent reconciles against the server: the service's executions that are new since
+    ``before`` (and not already this batch's) and carry ``records`` records are the candidates.
+
+    :param round: 0 for the chunks.
+    :param part: The chunk number (0-based).
+    :param records: How many records the execution carries.
+    :param before: The service's execution ids just before the start.
+    :param at: When the start was about to be sent (Unix timestamp).
+    """
+
+    round: int
+    part: int
+    records: int
+    before: list[str]
+    at: float
+
+    @classmethod
+    def from_stored(cls, value: dict[str, Any]) -> StartIntent:
+        return cls(
+            round=int(value["round"]),
+            part=int(value["part"]),
+            records=int(value["records"]),
+            before=[str(e) for e in value["before"]],
+            at=_timestamp(value["at"]),
+        )
+
+    def to_stored(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "part": self.part,
+            "records": self.records,
+            "before": list(self.before),
+            "at": _iso(self.at),
+        }
+
+
+@dataclass
 class BatchState:
     """One batch of a task instance: the service, how many chunks, and the execution started for each.
 
@@ -36,6 +82,7 @@ class BatchState:
     :param deadline: When the batch times out (Unix timestamp), None for never.
     :param executions_started: When each chunk's execution was started (Unix timestamp), so that a pending
         one can say how long it has waited; missing for chunks an older version started.
+    :param intent: The start being sent, if any (see :class:`StartIntent`).
     """
 
     service: str
@@ -45,6 +92,7 @@ class BatchState:
     deadline: float | None
     executions: dict[int, str] = field(default_factory=dict)
     executions_started: dict[int, float] = field(default_factory=dict)
+    intent: StartIntent | None = None
 
     @classmethod
     def load(cls, context: Context) -> BatchState | None:
@@ -65,7 +113,7 @@ class BatchState:
     @classmethod
     def from_stored(cls, value: dict[str, Any]) -> BatchState:
         """Read the stored form, ISO-8601 times or an older version's Unix timestamps."""
-        deadline = value.get("deadline")
+        deadline, intent = value.get("deadline"), value.get("intent")
         return cls(
             service=value["service"],
             version=value["version"],
@@ -76,6 +124,7 @@ class BatchState:
             executions_started={
                 int(k): _timestamp(v) for k, v in value.get("executions_started", {}).items()
             },
+            intent=None if intent is None else StartIntent.from_stored(intent),
         )
 
     def to_stored(self) -> dict[str, Any]:
@@ -87,6 +136,7 @@ class BatchState:
             "executions_started": {str(k): _iso(v) for k, v in self.executions_started.items()},
             "started": _iso(self.started),
             "deadline": None if self.deadline is None else _iso(self.deadline),
+            "intent": None if self.intent is None else self.intent.to_stored(),
         }
 
     def chunk_started(self, index: int) -> float:

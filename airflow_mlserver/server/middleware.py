@@ -12,7 +12,7 @@ from typing import Any
 from airflow_mlserver.server.auth import authenticate
 from airflow_mlserver.server.context import ServerContext
 from airflow_mlserver.server.errors import ApiError
-from airflow_mlserver.server.faults import FaultInjector, dropping_send
+from airflow_mlserver.server.faults import FaultInjector, dropping_send, holding_send
 
 Scope = dict[str, Any]
 
@@ -53,6 +53,8 @@ class ServerMiddleware:
                 return
             if scope.get("mlserver.drop_answer"):
                 send = await dropping_send(send)
+            elif "mlserver.hold_answer" in scope:
+                send = holding_send(send, scope["mlserver.hold_answer"])
         limit = self.ctx.config.max_body_bytes
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")

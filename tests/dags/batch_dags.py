@@ -12,7 +12,8 @@ from airflow.sdk import DAG
 from airflow_mlserver.operators.batch import MLServerBatchOperator
 from airflow_mlserver.sensors.batch import MLServerBatchSensor
 
-PARAMS = {"service": "scorer", "version": "v1", "records": "", "output": "", "execution_id": ""}
+PARAMS = {"service": "scorer", "version": "v1", "records": "", "output": "", "execution_id": "", "before": [],
+          "intent_records": 0}  # fmt: skip
 COMMON = {"schedule": None, "start_date": datetime(2026, 1, 1), "catchup": False,
           "render_template_as_native_obj": True, "params": PARAMS}  # fmt: skip
 
@@ -61,6 +62,26 @@ def _store_legacy_state(context: Any) -> None:
 
 
 legacy_state = _batch("mlserver_test_legacy_state", deferrable=False, pre_execute=_store_legacy_state)
+
+
+def _store_intent(context: Any) -> None:
+    """Store what a try killed while starting the only chunk leaves: an intent and no execution id.
+
+    The intent says ``params.intent_records`` records and the execution ids ``params.before``; it was written
+    two minutes ago, so no answer of that start can still be on its way.
+    """
+    store, params = context["task_state_store"], context["params"]
+    if not store.get("mlserver_batch"):
+        started = time.time() - 120
+        store.set("mlserver_batch", {
+            "service": params["service"], "version": params["version"], "chunks": 1, "executions": {},
+            "started": started, "deadline": None,
+            "intent": {"round": 0, "part": 0, "records": params["intent_records"], "before": params["before"],
+                       "at": started},
+        })  # fmt: skip
+
+
+killed_while_starting = _batch("mlserver_test_intent", deferrable=False, pre_execute=_store_intent)
 
 with DAG("mlserver_test_mapped", **COMMON) as mapped:  # type: ignore[arg-type]
     MLServerBatchOperator.partial(

@@ -8,7 +8,7 @@ from airflow.sdk import DAG
 
 from airflow_mlserver.operators.batch import MLServerBatchOperator
 
-PARAMS = {"service": "deploy_slow", "version": "v1", "records": "", "output": ""}
+PARAMS = {"service": "deploy_slow", "version": "v1", "records": "", "output": "", "conn": "mlserver_default"}
 
 for dag_id, deferrable in (("mlserver_deploy_in_worker", False), ("mlserver_deploy_deferrable", True)):
     with DAG(
@@ -26,6 +26,7 @@ for dag_id, deferrable in (("mlserver_deploy_in_worker", False), ("mlserver_depl
             service_version="{{ params.version }}",
             records="{{ params.records }}",
             output_path="{{ params.output }}",
+            mlserver_conn_id="{{ params.conn }}",
             parallel_count=2,
             poll_interval=1,
             deferrable=deferrable,

@@ -1,0 +1,87 @@
+"""Starting the batch operator's executions so that no crash window starts one twice.
+
+Before each start the operator stores a :class:`~airflow_mlserver.operators.batch_state.StartIntent` (which
+chunk, how many records, the service's execution ids just before); once the start answers, its execution id
+replaces the intent in one write. A worker killed in between (the answer still in flight, or between the two
+writes) leaves the intent, and the next try reconciles against the server before it starts anything: the one
+new execution that carries that many records is adopted; none means the start never reached the server, and
+the chunk is started; several fail with :class:`~airflow_mlserver.exceptions.AmbiguousStartError` naming them.
+
+An execution that is new but already failed or canceled counts as none (the chunk is started again, as for an
+earlier try's failed execution), so a user who cancels all candidates but one resolves an ambiguity.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlserver.exceptions import AmbiguousStartError
+from airflow_mlserver.operators.batch_state import BatchState, StartIntent
+from airflow_mlserver.triggers.waiting import ended
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_mlserver.client.models import WebService
+    from airflow_mlserver.hooks.mlserver import MLServerHook
+
+#: Longest sleep between two looks at the service's executions while an earlier start may still arrive.
+RECONCILE_POLL = 2.0
+
+
+def start_execution(
+    hook: MLServerHook,
+    service: WebService,
+    state: BatchState,
+    context: Context,
+    part: int,
+    records: list[dict[str, Any]],
+    parallel_count: int,
+) -> str:
+    """Start one execution for chunk ``part``: the intent stored first, then the id in its place."""
+    before = hook.list_batch_executions(service.name, service.version)
+    state.intent = StartIntent(round=0, part=part, records=len(records), before=before, at=time.time())
+    state.save(context)  # from here until the id is stored, a new try reconciles instead of starting
+    execution_id = hook.start_batch(service.name, service.version, records, parallel_count, service=service)
+    state.executions[part], state.executions_started[part] = execution_id, state.intent.at
+    state.intent = None
+    state.save(context)
+    return execution_id
+
+
+def reconcile(
+    hook: MLServerHook, service: WebService, state: BatchState, intent: StartIntent, label: str
+) -> str | None:
+    """The execution an earlier try's unfinished start created, or None when it created none.
+
+    New executions are those the service has now and had not at the intent, other than this batch's own; the
+    candidates are those of them that carry the intent's record count and have not ended. While the earlier
+    try's request could still reach the server (until the connection's timeout after the intent) an empty
+    answer is looked at again.
+    """
+    known = set(intent.before) | set(state.executions.values())
+    wait_until = intent.at + hook.settings.timeout
+    while True:
+        candidates = []
+        for execution_id in hook.list_batch_executions(service.name, service.version):
+            if execution_id in known:
+                continue
+            status = hook.get_batch(service.name, service.version, execution_id)
+            if status.total != intent.records:
+                known.add(execution_id)  # another batch's: its record count never changes
+            elif not ended(status):
+                candidates.append(execution_id)
+        if len(candidates) > 1:
+            raise AmbiguousStartError(
+                f"An earlier try of this task was stopped while it started the batch execution of {label} "
+                f"({intent.records} records) on web service '{service.name}' version '{service.version}', and "
+                f"the service now has {len(candidates)} new executions of {intent.records} records: "
+                f"{', '.join(candidates)}. Cannot tell which one is this chunk's, so none is adopted and none is "
+                "started. Cancel those that are not (with cancel_batch or on the server) and retry the task: it "
+                "adopts the one left, or starts the chunk again if all are canceled.",
+                tuple(candidates),
+            )
+        if candidates or time.time() >= wait_until:
+            return candidates[0] if candidates else None
+        time.sleep(min(RECONCILE_POLL, max(0.0, wait_until - time.time())))
