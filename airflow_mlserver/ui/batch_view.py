@@ -81,6 +81,10 @@ class ChunkView:
     def percent(self) -> float:
         return 100.0 * self.completed / self.total if self.total else 100.0
 
+    @property
+    def failed_percent(self) -> float:
+        return 100.0 * (self.failed or 0) / self.total if self.total else 0.0
+
 
 @dataclass(frozen=True)
 class FailedRecord:
@@ -149,6 +153,10 @@ class BatchView:
     @property
     def percent(self) -> float:
         return 100.0 * self.completed / self.total if self.total else (100.0 if self.finished else 0.0)
+
+    @property
+    def failed_percent(self) -> float:
+        return 100.0 * self.failed / self.total if self.total else 0.0
 
     @property
     def elapsed(self) -> float | None:
