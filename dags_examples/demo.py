@@ -48,6 +48,7 @@ def ui() -> int:
         bin_dir = str(Path(sys.executable).parent)  # standalone starts its components as `airflow ...`
         env = _environment(server, storage) | {
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # the connection form's Test button
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         print(f"Local Machine Learning Server at {server.url}; password of 'admin': {server.password}")
