@@ -49,6 +49,8 @@ ARTIFACTS = REPO / ".artifacts" / "ui"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 #: Debian's package; Playwright never downloads a browser here (``make test`` installs it).
 CHROMIUM = "/usr/bin/chromium"
+#: How long ``expect(...)`` waits for the UI (Playwright's default, 5 s, is short for a busy 2-core CI).
+EXPECT_TIMEOUT_MS = 15_000
 #: Size of every page, so screenshots are alike from run to run.
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
 
@@ -325,8 +327,9 @@ class UiPages:
     def browser(self) -> Browser:
         """Playwright, connected to the session's Chromium (started on the test's first page)."""
         if self._browser is None:
-            from playwright.sync_api import sync_playwright
+            from playwright.sync_api import expect, sync_playwright
 
+            expect.set_options(timeout=EXPECT_TIMEOUT_MS)
             self._playwright = sync_playwright().start()
             self._browser = self._playwright.chromium.connect_over_cdp(self.chromium.endpoint)
         return self._browser
