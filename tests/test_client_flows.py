@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 import tenacity
+import urllib3
 
 from airflow_mlserver.client import auth as auth_module
 from airflow_mlserver.client.auth import Auth
@@ -288,11 +289,18 @@ def test_status_classification() -> None:
 
 
 def test_transport_failure_classification() -> None:
-    refused = requests.exceptions.ConnectionError("NewConnectionError: ConnectionRefusedError")
+    def never_connected(cause: Exception) -> requests.exceptions.ConnectionError:
+        return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/login", cause))  # type: ignore[arg-type]
+
+    refused = never_connected(urllib3.exceptions.NewConnectionError(None, "Connection refused"))  # type: ignore[arg-type]
+    unknown_host = never_connected(urllib3.exceptions.NameResolutionError("nohost", None, OSError("unknown")))  # type: ignore[arg-type]
     timeout = requests.exceptions.ReadTimeout("read timed out")
-    with pytest.raises(Transient) as raised, classified(wire(False), requests_failure):
-        raise refused
-    assert raised.value.sent is False  # never reached the server: even a start may be resent
+    for unreached in (refused, unknown_host, requests.exceptions.ConnectTimeout("no connection in time")):
+        with pytest.raises(Transient) as raised, classified(wire(False), requests_failure):
+            raise unreached
+        assert raised.value.sent is False  # never reached the server: even a start may be resent
+    with pytest.raises(AmbiguousSend), classified(wire(False), requests_failure):
+        raise requests.exceptions.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted."))
     with pytest.raises(AmbiguousSend), classified(wire(False), requests_failure):
         raise timeout
     with pytest.raises(Transient) as raised, classified(wire(True), requests_failure):
@@ -323,8 +331,8 @@ def test_retry_policy_resends_transient_failures_then_stops() -> None:
 def test_exhausted_connection_error_names_the_url() -> None:
     from airflow_mlserver.client.protocol import exhausted_error
 
-    settings = ConnectionSettings(conn_id="ml", base_url="http://ml:1", access_token="t", max_retries=2)
-    err = exhausted_error(settings, wire(True).spec, Transient("cannot connect", sent=False))
+    settings = ConnectionSettings(conn_id="ml", base_url="http://ml:1", access_token="t")
+    err = exhausted_error(settings, wire(True).spec, Transient("cannot connect", sent=False), 3)
     assert isinstance(err, MLServerConnectionError)
     assert "GET /services at http://ml:1 failed 3 times, last: cannot connect" in str(err)
 

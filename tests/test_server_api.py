@@ -331,7 +331,7 @@ def test_publish_r_runtime(api: Api) -> None:
 def test_publish_output_file_with_path(api: Api) -> None:
     body = {"code": "y = 1", "outputFileNames": ["../evil.txt"]}
     assert _message(api.post("/services/evil/v1", json=body), 400) == (
-        "'outputFileNames': '../evil.txt' is not a plain file name (no path separators)."
+        "'outputFileNames': '../evil.txt' is not a plain file name (no path separators or control characters)."
     )
 
 
@@ -423,7 +423,8 @@ def test_artifact_name_with_path_separator(api: Api, writer: str) -> None:
     api.wait(writer, "v1", execution_id)
     answer = api.get(f"/api/{writer}/v1/batch/{execution_id}/0/files/..%5Cmlserver.db")
     assert _message(answer, 400) == (
-        "Invalid file name '..\\\\mlserver.db': give a plain artifact name, without path separators."
+        "Invalid file name '..\\\\mlserver.db': give a plain artifact name, without path separators or control "
+        "characters."
     )
     encoded_slash = api.get(f"/api/{writer}/v1/batch/{execution_id}/0/files/..%2F..%2Fmlserver.db")
     assert encoded_slash.status_code in (400, 404)

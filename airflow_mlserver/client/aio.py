@@ -27,6 +27,7 @@ from airflow_mlserver.client.protocol import (
     classified,
     resume,
 )
+from airflow_mlserver.client.quoting import shortened
 from airflow_mlserver.client.sync import TransferStats
 
 if TYPE_CHECKING:
@@ -39,14 +40,14 @@ def aiohttp_failure(exc: BaseException) -> Transient | None:
     """An aiohttp failure as a retry class: may the request have reached the server or not."""
     import aiohttp
 
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return Transient(f"cannot connect ({exc})", sent=False)
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return Transient(f"cannot connect ({shortened(str(exc))})", sent=False)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return Transient(f"no answer in time ({type(exc).__name__})", sent=True)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return Transient(f"the answer was cut off ({exc})", sent=True)
+        return Transient(f"the answer was cut off ({shortened(str(exc))})", sent=True)
     if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
-        return Transient(f"connection failed ({type(exc).__name__}: {exc})", sent=True)
+        return Transient(f"connection failed ({type(exc).__name__}: {shortened(str(exc))})", sent=True)
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlserver.client.auth import Auth
@@ -39,8 +40,11 @@ from airflow_mlserver.client.protocol import (
     ReadMode,
     Sleep,
     Spec,
+    check_segment,
     quote,
+    valid_segment,
 )
+from airflow_mlserver.client.quoting import quoted, shortened
 
 if TYPE_CHECKING:
     # pandas (behind the records module) is imported only where records are prepared: a trigger imports
@@ -69,10 +73,9 @@ class Calls:
         settings = self.settings
         try:
             answer = yield from self.auth.exchange(Spec("GET", "/status", "ask the server's status"))
-            detail = (
-                answer.value.get("statusCode", "unknown") if isinstance(answer.value, dict) else "unknown"
-            )
-            summary = f"status {detail}"
+            # /status is not in the contract: any answer will do, and a status text is shown if there is one
+            detail = answer.value.get("statusCode") if isinstance(answer.value, dict) else None
+            summary = f"status {shortened(detail) if isinstance(detail, str) else 'unknown'}"
         except MLServerApiError as exc:
             if exc.status != 404:
                 raise
@@ -92,77 +95,65 @@ class Calls:
         return [WebService.from_api(s) for s in answer_list(answer.value, "GET /services")]
 
     def get_service(self, name: str, version: str | None) -> Flow[WebService]:
-        if version is None:
-            path, subject = f"/services/{quote(name)}", f"Web service '{name}'"
-        else:
-            path = f"/services/{quote(name)}/{quote(version)}"
-            subject = f"Web service '{name}' version '{version}'"
-        spec = Spec("GET", path, f"get web service '{name}'", scope="service", subject=subject)
+        service = ServiceRef(name, version)
+        spec = service.spec("GET", f"/services{service.segments}", "get")
         answer = yield from self.auth.exchange(spec)
         value = answer.value
         items = value if isinstance(value, list) else [value]
         if not items:
             raise ServiceNotFoundError(
-                f"{subject} was not found (GET {path} answered an empty list). Check the name and version; "
-                "list_services() shows what is published.",
+                f"{service.subject} was not found ({spec.label} answered an empty list). Check the name and "
+                "version; list_services() shows what is published.",
                 200,
                 "",
                 "GET",
-                path,
+                spec.path,
             )
         return WebService.from_api(items[-1])  # versions come oldest first: the last is the latest
 
     def publish_service(
         self, name: str, version: str | None, definition: ServiceDefinition, replace: bool
     ) -> Flow[WebService]:
+        service = ServiceRef(name, version)
         data = json.dumps(definition.to_api()).encode()
-        path = f"/services/{quote(name)}" + (f"/{quote(version)}" if version is not None else "")
-        subject = f"Web service '{name}'" + (f" version '{version}'" if version is not None else "")
-        spec = Spec(
-            "POST",
-            path,
-            f"publish {subject.lower()}",
-            body=data,
-            idempotent=False,
-            scope="service",
-            subject=subject,
-        )
+        spec = service.spec("POST", f"/services{service.segments}", "publish", body=data, idempotent=False)
+        consume_path = ""
         try:
             answer = yield from self.auth.exchange(spec)
-            consume_path = answer.value if isinstance(answer.value, str) else ""
+            if not isinstance(answer.value, str):
+                raise MalformedResponseError(
+                    f"The server's answer to {spec.label} is {quoted(answer.value)}, not the consume path (a JSON "
+                    "string). The server does not follow the Machine Learning Server API."
+                )
+            consume_path = answer.value
         except ServiceExistsError:
             if not replace or version is None:
                 raise
-            patch = Spec(
-                "PATCH", path, f"update {subject.lower()}", body=data, scope="service", subject=subject
-            )
-            answer = yield from self.auth.exchange(patch)
-            consume_path = answer.value if isinstance(answer.value, str) else ""
+            patch = service.spec("PATCH", spec.path, "update", body=data)
+            yield from self.auth.exchange(patch)  # its answer is not needed: the version is known
         except AmbiguousSend as exc:
             if version is None:
                 raise MLServerConnectionError(
-                    f"Publishing a new version of web service '{name}' failed after the request was sent "
+                    f"Publishing a new version of web service {quoted(name)} failed after the request was sent "
                     f"({exc.reason}); it may or may not exist now. Check list_services() before publishing again."
                 ) from None
             self.log.warning(
-                "Publishing %s failed ambiguously (%s); checking whether it exists", subject, exc.reason
+                "Publishing %s failed ambiguously (%s); checking whether it exists", service.words, exc.reason
             )
-            consume_path = ""
         if version is None:
-            version = consume_path.rstrip("/").rsplit("/", 1)[-1] if consume_path else None
-            if not version:
+            version = consume_path.rstrip("/").rsplit("/", 1)[-1]
+            if not valid_segment(version):
                 raise MalformedResponseError(
-                    f"The server's answer to POST {path} does not name the new version: {answer.value!r}."
+                    f"The server's answer to {spec.label} does not name the new version: {quoted(consume_path)}. "
+                    "The server does not follow the Machine Learning Server API."
                 )
         return (yield from self.get_service(name, version))
 
     def delete_service(self, name: str, version: str, missing_ok: bool) -> Flow[bool]:
-        path = f"/services/{quote(name)}/{quote(version)}"
-        subject = f"Web service '{name}' version '{version}'"
+        service = ServiceRef(name, version)
+        spec = service.spec("DELETE", f"/services{service.segments}", "delete")
         try:
-            yield from self.auth.exchange(
-                Spec("DELETE", path, f"delete {subject.lower()}", scope="service", subject=subject)
-            )
+            yield from self.auth.exchange(spec)
         except ServiceNotFoundError:
             if missing_ok:
                 return False
@@ -170,57 +161,38 @@ class Calls:
         return True
 
     def get_swagger(self, name: str, version: str) -> Flow[dict[str, Any]]:
-        path = f"/api/{quote(name)}/{quote(version)}/swagger.json"
-        subject = f"Web service '{name}' version '{version}'"
-        answer = yield from self.auth.exchange(
-            Spec("GET", path, "get the swagger document", scope="service", subject=subject)
-        )
-        return answer_object(answer.value, f"GET {path}")
+        service = ServiceRef(name, version)
+        spec = service.spec("GET", f"/api{service.segments}/swagger.json", "get the swagger document of")
+        answer = yield from self.auth.exchange(spec)
+        return answer_object(answer.value, spec.label)
 
     # -- request-response ------------------------------------------------------------------------------------
 
     def consume(
         self, name: str, version: str, inputs: Mapping[str, Any], service: WebService | None, idempotent: bool
     ) -> Flow[RecordResult]:
+        ref = ServiceRef(name, version)
         known = service or (yield from self.get_service(name, version))
         from airflow_mlserver.client.records import prepare_inputs
 
         body = json.dumps(prepare_inputs(inputs, known)).encode()
-        spec = Spec(
-            "POST",
-            f"/api/{quote(name)}/{quote(version)}",
-            f"consume web service '{name}' version '{version}'",
-            body=body,
-            idempotent=idempotent,
-            scope="service",
-            subject=f"Web service '{name}' version '{version}'",
-        )
+        spec = ref.spec("POST", f"/api{ref.segments}", "consume", body=body, idempotent=idempotent)
         try:
             answer = yield from self.auth.exchange(spec)
         except AmbiguousSend as exc:
             raise MLServerConnectionError(
-                f"Consuming web service '{name}' version '{version}' failed after the request was sent "
-                f"({exc.reason}); the service may have run. Call again if that is harmless."
+                f"Consuming {ref.words} failed after the request was sent ({exc.reason}); the service may have "
+                "run. Call again if that is harmless."
             ) from None
         return RecordResult.from_api(answer.value)
 
     # -- batch -----------------------------------------------------------------------------------------------
 
     def list_batch_executions(self, name: str, version: str) -> Flow[list[str]]:
-        spec = Spec(
-            "GET",
-            batch_path(name, version),
-            f"list the batch executions of web service '{name}' version '{version}'",
-            scope="service",
-            subject=f"Web service '{name}' version '{version}'",
-        )
+        ref = ServiceRef(name, version)
+        spec = ref.spec("GET", ref.batch_path, "list the batch executions of")
         answer = yield from self.auth.exchange(spec)
-        ids = answer_list(answer.value, f"GET {spec.path}")
-        if not all(isinstance(i, str) for i in ids):
-            raise MalformedResponseError(
-                f"The server's answer to GET {spec.path} is not a list of execution ids: {str(ids)[:200]}."
-            )
-        return ids
+        return names_list(answer.value, spec, "execution ids")
 
     def start_batch(
         self,
@@ -232,6 +204,7 @@ class Calls:
         extra_columns: ExtraColumns,
     ) -> Flow[str]:
         """Check the records, start an execution; never a second one silently (see the hook's docstring)."""
+        ref = ServiceRef(name, version)
         if (
             isinstance(parallel_count, bool)
             or not isinstance(parallel_count, int)
@@ -239,22 +212,16 @@ class Calls:
         ):
             raise MLServerConfigError(
                 f"parallel_count must be a whole number from 1 to {MAX_PARALLEL_COUNT} (the server's maximum "
-                f"threads per batch execution), not {parallel_count!r}."
+                f"threads per batch execution), not {quoted(parallel_count)}."
             )
         known = service or (yield from self.get_service(name, version))
         from airflow_mlserver.client.records import prepare_records
 
         body = _encode_records(prepare_records(records, known, extra_columns))
         before = set((yield from self.list_batch_executions(name, version)))
-        spec = Spec(
-            "POST",
-            batch_path(name, version),
-            f"start a batch of web service '{name}' version '{version}'",
-            params=(("parallelCount", str(parallel_count)),),
-            body=body,
-            idempotent=False,
-            scope="service",
-            subject=f"Web service '{name}' version '{version}'",
+        params = (("parallelCount", str(parallel_count)),)
+        spec = ref.spec(
+            "POST", ref.batch_path, "start a batch of", params=params, body=body, idempotent=False
         )
         reason = ""
         for _ in range(self.settings.max_retries + 1):
@@ -281,8 +248,8 @@ class Calls:
                 return adopted
             if new:
                 raise AmbiguousStartError(
-                    f"Starting a batch of web service '{name}' version '{version}' failed after sending ({reason}), "
-                    f"and meanwhile {len(new)} executions appeared ({', '.join(sorted(new))}): cannot tell "
+                    f"Starting a batch of {ref.words} failed after sending ({reason}), and meanwhile {len(new)} "
+                    f"executions appeared ({shortened(', '.join(sorted(new)))}): cannot tell "
                     "which is this one. Check them with get_batch() and cancel the ones not wanted.",
                     tuple(sorted(new)),
                 )
@@ -290,8 +257,7 @@ class Calls:
                 "Starting the batch failed before the server acted on it (%s); sending it again", reason
             )
         raise AmbiguousStartError(
-            f"Starting a batch of web service '{name}' version '{version}' kept failing ({reason}); no execution was "
-            "created. Retry later."
+            f"Starting a batch of {ref.words} kept failing ({reason}); no execution was created. Retry later."
         )
 
     def get_batch(self, name: str, version: str, execution_id: str, partial: bool) -> Flow[BatchStatus]:
@@ -306,13 +272,13 @@ class Calls:
         return BatchStatus.from_api(head, execution_id, name, version, results)
 
     def cancel_batch(self, name: str, version: str, execution_id: str) -> Flow[BatchStatus]:
-        check_execution_id(execution_id)
+        execution = ExecutionRef(ServiceRef(name, version), execution_id)
         spec = Spec(
             "DELETE",
-            batch_path(name, version, execution_id),
-            f"cancel batch execution '{execution_id}'",
+            execution.path,
+            f"cancel batch execution {quoted(execution_id)}",
             scope="execution",
-            subject=f"Batch execution '{execution_id}' of web service '{name}' version '{version}'",
+            subject=execution.subject,
         )
         answer = yield from self.auth.exchange(spec)
         if isinstance(answer.value, dict) and "state" in answer.value:
@@ -320,72 +286,139 @@ class Calls:
         return (yield from self.get_batch(name, version, execution_id, False))
 
     def list_artifacts(self, name: str, version: str, execution_id: str, index: int) -> Flow[list[str]]:
-        check_execution_id(execution_id)
-        check_index(index)
-        path = f"{batch_path(name, version, execution_id)}/{index}/files"
+        execution = ExecutionRef(ServiceRef(name, version), execution_id)
         spec = Spec(
             "GET",
-            path,
+            f"{execution.path}/{record_index(index)}/files",
             f"list the artifacts of record {index}",
             scope="artifact",
-            subject=f"Record {index} of batch execution '{execution_id}'",
+            subject=f"Record {index} of batch execution {quoted(execution_id)}",
         )
         answer = yield from self.auth.exchange(spec)
-        return [str(f) for f in answer_list(answer.value, f"GET {path}")]
+        return names_list(answer.value, spec, "artifact file names")
 
 
-# -- request specs shared by flows and the sync side's streamed reads -----------------------------------------
+# -- names in paths, and request specs shared by flows and the sync side's streamed reads ---------------------
 
 
-def batch_path(name: str, version: str, execution_id: str | None = None) -> str:
-    path = f"/api/{quote(name)}/{quote(version)}/batch"
-    return path if execution_id is None else f"{path}/{quote(execution_id)}"
+@dataclass(frozen=True)
+class ServiceRef:
+    """A web service version (or, with ``version=None``, its latest) as paths and messages name it.
+
+    Building one checks the name and the version (:func:`~airflow_mlserver.client.protocol.check_segment`).
+
+    :param name: The service name.
+    :param version: The version, or None.
+    """
+
+    name: str
+    version: str | None
+
+    def __post_init__(self) -> None:
+        check_segment(
+            self.name, "Web service name", "use the name a service was published under (see list_services())"
+        )
+        if self.version is not None:
+            check_segment(
+                self.version, "Web service version", "use a published version (see list_services())"
+            )
+
+    @property
+    def segments(self) -> str:
+        """``/{name}`` or ``/{name}/{version}``, quoted."""
+        return f"/{quote(self.name)}" + ("" if self.version is None else f"/{quote(self.version)}")
+
+    @property
+    def batch_path(self) -> str:
+        """The path of the version's batch executions."""
+        return f"/api{self.segments}/batch"
+
+    @property
+    def words(self) -> str:
+        """``web service 'name' version 'version'``, for messages (long values cut)."""
+        version = "" if self.version is None else f" version {quoted(self.version)}"
+        return f"web service {quoted(self.name)}{version}"
+
+    @property
+    def subject(self) -> str:
+        return self.words[0].upper() + self.words[1:]
+
+    def spec(self, method: str, path: str, doing: str, **options: Any) -> Spec:
+        """A request about this service (``doing`` it, e.g. "delete"): its 404 says the service is not found."""
+        return Spec(method, path, f"{doing} {self.words}", scope="service", subject=self.subject, **options)
+
+
+@dataclass(frozen=True)
+class ExecutionRef:
+    """One batch execution of a service version, as paths and messages name it (its id checked).
+
+    :param service: The service version.
+    :param execution_id: The execution id.
+    """
+
+    service: ServiceRef
+    execution_id: str
+
+    def __post_init__(self) -> None:
+        check_segment(self.execution_id, "Batch execution id", "use the id start_batch() answered")
+
+    @property
+    def path(self) -> str:
+        return f"{self.service.batch_path}/{quote(self.execution_id)}"
+
+    @property
+    def subject(self) -> str:
+        return f"Batch execution {quoted(self.execution_id)} of {self.service.words}"
 
 
 def batch_spec(name: str, version: str, execution_id: str, partial: bool, read: ReadMode) -> Spec:
     """``GET`` of one execution: a status poll (``batch_head``), all results, or their stream."""
-    check_execution_id(execution_id)
+    execution = ExecutionRef(ServiceRef(name, version), execution_id)
     return Spec(
         "GET",
-        batch_path(name, version, execution_id),
-        f"get batch execution '{execution_id}'",
+        execution.path,
+        f"get batch execution {quoted(execution_id)}",
         params=(("showPartialResults", "true" if partial else "false"),),
         read=read,
         scope="execution",
-        subject=f"Batch execution '{execution_id}' of web service '{name}' version '{version}'",
+        subject=execution.subject,
     )
 
 
 def artifact_spec(name: str, version: str, execution_id: str, index: int, file_name: str) -> Spec:
     """The streamed ``GET`` of one artifact; refuses a name that is not a plain file name."""
-    check_execution_id(execution_id)
-    check_index(index)
-    if not file_name or "/" in file_name or "\\" in file_name or file_name in (".", ".."):
-        raise MLServerConfigError(
-            f"Artifact name {file_name!r} is not a plain file name: give one from list_artifacts()."
-        )
+    execution = ExecutionRef(ServiceRef(name, version), execution_id)
+    file_segment = quote(check_segment(file_name, "Artifact name", "give one from list_artifacts()"))
     return Spec(
         "GET",
-        f"{batch_path(name, version, execution_id)}/{index}/files/{quote(file_name)}",
-        f"read artifact '{file_name}'",
+        f"{execution.path}/{record_index(index)}/files/{file_segment}",
+        f"read artifact {quoted(file_name)}",
         read="stream",
         scope="artifact",
-        subject=f"Artifact '{file_name}' of record {index} of batch execution '{execution_id}'",
+        subject=f"Artifact {quoted(file_name)} of record {index} of batch execution {quoted(execution_id)}",
     )
 
 
-def check_execution_id(execution_id: str) -> None:
-    if not isinstance(execution_id, str) or not execution_id.strip():
-        raise MLServerConfigError(
-            f"Batch execution id must be a non-empty string, not {execution_id!r}: use the id start_batch() answered."
-        )
-
-
-def check_index(index: int) -> None:
+def record_index(index: int) -> int:
+    """``index`` if it is a record index (a whole number from 0)."""
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise MLServerConfigError(
-            f"Record index must be a whole number of at least 0 (indexes count from 0), not {index!r}."
+            f"Record index must be a whole number of at least 0 (indexes count from 0), not {quoted(index)}."
         )
+    return index
+
+
+def names_list(value: Any, spec: Spec, what: str) -> list[str]:
+    """A listing answer (execution ids, artifact file names): a list of names that can each be used in a path."""
+    names = answer_list(value, spec.label)
+    wrong = [n for n in names if not valid_segment(n)]
+    if wrong:
+        raise MalformedResponseError(
+            f"The server's answer to {spec.label} is not a list of {what}: it holds {quoted(wrong[0])}"
+            f"{f' and {len(wrong) - 1} more' if len(wrong) > 1 else ''}. The server does not follow the Machine "
+            "Learning Server API."
+        )
+    return names
 
 
 def _encode_records(records: list[dict[str, Any]]) -> bytes:

@@ -24,6 +24,7 @@ from airflow_mlserver.client.calls import Calls, artifact_spec, batch_spec
 from airflow_mlserver.client.errors import MLServerConnectionError
 from airflow_mlserver.client.models import BatchStatus, RecordResult, ServiceDefinition, WebService
 from airflow_mlserver.client.protocol import CHUNK_SIZE, Flow, RetryPolicy
+from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.client.streaming import BatchAnswerParser
 from airflow_mlserver.client.sync import (
@@ -230,8 +231,8 @@ class MLServerClient:
                 failures += 1
                 if (yielded and not finished) or failures > self.settings.max_retries:
                     raise MLServerConnectionError(
-                        f"Reading the results of batch execution '{execution_id}' broke off after {yielded} results "
-                        f"({exc}). Read them again once the execution has finished."
+                        f"Reading the results of batch execution {quoted(execution_id)} broke off after {yielded} "
+                        f"results ({shortened(str(exc))}). Read them again once the execution has finished."
                     ) from None
                 self.log.warning("Reading results broke off after %d results (%s); resuming", yielded, exc)
 

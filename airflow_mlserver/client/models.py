@@ -7,12 +7,15 @@ when an answer lacks what the contract promises, so a broken server fails loudly
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from airflow_mlserver.client.errors import MalformedResponseError
+from airflow_mlserver.client.protocol import valid_segment
+from airflow_mlserver.client.quoting import quoted
 
 _T = TypeVar("_T")
 
@@ -36,17 +39,33 @@ def _field(
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise MalformedResponseError(
-            f"The server's {what} has '{key}' = {value!r} ({type(value).__name__}), expected {names}. The server "
+            f"The server's {what} has '{key}' = {quoted(value)} ({type(value).__name__}), expected {names}. The server "
             "does not follow the Machine Learning Server API."
         )
     return value
+
+
+def _strings(obj: dict[str, Any], key: str, what: str) -> list[str]:
+    """``obj[key]``, a list of strings (missing: empty); anything else raises MalformedResponseError."""
+    items: list[Any] = _field(obj, key, list, what, [])
+    return _only_strings(items, key, what)
+
+
+def _only_strings(items: list[Any], key: str, what: str) -> list[str]:
+    wrong = [i for i in items if not isinstance(i, str)]
+    if wrong:
+        raise MalformedResponseError(
+            f"The server's {what} has '{key}' holding {quoted(wrong[0])} ({type(wrong[0]).__name__}), expected "
+            "strings only. The server does not follow the Machine Learning Server API."
+        )
+    return items
 
 
 def _shaped(value: Any, kind: type[_T], problem: str) -> _T:
     """``value`` if it is a ``kind``; else the server does not follow the contract (``problem`` says how)."""
     if not isinstance(value, kind):
         raise MalformedResponseError(
-            f"{problem}: {str(value)[:200]!r}. The server does not follow the Machine Learning Server API."
+            f"{problem}: {quoted(value)}. The server does not follow the Machine Learning Server API."
         )
     return value
 
@@ -174,9 +193,7 @@ class WebService:
             items = _field(obj, key, list, what, [])
             return tuple(ParameterDefinition.from_api(p, f"{what}'s {key} item") for p in items)
 
-        files = _field(obj, "outputFileNames", list, what, [])
-        if not all(isinstance(f, str) for f in files):
-            raise MalformedResponseError(f"The server's {what} has non-string 'outputFileNames': {files!r}.")
+        files = _strings(obj, "outputFileNames", what)
         return cls(
             name=_field(obj, "name", str, what),
             version=_field(obj, "version", str, what),
@@ -225,8 +242,8 @@ class TokenInfo:
         if not access:
             raise MalformedResponseError("The server's login answer has an empty 'access_token'.")
         refresh = _field(obj, "refresh_token", str, what, None) or None
-        expires_in = _number(obj.get("expires_in"))
-        expires_on = _number(obj.get("expires_on"))
+        expires_in = _seconds(obj, "expires_in", what)
+        expires_on = _seconds(obj, "expires_on", what)
         expires_at: float | None = None
         if expires_in is not None:
             # Servers count whole seconds: assume the token may lapse up to a second early.
@@ -249,18 +266,25 @@ class TokenInfo:
         return now >= self.expires_at - lead
 
 
-def _number(value: Any) -> float | None:
-    """A number that servers send as a JSON number or as a numeric string (``expires_on``)."""
-    if isinstance(value, bool) or value is None:
+def _seconds(obj: dict[str, Any], key: str, what: str) -> float | None:
+    """A time in seconds that servers send as a JSON number or a numeric string (``expires_on``); None if absent."""
+    value = obj.get(key)
+    if value is None or value == "":
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            return None
-    return None
+            number = None
+    if number is None or not math.isfinite(number):
+        raise MalformedResponseError(
+            f"The server's {what} has '{key}' = {quoted(value)}, expected a number of seconds. The server does not "
+            "follow the Machine Learning Server API."
+        )
+    return number
 
 
 @dataclass(frozen=True)
@@ -289,15 +313,16 @@ class RecordResult:
     def from_api(cls, value: Any, index: int = 0) -> RecordResult:
         what = f"result of record {index}"
         obj = _object(value, what)
-        changed = _field(obj, "changedFiles", list, what, [])
+        files = _field(obj, "outputFiles", dict, what, {})
+        _only_strings(list(files.values()), "outputFiles", what)  # base64 text, by file name
         return cls(
             index=index,
             success=_field(obj, "success", bool, what),
             error_message=_field(obj, "errorMessage", str, what, ""),
             console_output=_field(obj, "consoleOutput", str, what, ""),
             outputs=_field(obj, "outputParameters", dict, what, {}),
-            output_files=_field(obj, "outputFiles", dict, what, {}),
-            changed_files=tuple(str(c) for c in changed),
+            output_files=files,
+            changed_files=tuple(_strings(obj, "changedFiles", what)),
         )
 
 
@@ -359,19 +384,31 @@ class BatchStatus:
         """Read the head fields of a batch answer; ``results`` are parsed separately (they may be streamed)."""
         what = "batch execution status"
         obj = _object(value, what)
-        found_id = obj.get("batchExecutionId", obj.get("BatchExecutionId"))
-        failed = _field(obj, "failedItemCount", int, what, None)
+        found_id = _field(obj, "batchExecutionId", str, what, None) or _field(
+            obj, "BatchExecutionId", str, what, None
+        )
         return cls(
-            execution_id=found_id if isinstance(found_id, str) and found_id else execution_id,
+            execution_id=found_id or execution_id,
             name=_field(obj, "name", str, what, name),
             version=_field(obj, "version", str, what, version),
             state=_field(obj, "state", str, what),
-            total=_field(obj, "totalItemCount", int, what),
-            completed=_field(obj, "completedItemCount", int, what),
-            failed=failed,
+            total=_count(obj, "totalItemCount", what),
+            completed=_count(obj, "completedItemCount", what),
+            failed=_count(obj, "failedItemCount", what, None),
             error_message=_field(obj, "errorMessage", str, what, None) or None,
             results=results,
         )
+
+
+def _count(obj: dict[str, Any], key: str, what: str, default: Any = _MISSING) -> Any:
+    """A count of records: a whole number from 0 (``default`` when absent, if given)."""
+    value = _field(obj, key, int, what, default)
+    if isinstance(value, int) and value < 0:
+        raise MalformedResponseError(
+            f"The server's {what} has '{key}' = {value}, expected a count from 0. The server does not follow the "
+            "Machine Learning Server API."
+        )
+    return value
 
 
 def start_answer_execution_id(value: Any) -> str:
@@ -379,9 +416,15 @@ def start_answer_execution_id(value: Any) -> str:
     obj = _object(value, "start-batch answer")
     for key in ("batchExecutionId", "BatchExecutionId"):
         found = obj.get(key)
-        if isinstance(found, str) and found:
-            return found
+        if found is None:
+            continue
+        if not valid_segment(found):
+            raise MalformedResponseError(
+                f"The server's start-batch answer has '{key}' = {quoted(found)}, which is not an execution id. The "
+                "server does not follow the Machine Learning Server API."
+            )
+        return str(found)
     raise MalformedResponseError(
         "The server's start-batch answer has no 'batchExecutionId' (nor 'BatchExecutionId') field: "
-        f"{str(obj)[:200]}. The server does not follow the Machine Learning Server API."
+        f"{quoted(obj)}. The server does not follow the Machine Learning Server API."
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -22,11 +23,13 @@ from airflow_mlserver.client.errors import (
     ArtifactNotFoundError,
     ExecutionNotFoundError,
     MLServerApiError,
+    MLServerConfigError,
     MLServerConnectionError,
     MLServerError,
     ServiceExistsError,
     ServiceNotFoundError,
 )
+from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.client.streaming import BatchReader, ErrorBodyReader, JsonReader
 
@@ -74,7 +77,8 @@ class Spec:
 
     @property
     def label(self) -> str:
-        return f"{self.method} {self.path}"
+        """Method and path, for messages (a long path is cut)."""
+        return f"{self.method} {shortened(self.path)}"
 
     def reader(self) -> JsonReader | BatchReader | None:
         """The incremental reader of a success answer (None: the caller reads the stream itself)."""
@@ -173,9 +177,38 @@ class AmbiguousSend(Exception):
 Flow = Generator[Wire | Sleep, Answer | None, T]
 
 
+#: What a name, a version, an id or a file name in a path may not hold: path separators, control characters.
+_NOT_IN_SEGMENT = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
+
+
+def valid_segment(value: object) -> bool:
+    """Whether ``value`` can be one path segment: a non-blank string, no separator or control character."""
+    return (
+        isinstance(value, str)
+        and bool(value.strip())
+        and value not in (".", "..")
+        and _NOT_IN_SEGMENT.search(value) is None
+    )
+
+
+def check_segment(value: object, what: str, advice: str) -> str:
+    """``value``, if it can be one path segment; else refused as invalid (never sent, so never "not found").
+
+    :param what: What the value is, for the message ("Web service name").
+    :param advice: Where a valid one comes from ("use the id start_batch() answered").
+    """
+    if not valid_segment(value):
+        raise MLServerConfigError(
+            f"{what} must be a non-empty string without '/', '\\' or control characters (and not '.' or '..'), "
+            f"not {quoted(value)}: {advice}."
+        )
+    assert isinstance(value, str)
+    return value
+
+
 def quote(value: str) -> str:
-    """One path segment, quoted (a ``/`` in a name cannot reach another route)."""
-    return urllib.parse.quote(str(value), safe="")
+    """One checked path segment, percent-encoded (a ``/`` in a name cannot reach another route)."""
+    return urllib.parse.quote(value, safe="")
 
 
 def retry_after(value: str | None) -> float | None:
@@ -196,10 +229,11 @@ def check_status(wire: Wire, status: int, headers: Mapping[str, str], message: s
     """Raise :class:`Transient` (or :class:`AmbiguousSend`) for an error status worth retrying."""
     if status not in RETRY_STATUSES:
         return
+    reason = f"HTTP {status}: {shortened(message)}"
     if not wire.spec.idempotent and status not in NOT_PROCESSED_STATUSES:
-        raise AmbiguousSend(f"HTTP {status}: {message}")
+        raise AmbiguousSend(reason)
     raise Transient(
-        f"HTTP {status}: {message}",
+        reason,
         sent=True,
         status=status,
         retry_after=retry_after(headers.get("Retry-After")),
@@ -222,48 +256,97 @@ def classified(wire: Wire, failure_of: Callable[[BaseException], Transient | Non
         raise failure from exc
 
 
-class Backoff(tenacity.wait.wait_base):
-    """Exponential backoff with jitter, or the server's ``Retry-After`` when it gives one."""
+class UnreachedRun(tenacity.stop.stop_base):
+    """A stop condition: one request's attempts have failed without reaching the server for too long.
 
-    def __init__(self, initial: float, maximum: float) -> None:
+    A refused connection, an unknown host or a connect timeout (:class:`Transient` with ``sent=False``)
+    starts or continues an unbroken run of such failures; any other outcome ends it.
+
+    :param budget: Seconds such a run may last before the request gives up.
+    """
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.attempt_started = time.monotonic()
+        self.since: float | None = None
+
+    def before(self, state: tenacity.RetryCallState) -> None:
+        self.attempt_started = time.monotonic()
+
+    def left(self, state: tenacity.RetryCallState) -> float | None:
+        """Seconds left of the budget after an unreached failure; None after any other outcome."""
+        exc = state.outcome.exception() if state.outcome else None
+        if not isinstance(exc, Transient) or exc.sent:
+            self.since = None
+            return None
+        if self.since is None:
+            self.since = self.attempt_started
+        return self.budget - (time.monotonic() - self.since)
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        left = self.left(state)
+        return left is not None and left <= 0
+
+
+class Backoff(tenacity.wait.wait_base):
+    """Exponential backoff with jitter, or the server's ``Retry-After`` when it gives one.
+
+    After an unreached failure the wait is cut to what is left of the run's budget, so the last attempt
+    happens as the budget ends rather than after it.
+    """
+
+    def __init__(self, initial: float, maximum: float, unreached: UnreachedRun) -> None:
         self.maximum = maximum
         self.exponential = tenacity.wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
+        self.unreached = unreached
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         wait = float(self.exponential(retry_state))
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, Transient) and exc.retry_after is not None:
             return min(exc.retry_after, MAX_RETRY_AFTER) + wait * 0.1
-        return wait
+        left = self.unreached.left(retry_state)
+        return wait if left is None else max(0.0, min(wait, left))
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently a request is resent after a :class:`Transient` failure.
 
-    :param max_retries: Retries after the first attempt.
+    Two kinds of failure have two budgets. A request that reached the server without a usable answer
+    (429, 502, 503, 504, no answer in time, an answer cut off) is resent up to ``max_retries`` times with
+    backoff, about two minutes with the defaults: that server is up, busy or restarting, and worth waiting
+    for. A request that never reached a server (connection refused, unknown host, no connection within
+    the connect timeout) is resent only while such failures have lasted less than ``unreached_for``
+    seconds, 15 by default: a server that is down, or a wrong host or port, waiting rarely mends, and the
+    caller should learn it soon. A server that comes back within that time is still reached.
+
+    :param max_retries: Retries after the first attempt, whatever the failure.
     :param wait: First backoff wait in seconds (doubles each retry, plus up to as much jitter).
     :param wait_max: Longest backoff wait in seconds.
+    :param unreached_for: Longest time, in seconds, that an unbroken run of failures where nothing reached
+        the server is retried for, counted from the start of the run's first attempt.
     """
 
     max_retries: int
     wait: float = 1.0
     wait_max: float = 30.0
+    unreached_for: float = 15.0
 
     def tenacity_args(self, settings: ConnectionSettings, spec: Spec, log: Any) -> dict[str, Any]:
         """The arguments of ``tenacity.Retrying`` / ``AsyncRetrying`` for one request.
 
-        Once the retries are spent, the last :class:`Transient` failure becomes the error a caller sees
-        (:func:`exhausted_error`).
+        Once the retries or the unreached budget are spent, the last :class:`Transient` failure becomes the
+        error a caller sees (:func:`exhausted_error`).
         """
+        unreached = UnreachedRun(self.unreached_for)
 
         def log_retry(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0
             log.warning(
-                "%s %s failed (%s); retry %d of %d in %.1f s",
-                spec.method,
-                spec.path,
+                "%s failed (%s); retry %d of %d in %.1f s",
+                spec.label,
                 exc,
                 state.attempt_number,
                 self.max_retries,
@@ -273,12 +356,13 @@ class RetryPolicy:
         def give_up(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             assert isinstance(exc, Transient)
-            raise exhausted_error(settings, spec, exc) from None
+            raise exhausted_error(settings, spec, exc, state.attempt_number) from None
 
         return {
-            "stop": tenacity.stop_after_attempt(self.max_retries + 1),
-            "wait": Backoff(self.wait, self.wait_max),
+            "stop": tenacity.stop_after_attempt(self.max_retries + 1) | unreached,
+            "wait": Backoff(self.wait, self.wait_max, unreached),
             "retry": tenacity.retry_if_exception_type(Transient),
+            "before": unreached.before,
             "before_sleep": log_retry,
             "retry_error_callback": give_up,
         }
@@ -294,13 +378,12 @@ def resume(flow: Flow[T], outcome: Answer | AmbiguousSend | None) -> Wire | Slee
     return flow.send(outcome)
 
 
-def exhausted_error(settings: ConnectionSettings, spec: Spec, exc: Transient) -> MLServerError:
-    """The error of a request that failed transiently on every attempt."""
-    attempts = settings.max_retries + 1
+def exhausted_error(settings: ConnectionSettings, spec: Spec, exc: Transient, attempts: int) -> MLServerError:
+    """The error of a request that failed transiently on every one of its ``attempts``."""
     if exc.status is not None:
         to = "its only attempt" if attempts == 1 else f"all {attempts} attempts"
         return MLServerApiError(
-            f"Could not {spec.what}: {spec.method} {spec.path} answered {exc.status} ({exc.reason}) to {to}. "
+            f"Could not {spec.what}: {spec.label} answered {exc.status} ({exc.reason}) to {to}. "
             "The server is overloaded or unavailable: retry later, or raise the connection's max_retries.",
             exc.status,
             exc.reason,
@@ -309,7 +392,7 @@ def exhausted_error(settings: ConnectionSettings, spec: Spec, exc: Transient) ->
         )
     failed = "once" if attempts == 1 else f"{attempts} times, last"
     return MLServerConnectionError(
-        f"Could not {spec.what}: {spec.method} {spec.path} at {settings.base_url} failed {failed}: {exc.reason}. "
+        f"Could not {spec.what}: {spec.label} at {settings.base_url} failed {failed}: {exc.reason}. "
         f"Check that the server runs and that the host and port of connection '{settings.conn_id}' are right."
     )
 
@@ -317,7 +400,7 @@ def exhausted_error(settings: ConnectionSettings, spec: Spec, exc: Transient) ->
 def api_error(spec: Spec, answer: Answer) -> MLServerApiError:
     """The exception an error answer becomes: by status, and for a 404 by what the spec looked for."""
     status, message = answer.status, answer.error_message
-    where = f"{spec.method} {spec.path} answered {status}: {message}"
+    where = f"{spec.label} answered {status}: {shortened(message)}"
     cls: type[MLServerApiError] = MLServerApiError
     if status == 404 and spec.scope != "none":
         text = message.lower()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from airflow_mlserver.client.errors import MLServerConfigError
+from airflow_mlserver.client.quoting import quoted, shortened
 
 DEFAULT_PORT = 12800
 DEFAULT_TIMEOUT = 60.0
@@ -90,7 +91,7 @@ class ConnectionSettings:
         if schema:
             if schema not in ("http", "https"):
                 raise MLServerConfigError(
-                    f"Connection '{conn_id}': schema {conn.schema!r} is not a URL scheme; set it to 'http' or "
+                    f"Connection '{conn_id}': schema {quoted(conn.schema)} is not a URL scheme; set it to 'http' or "
                     "'https', or leave it empty."
                 )
             scheme = _agree(conn_id, scheme, schema, "schema")
@@ -106,16 +107,16 @@ class ConnectionSettings:
             hostname, host_port = parsed.hostname, parsed.port
         except ValueError as exc:
             raise MLServerConfigError(
-                f"Connection '{conn_id}': host {host!r} is not valid ({exc})."
+                f"Connection '{conn_id}': host {quoted(host)} is not valid ({shortened(str(exc))})."
             ) from None
         if with_scheme and parsed.scheme.lower() not in ("http", "https"):
             raise MLServerConfigError(
-                f"Connection '{conn_id}': host {host!r} is not an http(s) address; give a host name such as "
+                f"Connection '{conn_id}': host {quoted(host)} is not an http(s) address; give a host name such as "
                 "'localhost' or a URL such as 'https://mlserver.example.com'."
             )
         if not hostname or (not with_scheme and parsed.path not in ("", "/")):
             raise MLServerConfigError(
-                f"Connection '{conn_id}': host {host!r} is not valid; give a host name such as 'localhost', "
+                f"Connection '{conn_id}': host {quoted(host)} is not valid; give a host name such as 'localhost', "
                 "or a URL such as 'https://mlserver.example.com/base'."
             )
         path = parsed.path.rstrip("/") if with_scheme else ""
@@ -140,7 +141,7 @@ class ConnectionSettings:
             )
         if conn.login and not conn.password and not access_token:
             raise MLServerConfigError(
-                f"Connection '{conn_id}' has login {conn.login!r} but no password: set the password."
+                f"Connection '{conn_id}' has login {quoted(conn.login)} but no password: set the password."
             )
         return cls(
             conn_id=conn_id,
@@ -174,7 +175,7 @@ def _scheme_of_conn_type(conn_id: str, conn_type: str | None) -> str | None:
         if base == "mlserver" and scheme in ("http", "https"):
             return scheme
     raise MLServerConfigError(
-        f"Connection '{conn_id}' has type {conn_type!r}: use 'mlserver' (URI mlserver://...) or "
+        f"Connection '{conn_id}' has type {quoted(conn_type)}: use 'mlserver' (URI mlserver://...) or "
         "'mlserver+https' (URI mlserver+https://...)."
     )
 
@@ -200,11 +201,11 @@ def _verify(conn_id: str, value: Any) -> bool | str:
         if os.path.exists(text):
             return text
         raise MLServerConfigError(
-            f"Connection '{conn_id}': extra 'verify' is {value!r}, which is neither true/false nor an existing CA "
-            "bundle file."
+            f"Connection '{conn_id}': extra 'verify' is {quoted(value)}, which is neither true/false nor an existing "
+            "CA bundle file."
         )
     raise MLServerConfigError(
-        f"Connection '{conn_id}': extra 'verify' must be true, false or a CA bundle path, not {value!r}."
+        f"Connection '{conn_id}': extra 'verify' must be true, false or a CA bundle path, not {quoted(value)}."
     )
 
 
@@ -219,5 +220,7 @@ def _positive(conn_id: str, name: str, value: Any, kind: type, minimum: float = 
         number = None
     if number is None or number < minimum or (minimum == 0 and kind is float and number <= 0):
         what = "a positive number of seconds" if kind is float else "a whole number of at least 0"
-        raise MLServerConfigError(f"Connection '{conn_id}': extra '{name}' must be {what}, not {value!r}.")
+        raise MLServerConfigError(
+            f"Connection '{conn_id}': extra '{name}' must be {what}, not {quoted(value)}."
+        )
     return float(number)

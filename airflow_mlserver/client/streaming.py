@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from airflow_mlserver.client.errors import MalformedResponseError
+from airflow_mlserver.client.quoting import quoted
 
 RESULTS_KEY = "batchexecutionresults"
 #: Head fields a status poll needs before it may stop reading.
@@ -29,9 +30,16 @@ _WS = re.compile(r"[ \t\n\r]*")
 
 def _malformed(what: str, why: str, sample: str) -> MalformedResponseError:
     return MalformedResponseError(
-        f"The server's answer to {what} is not valid JSON ({why}): {sample[:120]!r}. Check that the connection "
+        f"The server's answer to {what} is not valid JSON ({why}): {quoted(sample)}. Check that the connection "
         "points at a Machine Learning Server (or a compatible one)."
     )
+
+
+def _why(exc: ValueError) -> str:
+    """What a JSON decoder's ``ValueError`` means: bad JSON, bad UTF-8, or else a number too long to read."""
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return str(exc)
+    return "a number too long to read"
 
 
 class JsonReader:
@@ -53,8 +61,10 @@ class JsonReader:
             return None
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _malformed(self.what, str(exc), raw.decode("utf-8", "replace")) from None
+        except RecursionError:
+            raise _malformed(self.what, "nested too deeply", "") from None
+        except ValueError as exc:
+            raise _malformed(self.what, _why(exc), raw.decode("utf-8", "replace")) from None
 
 
 class ErrorBodyReader:
@@ -74,7 +84,7 @@ class ErrorBodyReader:
         text = raw.decode("utf-8", "replace")
         try:
             body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (RecursionError, ValueError):
             body = None
         if isinstance(body, dict) and isinstance(body.get("message"), str):
             return body["message"]
@@ -164,6 +174,8 @@ class BatchAnswerParser:
             return False, None
         try:
             value, end = self._decoder.raw_decode(self._buf, self._pos)
+        except RecursionError:
+            raise _malformed(self.what, "nested too deeply", "") from None
         except json.JSONDecodeError as exc:
             pending = len(self._buf) - self._pos
             if self._eof:
@@ -174,6 +186,8 @@ class BatchAnswerParser:
                 len(self._buf) + max(pending, 4096) - self._pos
             )  # decode again once the pending part doubled
             return False, None
+        except ValueError as exc:
+            raise _malformed(self.what, _why(exc), self._buf[self._pos :]) from None
         if end == len(self._buf) and not self._eof and type(value) in (int, float):
             return False, None  # a number at the very end may go on in the next chunk
         self._pos = end
@@ -199,7 +213,9 @@ class BatchAnswerParser:
                 if not ok:
                     break
                 if not isinstance(key, str):
-                    raise _malformed(self.what, f"expected a field name, got {key!r}", self._buf[self._pos :])
+                    raise _malformed(
+                        self.what, f"expected a field name, got {quoted(key)}", self._buf[self._pos :]
+                    )
                 self._key = key
                 self._state = "colon"
             elif state == "colon":

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import requests
 import tenacity
+import urllib3
 
 from airflow_mlserver.client.auth import Auth
 from airflow_mlserver.client.errors import MLServerConnectionError
@@ -30,6 +31,7 @@ from airflow_mlserver.client.protocol import (
     classified,
     resume,
 )
+from airflow_mlserver.client.quoting import shortened
 
 T = TypeVar("T")
 
@@ -37,18 +39,23 @@ T = TypeVar("T")
 def requests_failure(exc: BaseException) -> Transient | None:
     """A ``requests`` failure as a retry class: may the request have reached the server or not."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return Transient(f"cannot connect ({exc})", sent=False)
+        return Transient(f"cannot connect ({shortened(str(exc))})", sent=False)
     if isinstance(exc, requests.exceptions.ConnectionError):
-        chain = repr(exc)
-        sent = not ("NewConnectionError" in chain or "ConnectionRefusedError" in chain)
-        return Transient(f"connection failed ({exc})", sent=sent)
+        return Transient(f"connection failed ({shortened(str(exc))})", sent=not _never_connected(exc))
     if isinstance(exc, requests.exceptions.Timeout):
         return Transient(f"no answer in time ({type(exc).__name__})", sent=True)
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return Transient(f"the answer was cut off ({exc})", sent=True)
+        return Transient(f"the answer was cut off ({shortened(str(exc))})", sent=True)
     if isinstance(exc, ConnectionError):
-        return Transient(f"connection failed ({type(exc).__name__}: {exc})", sent=True)
+        return Transient(f"connection failed ({type(exc).__name__}: {shortened(str(exc))})", sent=True)
     return None
+
+
+def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
+    """Whether no connection was made at all: refused, or the host name not resolved (nothing was sent)."""
+    cause = exc.args[0] if exc.args else None
+    cause = getattr(cause, "reason", cause)  # requests wraps urllib3's MaxRetryError around the cause
+    return isinstance(cause, urllib3.exceptions.NewConnectionError | ConnectionRefusedError)
 
 
 class TransferStats:
@@ -194,7 +201,9 @@ class ResponseStream(io.RawIOBase):
         try:
             data = self._raw.read(len(buffer))
         except Exception as exc:
-            raise MLServerConnectionError(f"Reading an artifact broke off ({exc}); open it again.") from None
+            raise MLServerConnectionError(
+                f"Reading an artifact broke off ({shortened(str(exc))}); open it again."
+            ) from None
         n = len(data)
         buffer[:n] = data
         self._stats.bytes_received += n

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_mlserver import __version__
+from airflow_mlserver.client.quoting import shortened
 from airflow_mlserver.server import auth, batch, consume, services, sessions
 from airflow_mlserver.server.config import ServerConfig
 from airflow_mlserver.server.context import ServerContext
@@ -66,15 +67,24 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path = shortened(request.url.path)
         if exc.status_code == 404:
-            message = (
-                f"No route for {request.method} {request.url.path}: see the API reference for valid routes."
-            )
+            message = f"No route for {request.method} {path}: see the API reference for valid routes."
         elif exc.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}."
+            message = f"Method {request.method} is not allowed on {path}."
         else:
-            message = str(exc.detail)
+            message = shortened(str(exc.detail))
         return JSONResponse(ApiError(exc.status_code, message).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        """A failure no route foresaw: still the contract's JSON error (the traceback goes to the log)."""
+        error = ApiError(
+            500,
+            f"The server failed on {request.method} {shortened(request.url.path)} ({type(exc).__name__}): "
+            "see its log.",
+        )
+        return JSONResponse(error.body(), status_code=500)
 
     @app.get("/status")
     async def status() -> dict[str, Any]:

@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from airflow_mlserver.server.context import ServerContext, current_user
+from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.server.context import (
+    ServerContext,
+    check_name,
+    current_user,
+    parse_json,
+    plain_file_name,
+)
 from airflow_mlserver.server.errors import ApiError, bad_request
+from airflow_mlserver.server.files import open_regular_file, regular_files
 from airflow_mlserver.server.jobs import check_record
 from airflow_mlserver.server.store import FINISHED, Execution
 
 router = APIRouter()
+
+#: Bytes of an artifact sent at a time.
+_CHUNK = 64 * 1024
 
 
 def _parallel_count(ctx: ServerContext, request: Request) -> int:
@@ -32,7 +44,9 @@ def _parallel_count(ctx: ServerContext, request: Request) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise bad_request(f"parallelCount must be a whole number from 1 to {limit}, not {raw!r}.") from None
+        raise bad_request(
+            f"parallelCount must be a whole number from 1 to {limit}, not {quoted(raw)}."
+        ) from None
     if not 1 <= value <= limit:
         raise bad_request(
             f"parallelCount {value} is out of range: use 1 to {limit} (the server's maximum threads per batch "
@@ -43,12 +57,13 @@ def _parallel_count(ctx: ServerContext, request: Request) -> int:
 
 def _execution(ctx: ServerContext, name: str, version: str, execution_id: str) -> Execution:
     ctx.service(name, version)
+    check_name("batch execution id", execution_id)
     execution = ctx.store.get_execution(execution_id)
     if execution is None or execution.name != name or execution.version != version:
         raise ApiError(
             404,
-            f"Batch execution '{execution_id}' not found for service '{name}' version '{version}'. "
-            f"List its executions with GET /api/{name}/{version}/batch.",
+            f"Batch execution {quoted(execution_id)} not found for service {quoted(name)} version "
+            f"{quoted(version)}. List its executions with GET /api/{name}/{version}/batch.",
         )
     return execution
 
@@ -75,13 +90,7 @@ async def start(request: Request, name: str, version: str) -> dict[str, Any]:
     ctx: ServerContext = request.app.state.ctx
     service, _ = ctx.service(name, version)
     parallel = _parallel_count(ctx, request)
-    raw = await request.body()
-    try:
-        records = json.loads(raw) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad_request(
-            f"The request body is not valid JSON ({exc}); expected a list of input records."
-        ) from None
+    records = parse_json(await request.body(), "a list of input records")
     if not isinstance(records, list):
         raise bad_request("The request body must be a JSON list of input records, one object per record.")
     if not records:
@@ -112,7 +121,7 @@ def _flag(request: Request) -> bool:
         "showPartialResults", request.query_params.get("showPartialResult", "true")
     )
     if raw.lower() not in ("true", "false", "1", "0"):
-        raise bad_request(f"showPartialResults must be true or false, not {raw!r}.")
+        raise bad_request(f"showPartialResults must be true or false, not {quoted(raw)}.")
     return raw.lower() in ("true", "1")
 
 
@@ -154,18 +163,15 @@ async def cancel(request: Request, name: str, version: str, execution_id: str) -
     return _head(refreshed)
 
 
-def _record_dir(ctx: ServerContext, execution: Execution, index: str) -> Any:
-    try:
-        i = int(index)
-    except ValueError:
-        raise bad_request(
-            f"Record index must be a whole number, not {index!r} (indexes count from 0)."
-        ) from None
+def _record_dir(ctx: ServerContext, execution: Execution, index: str) -> Path:
+    if not (index.isascii() and index.isdigit()):
+        raise bad_request(f"Record index must be a whole number, not {quoted(index)} (indexes count from 0).")
+    i = int(index) if len(index) <= 18 else -1  # longer is beyond any execution (and too long for int())
     if not 0 <= i < execution.total:
         raise ApiError(
             404,
-            f"Record index {i} is out of range: execution '{execution.id}' has {execution.total} records, "
-            f"indexed 0 to {execution.total - 1}.",
+            f"Record index {shortened(index)} is out of range: execution '{execution.id}' has {execution.total} "
+            f"records, indexed 0 to {execution.total - 1}.",
         )
     return ctx.store.execution_dir(execution.id) / str(i)
 
@@ -177,7 +183,7 @@ async def list_files(request: Request, name: str, version: str, execution_id: st
     folder = _record_dir(ctx, execution, index)
     if ctx.store.get_result(execution_id, int(index)) is None:
         return []  # not run yet (or running): no artifacts so far
-    return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return regular_files(ctx.store.data_dir, folder)
 
 
 @router.get("/api/{name}/{version}/batch/{execution_id}/{index}/files/{file_name}")
@@ -185,17 +191,30 @@ async def get_file(
     request: Request, name: str, version: str, execution_id: str, index: str, file_name: str
 ) -> Response:
     ctx: ServerContext = request.app.state.ctx
-    if "/" in file_name or "\\" in file_name or file_name in (".", "..") or not file_name:
+    if not plain_file_name(file_name):
         raise bad_request(
-            f"Invalid file name {file_name!r}: give a plain artifact name, without path separators."
+            f"Invalid file name {quoted(file_name)}: give a plain artifact name, without path separators or "
+            "control characters."
         )
     execution = _execution(ctx, name, version, execution_id)
     folder = _record_dir(ctx, execution, index)
-    path = folder / file_name
-    if ctx.store.get_result(execution_id, int(index)) is None or not path.is_file():
+    finished = ctx.store.get_result(execution_id, int(index)) is not None
+    opened = open_regular_file(ctx.store.data_dir, folder / file_name) if finished else None
+    if opened is None:  # only a regular file inside the record's folder is an artifact: no link, fifo, folder
         raise ApiError(
             404,
-            f"Record {index} of execution '{execution_id}' has no artifact '{file_name}'. "
+            f"Record {index} of execution {quoted(execution_id)} has no artifact {quoted(file_name)}. "
             f"List its artifacts with GET .../batch/{execution_id}/{index}/files.",
         )
-    return FileResponse(path, media_type="application/octet-stream")
+    file, size = opened
+
+    def chunks() -> Iterator[bytes]:
+        with file:
+            left = size
+            while left > 0 and (chunk := file.read(min(_CHUNK, left))):
+                left -= len(chunk)
+                yield chunk
+
+    return StreamingResponse(
+        chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)}
+    )

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from airflow_mlserver.server.context import ServerContext, read_json
+from airflow_mlserver.server.files import open_regular_file
 from airflow_mlserver.server.jobs import answer, build_job, check_record
 
 router = APIRouter()
@@ -24,7 +25,12 @@ async def consume(request: Request, name: str, version: str) -> dict[str, Any]:
     workdir = ctx.store.data_dir / "consume" / str(uuid.uuid4())
     try:
         outcome = await ctx.pool.run(build_job(ctx.store, service, revision, inputs, workdir))
-        files = {f: base64.b64encode((workdir / f).read_bytes()).decode() for f in outcome.artifacts}
+        files = {}
+        for name in outcome.artifacts:
+            opened = open_regular_file(ctx.store.data_dir, workdir / name)
+            if opened is not None:  # a regular file when the execution ended, and still one
+                with opened[0] as file:
+                    files[name] = base64.b64encode(file.read()).decode()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return answer(outcome, files)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.server.errors import bad_request
 from airflow_mlserver.server.runtime import Job, Outcome
 from airflow_mlserver.server.store import Store
@@ -20,18 +21,23 @@ def check_record(service: dict[str, Any], record: Any, where: str) -> None:
     if not isinstance(record, dict):
         raise bad_request(f"{where} must be a JSON object of inputs, not {type(record).__name__}.")
     declared = [p["name"] for p in service.get("inputParameterDefinitions", [])]
+    known = f"(declared: {shortened(', '.join(declared)) or 'none'})"
     missing = [n for n in declared if n not in record]
     if missing:
         raise bad_request(
-            f"{where} is missing the declared input(s) {', '.join(repr(n) for n in missing)} of service "
-            f"'{service['name']}' version '{service['version']}' (declared: {', '.join(declared) or 'none'})."
+            f"{where} is missing the declared input(s) {_names(missing)} of service {quoted(service['name'])} "
+            f"version {quoted(service['version'])} {known}."
         )
     unknown = [n for n in record if n not in declared]
     if unknown:
         raise bad_request(
-            f"{where} has input(s) {', '.join(repr(n) for n in unknown)} that service '{service['name']}' version "
-            f"'{service['version']}' does not declare (declared: {', '.join(declared) or 'none'})."
+            f"{where} has input(s) {_names(unknown)} that service {quoted(service['name'])} version "
+            f"{quoted(service['version'])} does not declare {known}."
         )
+
+
+def _names(names: list[str]) -> str:
+    return shortened(", ".join(quoted(n) for n in names[:100]))
 
 
 def build_job(

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow_mlserver.client.parameters import PARAMETER_TYPES, Binding
+from airflow_mlserver.client.quoting import quoted
+from airflow_mlserver.server.files import regular_files
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,9 @@ def bind_input(kind: str, value: Any) -> Any:
         return None
     declared = PARAMETER_TYPES.get(kind)
     if declared is None:
-        raise InputError(f"unknown type {kind!r}")
+        raise InputError(f"unknown type {quoted(kind)}")
     if not declared.accepts(value):
-        raise InputError(f"expected {declared.expected}, got {value!r}")
+        raise InputError(f"expected {declared.expected}, got {quoted(value)}")
     if declared.binds_to is Binding.NUMPY_ARRAY:
         import numpy as np
 
@@ -207,13 +209,14 @@ class Runtime:
         finally:
             os.chdir(self.home)
         changed = sorted(p.name for p in workdir.iterdir() if p.is_file())
-        files = [f for f in job.output_files if (workdir / f).is_file()]
+        regular = set(regular_files(workdir, workdir))  # a link, even to a file, is not an artifact
+        files = [f for f in job.output_files if f in regular]
         if job.artifacts_only:
             # batch records keep only their declared output files: they are the record's artifacts
             keep = set(files)
             for path in workdir.iterdir():
                 if path.name not in keep:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             if not keep:
                 workdir.rmdir()
         return Outcome(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keyword
-import re
 import time
 import uuid
 from typing import Any
@@ -12,12 +11,19 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from airflow_mlserver.client.parameters import PARAMETER_TYPES
-from airflow_mlserver.server.context import ServerContext, current_user, read_json
+from airflow_mlserver.client.quoting import quoted
+from airflow_mlserver.server.context import (
+    ServerContext,
+    check_name,
+    current_user,
+    optional_text,
+    plain_file_name,
+    read_json,
+)
 from airflow_mlserver.server.errors import ApiError, bad_request
 
 router = APIRouter()
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _EDITABLE = (
     "code",
     "initCode",
@@ -29,14 +35,6 @@ _EDITABLE = (
     "snapshotId",
     "runtimeType",
 )
-
-
-def _check_name(what: str, value: str) -> None:
-    if not _NAME.match(value):
-        raise bad_request(
-            f"Invalid {what} {value!r}: use letters, digits, '_', '.' or '-' (at most 128), starting with a letter "
-            "or digit."
-        )
 
 
 def _check_parameters(field: str, value: Any) -> list[dict[str, str]]:
@@ -55,13 +53,14 @@ def _check_parameters(field: str, value: Any) -> list[dict[str, str]]:
             raise bad_request(f"'{field}[{i}]' must be an object with string 'name' and 'type'.")
         name, kind = item["name"], item["type"]
         if not name.isidentifier() or keyword.iskeyword(name):
-            raise bad_request(f"'{field}[{i}]': {name!r} is not a valid Python variable name.")
+            raise bad_request(f"'{field}[{i}]': {quoted(name)} is not a valid Python variable name.")
         if kind not in PARAMETER_TYPES:
             raise bad_request(
-                f"'{field}[{i}]': unknown type {kind!r} for '{name}'; use one of {', '.join(PARAMETER_TYPES)}."
+                f"'{field}[{i}]': unknown type {quoted(kind)} for {quoted(name)}; use one of "
+                f"{', '.join(PARAMETER_TYPES)}."
             )
         if name in seen:
-            raise bad_request(f"'{field}': the parameter '{name}' is declared twice.")
+            raise bad_request(f"'{field}': the parameter {quoted(name)} is declared twice.")
         seen.add(name)
         result.append({"name": name, "type": kind})
     return result
@@ -73,8 +72,11 @@ def _check_file_names(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise bad_request("'outputFileNames' must be a list of file names.")
     for name in value:
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise bad_request(f"'outputFileNames': {name!r} is not a plain file name (no path separators).")
+        if not plain_file_name(name):
+            raise bad_request(
+                f"'outputFileNames': {quoted(name)} is not a plain file name (no path separators or control "
+                "characters)."
+            )
     return list(value)
 
 
@@ -87,19 +89,18 @@ def _validate(body: dict[str, Any], partial: bool) -> dict[str, Any]:
             raise bad_request("'code' is required: the Python code the service runs.")
         clean["code"] = code
     for key in ("initCode", "description", "operationId", "snapshotId"):
-        if body.get(key) is not None:
-            if not isinstance(body[key], str):
-                raise bad_request(f"'{key}' must be a string.")
-            clean[key] = body[key]
-    runtime = body.get("runtimeType")
+        text = optional_text(body, key)
+        if text is not None:
+            clean[key] = text
+    runtime = optional_text(body, "runtimeType")
     if runtime is not None or not partial:
         runtime = runtime or "Python"
-        if str(runtime).lower() == "r":
+        if runtime.lower() == "r":
             raise bad_request(
                 "runtimeType 'R' is not supported by the local server: publish a Python service."
             )
-        if str(runtime).lower() != "python":
-            raise bad_request(f"Unknown runtimeType {runtime!r}: use 'Python'.")
+        if runtime.lower() != "python":
+            raise bad_request(f"Unknown runtimeType {quoted(runtime)}: use 'Python'.")
         clean["runtimeType"] = "Python"
     for key in ("inputParameterDefinitions", "outputParameterDefinitions"):
         if not partial or body.get(key) is not None:
@@ -141,19 +142,21 @@ def _snapshot_objects(ctx: ServerContext, snapshot_id: str | None) -> Any:
         return None
     if ctx.store.get_snapshot(snapshot_id) is None:
         raise bad_request(
-            f"Snapshot '{snapshot_id}' not found: take one with POST /sessions/{{id}}/snapshot."
+            f"Snapshot {quoted(snapshot_id)} not found: take one with POST /sessions/{{id}}/snapshot."
         )
     return ctx.store.snapshot_dir(snapshot_id)
 
 
 async def _publish(request: Request, name: str, version: str) -> Response:
     ctx: ServerContext = request.app.state.ctx
-    _check_name("service name", name)
-    _check_name("service version", version)
+    check_name("service name", name)
+    check_name("service version", version)
     body = await read_json(request, dict, "a PublishWebServiceRequest object")
     clean = _validate(body, partial=False)
     if ctx.store.get_service(name, version) is not None:
-        raise ApiError(403, f"Web service '{name}' version '{version}' already exists: update it with PATCH.")
+        raise ApiError(
+            403, f"Web service {quoted(name)} version {quoted(version)} already exists: update it with PATCH."
+        )
     objects = _snapshot_objects(ctx, clean.get("snapshotId"))
     service = {
         "name": name,
@@ -175,10 +178,11 @@ async def list_all(request: Request) -> list[dict[str, Any]]:
 @router.get("/services/{name}")
 async def list_versions(request: Request, name: str) -> list[dict[str, Any]]:
     ctx: ServerContext = request.app.state.ctx
+    check_name("service name", name)
     services = ctx.store.list_services(name)
     if not services:
         raise ApiError(
-            404, f"Web service '{name}' not found. List the published services with GET /services."
+            404, f"Web service {quoted(name)} not found. List the published services with GET /services."
         )
     return [public(s, current_user(request)) for s in services]
 
@@ -205,8 +209,8 @@ def _owned(ctx: ServerContext, request: Request, name: str, version: str) -> dic
     if service["versionPublishedBy"] != current_user(request):
         raise ApiError(
             403,
-            f"Web service '{name}' version '{version}' belongs to '{service['versionPublishedBy']}': "
-            "only its publisher may change or delete it.",
+            f"Web service {quoted(name)} version {quoted(version)} belongs to "
+            f"{quoted(service['versionPublishedBy'])}: only its publisher may change or delete it.",
         )
     return service
 

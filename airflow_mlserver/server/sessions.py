@@ -7,7 +7,6 @@ published service therefore keeps its own copy of the snapshot's objects (see ``
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -16,7 +15,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from airflow_mlserver.server.context import ServerContext, current_user
+from airflow_mlserver.client.quoting import quoted
+from airflow_mlserver.server.context import ServerContext, current_user, optional_text, parse_json
 from airflow_mlserver.server.errors import ApiError, bad_request
 
 router = APIRouter()
@@ -27,7 +27,7 @@ _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 def _session(ctx: ServerContext, session_id: str) -> dict[str, Any]:
     session = ctx.store.get_session(session_id)
     if session is None:
-        raise ApiError(404, f"Session '{session_id}' not found: create one with POST /sessions.")
+        raise ApiError(404, f"Session {quoted(session_id)} not found: create one with POST /sessions.")
     return session
 
 
@@ -35,25 +35,25 @@ def _session(ctx: ServerContext, session_id: str) -> dict[str, Any]:
 async def create_session(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
     raw = await request.body()
-    try:
-        body = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as exc:
-        raise bad_request(
-            f"The request body is not valid JSON ({exc}); expected a CreateSessionRequest."
-        ) from None
+    body = parse_json(raw, "a CreateSessionRequest") if raw else {}
     if not isinstance(body, dict):
         raise bad_request("The request body must be a CreateSessionRequest object.")
-    runtime = body.get("runtimeType") or "Python"
-    if str(runtime).lower() != "python":
-        raise bad_request(f"runtimeType {runtime!r} is not supported by the local server: use 'Python'.")
-    snapshot_id = body.get("snapshotId")
+    runtime = optional_text(body, "runtimeType") or "Python"
+    if runtime.lower() != "python":
+        raise bad_request(
+            f"runtimeType {quoted(runtime)} is not supported by the local server: use 'Python'."
+        )
+    snapshot_id = optional_text(body, "snapshotId")
     if snapshot_id and ctx.store.get_snapshot(snapshot_id) is None:
-        raise bad_request(f"Snapshot '{snapshot_id}' not found: list the snapshots with GET /snapshots.")
+        raise bad_request(
+            f"Snapshot {quoted(snapshot_id)} not found: list the snapshots with GET /snapshots."
+        )
+    name = optional_text(body, "name") or ""
     session_id = str(uuid.uuid4())
     ctx.store.put_session(
         {
             "id": session_id,
-            "name": body.get("name") or "",
+            "name": name,
             "owner": current_user(request),
             "runtimeType": "Python",
         }
@@ -95,10 +95,10 @@ async def upload_object(request: Request, session_id: str, object_name: str) -> 
     ctx: ServerContext = request.app.state.ctx
     _session(ctx, session_id)
     if not _OBJECT_NAME.match(object_name):
-        raise bad_request(f"Invalid workspace object name {object_name!r}: use a Python variable name.")
+        raise bad_request(f"Invalid workspace object name {quoted(object_name)}: use a Python variable name.")
     body = await request.body()
     if not body:
-        raise bad_request(f"Workspace object '{object_name}' is empty: send its dill-serialized bytes.")
+        raise bad_request(f"Workspace object {quoted(object_name)} is empty: send its dill-serialized bytes.")
     (ctx.store.session_dir(session_id) / object_name).write_bytes(body)
     return Response(status_code=200)
 
@@ -109,7 +109,9 @@ async def delete_object(request: Request, session_id: str, object_name: str) -> 
     _session(ctx, session_id)
     path = ctx.store.session_dir(session_id) / object_name
     if not _OBJECT_NAME.match(object_name) or not path.is_file():
-        raise ApiError(404, f"Workspace object '{object_name}' not found in session '{session_id}'.")
+        raise ApiError(
+            404, f"Workspace object {quoted(object_name)} not found in session {quoted(session_id)}."
+        )
     path.unlink()
     return Response(status_code=200)
 
@@ -142,7 +144,7 @@ async def get_snapshot(request: Request, snapshot_id: str) -> dict[str, Any]:
     ctx: ServerContext = request.app.state.ctx
     snapshot = ctx.store.get_snapshot(snapshot_id)
     if snapshot is None:
-        raise ApiError(404, f"Snapshot '{snapshot_id}' not found.")
+        raise ApiError(404, f"Snapshot {quoted(snapshot_id)} not found.")
     return snapshot
 
 
@@ -150,6 +152,6 @@ async def get_snapshot(request: Request, snapshot_id: str) -> dict[str, Any]:
 async def delete_snapshot(request: Request, snapshot_id: str) -> Response:
     ctx: ServerContext = request.app.state.ctx
     if ctx.store.get_snapshot(snapshot_id) is None:
-        raise ApiError(404, f"Snapshot '{snapshot_id}' not found.")
+        raise ApiError(404, f"Snapshot {quoted(snapshot_id)} not found.")
     ctx.store.delete_snapshot(snapshot_id)
     return Response(status_code=200)
