@@ -44,7 +44,6 @@ with DAG(
         service_name=mtcars_service.SERVICE_NAME,
         service_version=mtcars_service.SERVICE_VERSION,
         records=f"file://{mtcars_service.MTCARS}",
-        extra_columns="drop",  # the other mtcars columns ride along into the results
         output_path=f"{STORAGE}/scores/{RUN_STAMP}/mtcars.parquet",
         output_conn_id=STORAGE_CONN_ID,
         parallel_count=10,

@@ -69,7 +69,6 @@ with DAG(
         task_id="score_chunk",
         service_name=SERVICE,
         service_version=VERSION,
-        extra_columns="drop",  # car_id rides along into the results, it is not a service input
         records_conn_id=STORAGE_CONN_ID,
         output_conn_id=STORAGE_CONN_ID,
         parallel_count=20,

@@ -265,7 +265,7 @@ def test_openlineage_facets(mlserver_conn: str) -> None:
         ({"chunk_size": 0}, "chunk_size must be at least 1, not 0."),
         ({"max_failed_records": -1}, "max_failed_records must be 0 or more, not -1."),
         ({"output_format": "xlsx"}, "output_format must be 'parquet' or 'csv', not 'xlsx'."),
-        ({"extra_columns": "keep"}, "extra_columns must be 'error' or 'drop', not 'keep'."),
+        ({"extra_columns": "drops"}, "extra_columns must be 'keep', 'ignore' or 'error', not 'drops'."),
     ],
 )  # fmt: skip
 def test_bad_arguments_fail_when_the_dag_is_parsed(kwargs: dict[str, Any], message: str) -> None:
@@ -467,3 +467,107 @@ def test_an_intent_with_several_candidates_fails_until_only_one_is_left(
     assert dagrun.state == "success"
     assert _summary(dagrun)["execution_ids"] == [second]
     assert set(api.get("/api/slowpoke/v1/batch").json()) - set(before) == {first, second}
+
+
+def _with_ids(n: int) -> pd.DataFrame:
+    """Records with an id column the service does not declare, beside its inputs."""
+    return _frame(n).assign(car_id=[f"car-{i}" for i in range(n)])[["car_id", "x", "name"]]
+
+
+def test_a_csv_with_an_id_column_scores_with_nothing_but_records_and_output(
+    run_dag: Any, tmp_path: Path
+) -> None:
+    """The common DAG: no extra_columns, no version, no chunking; the id rides along into the results."""
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        "mlserver_test_defaults", records=_write(_with_ids(3), tmp_path / "cars.csv"), output=str(out)
+    )
+    assert dagrun.state == "success"
+    results = pd.read_parquet(out)
+    assert list(results.columns) == [
+        "record",
+        "car_id",
+        "x",
+        "name",
+        "y",
+        "label",
+        "success",
+        "error_message",
+    ]
+    assert results["car_id"].tolist() == ["car-0", "car-1", "car-2"]
+    assert results["y"].tolist() == [0.0, 2.0, 4.0]
+
+
+def test_ignore_leaves_extra_columns_out_of_the_results(run_dag: Any, tmp_path: Path) -> None:
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        "mlserver_test_ignore", records=_write(_with_ids(3), tmp_path / "cars.csv"), output=str(out)
+    )
+    assert dagrun.state == "success"
+    assert list(pd.read_parquet(out).columns) == [
+        "record",
+        "x",
+        "name",
+        "y",
+        "label",
+        "success",
+        "error_message",
+    ]
+
+
+def test_error_refuses_extra_columns_before_anything_is_sent(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    before = api.get("/api/scorer/v1/batch").json()
+    dagrun = run_dag(
+        "mlserver_test_refuse", records=_write(_with_ids(3), tmp_path / "c.csv"), output=str(tmp_path)
+    )
+    assert dagrun.state == "failed"
+    assert api.get("/api/scorer/v1/batch").json() == before
+    assert (
+        "Unexpected column(s) 'car_id': service 'scorer' version 'v1' declares inputs x (numeric), name (character). "
+        "Remove them, or pass extra_columns='keep' or 'ignore' to send only the declared inputs."
+    ) in capfd.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        (pd.DataFrame({"car_id": [1], "x": [1.0]}), "Missing input column 'name' (character)"),
+        (pd.DataFrame({"car_id": [1], "x": ["fast"], "name": ["a"]}), "Row 0, column 'x': 'fast' (str) is not a "
+                                                                       "valid numeric value: expected a number."),
+    ],
+)  # fmt: skip
+def test_missing_or_mistyped_inputs_still_fail_before_anything_is_sent(
+    run_dag: Any,
+    api: Api,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    frame: pd.DataFrame,
+    problem: str,
+) -> None:
+    before = api.get("/api/scorer/v1/batch").json()
+    records = _write(frame, tmp_path / "bad.jsonl")
+    dagrun = run_dag("mlserver_test_deferrable", records=records, output=str(tmp_path / "o"))
+    assert dagrun.state == "failed"
+    assert api.get("/api/scorer/v1/batch").json() == before
+    assert problem in capfd.readouterr().out
+
+
+def test_drop_still_keeps_extra_columns_and_warns_where_the_dag_says_it() -> None:
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+
+    from airflow_mlserver.operators.batch import MLServerBatchOperator
+
+    with pytest.warns(AirflowProviderDeprecationWarning) as warned:
+        operator = MLServerBatchOperator(
+            task_id="old", service_name="scorer", records=[{"x": 1}], extra_columns="drop"
+        )
+    assert operator.extra_columns == "keep"
+    (warning,) = warned.list
+    assert warning.filename == __file__
+    assert str(warning.message) == (
+        "extra_columns='drop' is deprecated: it keeps the columns the service does not declare in the results (it "
+        "never sends them), which extra_columns='keep', the default, now says. Remove the argument, or pass "
+        "extra_columns='ignore' to leave those columns out of the results."
+    )

@@ -76,11 +76,13 @@ def test_extra_column() -> None:
         prepare_records({"hp": [1.0], "n": [1], "ok": [True], "color": ["red"]}, SERVICE)
     assert message(excinfo) == (
         f"Unexpected column(s) 'color': service 'tx' version '1.0' declares inputs {DECLARED}. Remove them, or pass "
-        "extra_columns='drop' to leave them out."
+        "extra_columns='keep' or 'ignore' to send only the declared inputs."
     )
-    assert prepare_records(
-        {"hp": [1.0], "n": [1], "ok": [True], "color": ["red"]}, SERVICE, extra_columns="drop"
-    ) == [{"hp": 1.0, "n": 1, "ok": True}]
+    # the client sends only the declared inputs with any of these; "drop" is the older name
+    for choice in ("keep", "ignore", "drop"):
+        assert prepare_records(
+            {"hp": [1.0], "n": [1], "ok": [True], "color": ["red"]}, SERVICE, extra_columns=choice
+        ) == [{"hp": 1.0, "n": 1, "ok": True}]
 
 
 def test_bad_numeric_value_names_row_column_value_type() -> None:
@@ -341,7 +343,8 @@ def test_empty_execution_id(hook: MLServerHook) -> None:
     with pytest.raises(MLServerConfigError) as excinfo:
         hook.cancel_batch("badsvc", "1.0", " ")
     assert message(excinfo) == (
-        "Batch execution id must be a non-empty string, not ' ': use the id start_batch() answered."
+        "Batch execution id must be a non-empty string without '/', '\\' or control characters (and not '.' or "
+        "'..'), not ' ': use the id start_batch() answered."
     )
 
 

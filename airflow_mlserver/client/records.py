@@ -26,7 +26,10 @@ from airflow_mlserver.client.models import ParameterDefinition, WebService
 from airflow_mlserver.client.parameters import PARAMETER_TYPES
 
 RecordsInput = pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Any]
-ExtraColumns = Literal["error", "drop"]
+#: What to do with columns a service does not declare. Here ``"keep"`` and ``"ignore"`` both send only the
+#: declared inputs (they differ in the batch operator's results file); ``"drop"`` is their old name.
+ExtraColumns = Literal["keep", "ignore", "error", "drop"]
+EXTRA_COLUMNS: tuple[ExtraColumns, ...] = ("keep", "ignore", "error", "drop")
 
 _ABSENT = object()
 _INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
@@ -439,8 +442,10 @@ class _Table:
 def _check_columns(
     table: _Table, definitions: Sequence[ParameterDefinition], label: str, extra_columns: ExtraColumns
 ) -> None:
-    if extra_columns not in ("error", "drop"):
-        raise RecordValidationError(f"extra_columns must be 'error' or 'drop', not {extra_columns!r}.")
+    if extra_columns not in EXTRA_COLUMNS:
+        raise RecordValidationError(
+            f"extra_columns must be 'keep', 'ignore' or 'error', not {str(extra_columns)[:200]!r}."
+        )
     declared = {d.name for d in definitions}
     missing = [d for d in definitions if d.name not in table.names]
     if missing:
@@ -452,7 +457,7 @@ def _check_columns(
     if extra and extra_columns == "error":
         raise RecordValidationError(
             f"Unexpected column(s) {', '.join(map(repr, extra))}: {label} declares inputs {_declared(definitions)}. "
-            "Remove them, or pass extra_columns='drop' to leave them out."
+            "Remove them, or pass extra_columns='keep' or 'ignore' to send only the declared inputs."
         )
 
 
@@ -473,7 +478,8 @@ def prepare_records(
 
     :param data: A pandas DataFrame, a list of dicts or a dict of columns.
     :param inputs: The service (or its input definitions) that fixes field order and types.
-    :param extra_columns: ``"error"`` to refuse columns the service does not declare, ``"drop"`` to leave them out.
+    :param extra_columns: ``"error"`` to refuse columns the service does not declare; ``"keep"`` or ``"ignore"``
+        (or the older ``"drop"``) to leave them out of the records.
     """
     definitions, label = _definitions(inputs)
     table = _Table(data)

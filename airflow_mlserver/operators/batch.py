@@ -25,11 +25,13 @@ triggerer restarts.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.sdk import BaseOperator, conf
 
 from airflow_mlserver.client.models import BatchStatus, RecordResult, WebService
@@ -87,7 +89,10 @@ class MLServerBatchOperator(BaseOperator):
     :param parallel_count: Records the server runs at a time in one execution (1 to 100, default 10).
     :param chunk_size: Records per batch execution (default: all in one); memory is bounded by a chunk.
     :param max_active_executions: Chunks running at once (default 1).
-    :param extra_columns: ``error`` (default) or ``drop`` for input columns the service does not declare.
+    :param extra_columns: What to do with input columns the service does not declare (an id, say); they are
+        never sent. ``keep`` (default) keeps them in the results beside the inputs and outputs, ``ignore``
+        leaves them out of the results too, ``error`` fails the task before anything is sent. ``drop``, the
+        older name of ``keep``, still works and warns.
     :param max_failed_records: Failed records tolerated before the task fails (default 0).
     :param poll_interval: Seconds between status polls (default 10).
     :param timeout: Longest time the batch may take (seconds or timedelta); the executions are then canceled
@@ -124,7 +129,7 @@ class MLServerBatchOperator(BaseOperator):
         parallel_count: int = 10,
         chunk_size: int | None = None,
         max_active_executions: int = 1,
-        extra_columns: ExtraColumns = "error",
+        extra_columns: ExtraColumns = "keep",
         max_failed_records: int = 0,
         poll_interval: float = 10.0,
         timeout: float | timedelta | None = None,
@@ -146,6 +151,15 @@ class MLServerBatchOperator(BaseOperator):
         self.parallel_count = parallel_count
         self.chunk_size = chunk_size
         self.max_active_executions = max_active_executions
+        if extra_columns == "drop":
+            warnings.warn(
+                "extra_columns='drop' is deprecated: it keeps the columns the service does not declare in the results "
+                "(it never sends them), which extra_columns='keep', the default, now says. Remove the argument, or "
+                "pass extra_columns='ignore' to leave those columns out of the results.",
+                AirflowProviderDeprecationWarning,
+                stacklevel=2,
+            )
+            extra_columns = "keep"
         self.extra_columns = extra_columns
         self.max_failed_records = max_failed_records
         self.poll_interval = poll_interval
@@ -178,8 +192,10 @@ class MLServerBatchOperator(BaseOperator):
             raise MLServerConfigError(
                 f"output_format must be 'parquet' or 'csv', not {self.output_format!r}."
             )
-        if self.extra_columns not in ("error", "drop"):
-            raise MLServerConfigError(f"extra_columns must be 'error' or 'drop', not {self.extra_columns!r}.")
+        if self.extra_columns not in ("keep", "ignore", "error"):
+            raise MLServerConfigError(
+                f"extra_columns must be 'keep', 'ignore' or 'error', not {self.extra_columns!r}."
+            )
         if self.poll_interval <= 0:
             raise MLServerConfigError(f"poll_interval must be positive, not {self.poll_interval}.")
 
@@ -421,12 +437,15 @@ class MLServerBatchOperator(BaseOperator):
         total = failed = 0
         failures: list[str] = []
         kept: list[dict[str, Any]] = []
+        declared = {i.name for i in service.inputs}
         try:
             for index, frame in enumerate(self._frames(self._chunk_size())):
                 execution_id = executions[index]
                 results: list[RecordResult] = list(
                     hook.iter_batch_results(service.name, service.version, execution_id)
                 )
+                if self.extra_columns == "ignore":
+                    frame = frame[[c for c in frame.columns if c in declared]]
                 chunk = results_frame(frame, results, service, offset=total)
                 for position, result in enumerate(results):
                     if not result.success:

@@ -46,6 +46,18 @@ from_frame = _batch(
 )
 
 
+with DAG("mlserver_test_defaults", **COMMON) as defaults:  # type: ignore[arg-type]
+    MLServerBatchOperator(
+        task_id="score",
+        service_name="scorer",
+        records="{{ params.records }}",
+        output_path="{{ params.output }}",
+    )
+
+ignoring = _batch("mlserver_test_ignore", deferrable=True, extra_columns="ignore")
+refusing = _batch("mlserver_test_refuse", deferrable=True, extra_columns="error")
+
+
 def _store_legacy_state(context: Any) -> None:
     """Store the batch state as an older version of the provider did (Unix timestamps), as its first try would.
 
