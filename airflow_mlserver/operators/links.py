@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from airflow.sdk import BaseOperatorLink, conf
 
 if TYPE_CHECKING:
-    from airflow.sdk.types import TaskInstanceKey
     from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
 
 #: Where the plugin's app is mounted on the API server.
 URL_PREFIX = "/mlserver"
