@@ -18,7 +18,7 @@ from typing import Any
 from airflow_mlserver.client.errors import MLServerAuthError
 from airflow_mlserver.client.models import TokenInfo
 from airflow_mlserver.client.protocol import Answer, Flow, Spec, Wire, api_error
-from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.client.settings import ConnectionSettings
 
 TokenKey = tuple[str, str, str, str]
@@ -108,7 +108,7 @@ class Auth:
         if answer.status in (400, 401, 403):
             raise MLServerAuthError(
                 f"The server refused the login of user {quoted(settings.login)} (POST /login answered "
-                f"{answer.status}: {shortened(answer.error_message)}). Check the login and password of connection "
+                f"{answer.status}: {answer.error_message}). Check the login and password of connection "
                 f"'{settings.conn_id}'."
             )
         if answer.status >= 400:
@@ -141,7 +141,7 @@ class Auth:
             if settings.bearer_token:
                 raise MLServerAuthError(
                     f"The server rejected the bearer token of connection '{settings.conn_id}' ({spec.label} "
-                    f"answered 401: {shortened(answer.error_message)}). Put a valid token in the connection "
+                    f"answered 401: {answer.error_message}). Put a valid token in the connection "
                     "(extra 'access_token'), or give login and password so that the hook logs in itself."
                 )
             self.log.info("The server answered 401 to %s; authenticating again", spec.label)
@@ -151,7 +151,7 @@ class Auth:
             if answer.status == 401:
                 raise MLServerAuthError(
                     f"The server answered 401 to {spec.label} even with a fresh token "
-                    f"({shortened(answer.error_message)}). Check that user {quoted(settings.login)} may use this "
+                    f"({answer.error_message}). Check that user {quoted(settings.login)} may use this "
                     "server."
                 )
         if answer.status >= 400:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -95,7 +96,7 @@ class Calls:
         return [WebService.from_api(s) for s in answer_list(answer.value, "GET /services")]
 
     def get_service(self, name: str, version: str | None) -> Flow[WebService]:
-        service = ServiceRef(name, version)
+        service = ServiceRef(name, version, latest=True)
         spec = service.spec("GET", f"/services{service.segments}", "get")
         answer = yield from self.auth.exchange(spec)
         value = answer.value
@@ -114,7 +115,7 @@ class Calls:
     def publish_service(
         self, name: str, version: str | None, definition: ServiceDefinition, replace: bool
     ) -> Flow[WebService]:
-        service = ServiceRef(name, version)
+        service = ServiceRef(name, version, latest=True)
         data = json.dumps(definition.to_api()).encode()
         spec = service.spec("POST", f"/services{service.segments}", "publish", body=data, idempotent=False)
         consume_path = ""
@@ -141,7 +142,7 @@ class Calls:
                 "Publishing %s failed ambiguously (%s); checking whether it exists", service.words, exc.reason
             )
         if version is None:
-            version = consume_path.rstrip("/").rsplit("/", 1)[-1]
+            version = published_version(consume_path, name)
             if not valid_segment(version):
                 raise MalformedResponseError(
                     f"The server's answer to {spec.label} does not name the new version: {quoted(consume_path)}. "
@@ -303,22 +304,24 @@ class Calls:
 
 @dataclass(frozen=True)
 class ServiceRef:
-    """A web service version (or, with ``version=None``, its latest) as paths and messages name it.
+    """A web service version (or, where ``latest`` allows ``version=None``, its latest) as paths and messages name it.
 
     Building one checks the name and the version (:func:`~airflow_mlserver.client.protocol.check_segment`).
 
     :param name: The service name.
     :param version: The version, or None.
+    :param latest: Whether ``version=None`` (the latest version) is allowed.
     """
 
     name: str
     version: str | None
+    latest: bool = False
 
     def __post_init__(self) -> None:
         check_segment(
             self.name, "Web service name", "use the name a service was published under (see list_services())"
         )
-        if self.version is not None:
+        if self.version is not None or not self.latest:
             check_segment(
                 self.version, "Web service version", "use a published version (see list_services())"
             )
@@ -406,6 +409,12 @@ def record_index(index: int) -> int:
             f"Record index must be a whole number of at least 0 (indexes count from 0), not {quoted(index)}."
         )
     return index
+
+
+def published_version(consume_path: str, name: str) -> str:
+    """The version in the consume path ``.../api/{name}/{version}`` a publish answers; "" when it has none."""
+    *_, path_name, version = ["", *consume_path.rstrip("/").split("/")]
+    return urllib.parse.unquote(version) if urllib.parse.unquote(path_name) == name else ""
 
 
 def names_list(value: Any, spec: Spec, what: str) -> list[str]:

@@ -47,7 +47,7 @@ class MLServerApiError(MLServerError):
     """The server answered a call with an error status.
 
     :param status: The HTTP status of the answer.
-    :param server_message: The ``message`` of the error body (or a prefix of the raw body).
+    :param server_message: The ``message`` of the error body (or the raw body), its first 500 characters.
     :param method: The HTTP method of the call.
     :param path: The path of the call (without the query string).
     """

@@ -229,7 +229,7 @@ def check_status(wire: Wire, status: int, headers: Mapping[str, str], message: s
     """Raise :class:`Transient` (or :class:`AmbiguousSend`) for an error status worth retrying."""
     if status not in RETRY_STATUSES:
         return
-    reason = f"HTTP {status}: {shortened(message)}"
+    reason = f"HTTP {status}: {message}"
     if not wire.spec.idempotent and status not in NOT_PROCESSED_STATUSES:
         raise AmbiguousSend(reason)
     raise Transient(
@@ -400,7 +400,7 @@ def exhausted_error(settings: ConnectionSettings, spec: Spec, exc: Transient, at
 def api_error(spec: Spec, answer: Answer) -> MLServerApiError:
     """The exception an error answer becomes: by status, and for a 404 by what the spec looked for."""
     status, message = answer.status, answer.error_message
-    where = f"{spec.label} answered {status}: {shortened(message)}"
+    where = f"{spec.label} answered {status}: {message}"
     cls: type[MLServerApiError] = MLServerApiError
     if status == 404 and spec.scope != "none":
         text = message.lower()

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 #: The most characters of one value that a message shows.
 LIMIT = 200
+#: The most characters of a server's error message shown inside ours: a sentence that quotes values of its own
+#: (the local server cuts each to :data:`LIMIT`), so that its advice is not cut off.
+MESSAGE_LIMIT = 500
 
 
 def quoted(value: object) -> str:
@@ -23,8 +26,8 @@ def quoted(value: object) -> str:
     return shortened(repr(value))
 
 
-def shortened(text: str) -> str:
-    """``text`` itself (a message of a server, a path), or its first :data:`LIMIT` characters and its length."""
-    if len(text) <= LIMIT:
+def shortened(text: str, limit: int = LIMIT) -> str:
+    """``text`` itself (a path, a server's message), or its first ``limit`` characters and its length."""
+    if len(text) <= limit:
         return text
-    return f"{text[:LIMIT]}… ({len(text):,} characters)"
+    return f"{text[:limit]}… ({len(text):,} characters)"

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from airflow_mlserver.client.errors import MalformedResponseError
-from airflow_mlserver.client.quoting import quoted
+from airflow_mlserver.client.quoting import MESSAGE_LIMIT, quoted, shortened
 
 RESULTS_KEY = "batchexecutionresults"
 #: Head fields a status poll needs before it may stop reading.
@@ -35,8 +35,10 @@ def _malformed(what: str, why: str, sample: str) -> MalformedResponseError:
     )
 
 
-def _why(exc: ValueError) -> str:
-    """What a JSON decoder's ``ValueError`` means: bad JSON, bad UTF-8, or else a number too long to read."""
+def _why(exc: RecursionError | ValueError) -> str:
+    """Why the JSON decoder failed: bad JSON or UTF-8 (its message), nesting too deep, a number too long to read."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
         return str(exc)
     return "a number too long to read"
@@ -61,14 +63,12 @@ class JsonReader:
             return None
         try:
             return json.loads(raw)
-        except RecursionError:
-            raise _malformed(self.what, "nested too deeply", "") from None
-        except ValueError as exc:
+        except (RecursionError, ValueError) as exc:
             raise _malformed(self.what, _why(exc), raw.decode("utf-8", "replace")) from None
 
 
 class ErrorBodyReader:
-    """Reads at most :data:`MAX_ERROR_BYTES` of an error answer and extracts its ``message``."""
+    """Reads at most :data:`MAX_ERROR_BYTES` of an error answer and extracts its ``message`` (cut for messages)."""
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
@@ -87,11 +87,11 @@ class ErrorBodyReader:
         except (RecursionError, ValueError):
             body = None
         if isinstance(body, dict) and isinstance(body.get("message"), str):
-            return body["message"]
+            return shortened(body["message"], MESSAGE_LIMIT)
         if isinstance(body, str):
-            return body
+            return shortened(body, MESSAGE_LIMIT)
         text = " ".join(text.split())
-        return text[:300] if text else "(no message)"
+        return shortened(text, MESSAGE_LIMIT) if text else "(no message)"
 
 
 class BatchAnswerParser:
@@ -174,8 +174,8 @@ class BatchAnswerParser:
             return False, None
         try:
             value, end = self._decoder.raw_decode(self._buf, self._pos)
-        except RecursionError:
-            raise _malformed(self.what, "nested too deeply", "") from None
+        except RecursionError as exc:
+            raise _malformed(self.what, _why(exc), self._buf[self._pos :]) from None
         except json.JSONDecodeError as exc:
             pending = len(self._buf) - self._pos
             if self._eof:
