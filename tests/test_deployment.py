@@ -7,12 +7,9 @@ API and kill or restart the real processes. Nothing of the provider is called di
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,73 +20,13 @@ import pytest
 import requests
 
 from airflow_mlserver.server.process import LocalMLServer
+from tests.deployment import AIRFLOW, Deployment, free_port
 from tests.helpers import Api
 
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
 DAGS = Path(__file__).parent / "deploy_dags"
 SLOW = "import time\ntime.sleep(0.2)\ny = x * 2\n"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 HOLD = 20  # seconds the held server keeps a start's answer
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Deployment:
-    """The Airflow processes of one test module, and a REST client for them."""
-
-    def __init__(self, home: Path, env: dict[str, str], port: int) -> None:
-        self.home = home
-        self.env = env
-        self.url = f"http://127.0.0.1:{port}/api/v2"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, component: str) -> None:
-        log = open(self.home / f"{component}.log", "ab")  # noqa: SIM115 - owned by the child process
-        self.procs[component] = subprocess.Popen(
-            [AIRFLOW, component], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def stop(self, component: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        proc = self.procs.pop(component)
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.home.glob("*.log")))
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        answer = requests.request(method, f"{self.url}{path}", timeout=30, **kwargs)
-        assert answer.status_code < 300, f"{method} {path}: {answer.status_code} {answer.text}"
-        return answer.json()
-
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        run = self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-        run_id: str = run["dag_run_id"]
-        return run_id
-
-    def task(self, dag_id: str, run_id: str, task_id: str = "score") -> dict[str, Any]:
-        ti: dict[str, Any] = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
-        return ti
-
-    def wait_task(self, dag_id: str, run_id: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ti = self.task(dag_id, run_id)
-            if ti["state"] in states:
-                return ti
-            time.sleep(0.5)
-        raise AssertionError(f"task of {run_id} never reached {states} (now {ti['state']})\n{self.logs()}")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +48,7 @@ def deployment(
     tmp_path_factory: pytest.TempPathFactory, ml: LocalMLServer, held_ml: LocalMLServer
 ) -> Iterator[Deployment]:
     home = tmp_path_factory.mktemp("airflow-deployment")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),

@@ -1,0 +1,135 @@
+"""What the real Airflow deployments of the tests share: their processes, and a REST client for them.
+
+``tests/test_deployment.py`` (SQLite, LocalExecutor) and ``tests/test_deployment_celery.py`` (PostgreSQL,
+Redis, two Celery workers) each start one :class:`Deployment` per module and act on it from outside, through
+the REST API and real signals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import requests
+
+from tests.ui_fixtures import free_port
+
+__all__ = ["AIRFLOW", "Deployment", "free_port", "wait_for"]
+
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
+    """Call ``probe`` until it answers something truthy (answered), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = probe()
+        if answer:
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (the task processes of a worker run in process groups of their own)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+class Deployment:
+    """The Airflow processes of one test module, and a REST client for them."""
+
+    def __init__(self, home: Path, env: dict[str, str], port: int) -> None:
+        self.home = home
+        self.env = env
+        self.url = f"http://127.0.0.1:{port}/api/v2"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(
+        self, component: str, args: Sequence[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """Start ``airflow <args>`` (default: ``airflow <component>``) in a session of its own, logged to
+        ``<component>.log``; ``env`` is added to the deployment's environment."""
+        log = open(self.home / f"{component}.log", "ab")  # noqa: SIM115 - owned by the child process
+        self.procs[component] = subprocess.Popen(
+            [AIRFLOW, *(args or [component])],
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self, component: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """Signal a component's process group, then SIGKILL whatever is left of its process tree."""
+        proc = self.procs.pop(component)
+        tree = _tree(proc.pid)
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for child in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        proc.wait(10)
+
+    def crash(self, component: str) -> None:
+        """SIGKILL a component's whole process tree at once, as if its machine died.
+
+        The tree is frozen (SIGSTOP) first, until no new process appears in it, so nothing forks away.
+        """
+        proc = self.procs.pop(component)
+        frozen: dict[int, psutil.Process] = {}
+        while new := [p for p in _tree(proc.pid) if p.pid not in frozen]:
+            for member in new:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    member.suspend()
+                frozen[member.pid] = member
+        for member in frozen.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+        psutil.wait_procs(list(frozen.values()), timeout=10)
+        proc.wait(10)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.home.glob("*.log")))
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = requests.request(method, f"{self.url}{path}", timeout=30, **kwargs)
+        assert answer.status_code < 300, f"{method} {path}: {answer.status_code} {answer.text}"
+        return answer.json()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        run = self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        run_id: str = run["dag_run_id"]
+        return run_id
+
+    def task(self, dag_id: str, run_id: str, task_id: str = "score") -> dict[str, Any]:
+        ti: dict[str, Any] = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+        return ti
+
+    def wait_task(
+        self, dag_id: str, run_id: str, states: set[str], timeout: float = 120, task_id: str = "score"
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ti = self.task(dag_id, run_id, task_id)
+            if ti["state"] in states:
+                return ti
+            time.sleep(0.5)
+        raise AssertionError(f"task of {run_id} never reached {states} (now {ti['state']})\n{self.logs()}")
