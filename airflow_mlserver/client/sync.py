@@ -39,9 +39,11 @@ T = TypeVar("T")
 def requests_failure(exc: BaseException) -> Transient | None:
     """A ``requests`` failure as a retry class: may the request have reached the server or not."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return Transient(f"cannot connect ({shortened(str(exc))})", sent=False)
+        return Transient(f"cannot connect ({shortened(str(_cause(exc)))})", sent=False)
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return Transient(f"connection failed ({shortened(str(exc))})", sent=not _never_connected(exc))
+        cause = _cause(exc)
+        never_connected = isinstance(cause, urllib3.exceptions.NewConnectionError | ConnectionRefusedError)
+        return Transient(f"connection failed ({shortened(str(cause))})", sent=not never_connected)
     if isinstance(exc, requests.exceptions.Timeout):
         return Transient(f"no answer in time ({type(exc).__name__})", sent=True)
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
@@ -51,11 +53,11 @@ def requests_failure(exc: BaseException) -> Transient | None:
     return None
 
 
-def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
-    """Whether no connection was made at all: refused, or the host name not resolved (nothing was sent)."""
-    cause = exc.args[0] if exc.args else None
-    cause = getattr(cause, "reason", cause)  # requests wraps urllib3's MaxRetryError around the cause
-    return isinstance(cause, urllib3.exceptions.NewConnectionError | ConnectionRefusedError)
+def _cause(exc: requests.exceptions.RequestException) -> object:
+    """What went wrong below ``requests``: urllib3's error (a refused or unresolved connection is a
+    ``NewConnectionError``: nothing was sent), without the URL and retry count ``requests`` wraps around it."""
+    cause = exc.args[0] if exc.args else exc
+    return getattr(cause, "reason", None) or cause  # requests wraps urllib3's MaxRetryError around the cause
 
 
 class TransferStats:

@@ -37,7 +37,9 @@ def check_record(service: dict[str, Any], record: Any, where: str) -> None:
 
 
 def _names(names: list[str]) -> str:
-    return shortened(", ".join(quoted(n) for n in names[:100]))
+    """Up to five names, each quoted (cut if long), and how many more."""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(quoted(n) for n in names[:5]) + more
 
 
 def build_job(
