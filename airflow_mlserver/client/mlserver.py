@@ -47,7 +47,9 @@ class MLServerClient:
     Tokens are renewed before they expire (``POST /login/refreshToken``, else a new login); a 401 triggers one
     re-authentication and a retry. Connection errors, timeouts, 429 (after ``Retry-After``), 502, 503 and 504
     are retried with exponential backoff and jitter when the call is idempotent; starting a batch is not, and
-    is reconciled against the service's executions instead (see :meth:`start_batch`).
+    is reconciled against the service's executions instead (see :meth:`start_batch`). A request that never
+    reaches a server (refused, unknown host) is retried for about 15 s only, a busy server ``max_retries``
+    times (see :class:`~airflow_mlserver.client.protocol.RetryPolicy`).
 
     :param settings: Where the server is and how to authenticate.
     :param retry_wait: First backoff wait in seconds (doubles each retry, plus up to as much jitter).

@@ -44,8 +44,10 @@ class MLServerHook(BaseHook):
     (true, false or a CA bundle path), ``timeout`` (seconds), ``max_retries``.
 
     Tokens are renewed before they expire and a 401 triggers one re-authentication; transient failures are
-    retried, and a batch start is reconciled instead of resent (see :class:`MLServerClient`). Password and
-    tokens are registered with Airflow's secrets masker before anything could log them.
+    retried (a busy server ``max_retries`` times, about two minutes by default; a server that refuses
+    connections for about 15 s), and a batch start is reconciled instead of resent (see
+    :class:`MLServerClient`). Password and tokens are registered with Airflow's secrets masker before
+    anything could log them.
 
     :param mlserver_conn_id: The Airflow connection id.
     :param timeout: Overrides the connection's ``timeout`` extra.
