@@ -23,6 +23,25 @@ from airflow_mlserver.client.errors import (
     ServiceExistsError,
     ServiceNotFoundError,
 )
+from airflow_mlserver.client.quoting import quoted
+
+
+class OperatorArgumentError(MLServerConfigError, ValueError):
+    """An operator or sensor argument is not usable: refused where it is written, or right after it renders.
+
+    :param argument: The argument's name.
+    :param value: Its value (the message shows at most about 200 characters of it).
+    :param fix: What to give instead, as a clause: ``give a whole number from 1 to 100``.
+    :param rendered: Whether the value is what a template rendered to.
+    """
+
+    def __init__(self, argument: str, value: object, fix: str, rendered: bool = False) -> None:
+        super().__init__(
+            f"Argument {argument} is {quoted(value)}{' once rendered' if rendered else ''}: {fix}."
+        )
+        self.argument = argument
+        self.value = value
+        self.fix = fix
 
 
 class ArtifactsConfigError(MLServerConfigError, ValueError):
@@ -90,6 +109,7 @@ __all__ = [
     "MLServerError",
     "MLServerExecutionEndedError",
     "MalformedResponseError",
+    "OperatorArgumentError",
     "RecordValidationError",
     "ServiceExistsError",
     "ServiceNotFoundError",

@@ -53,20 +53,29 @@ _ARROW_TYPES: dict[Column, pa.DataType] = {
 }
 
 
-def records_format(path: str, records_format: str | None) -> RecordsFormat:
-    """The format of a records file: the one given, else read from the file's suffix."""
-    if records_format:
-        fmt = records_format.lower().lstrip(".")
-        fmt = {"json": "jsonl", "ndjson": "jsonl", "tab": "tsv", "pq": "parquet"}.get(fmt, fmt)
-        if fmt not in ("csv", "tsv", "parquet", "jsonl"):
-            raise MLServerConfigError(
-                f"records_format {records_format!r} is not supported: use csv, tsv, parquet or jsonl."
-            )
-        return fmt  # type: ignore[return-value]
+def named_format(name: str) -> RecordsFormat | None:
+    """A records format as a DAG names it: a format or a suffix (any case, with or without its dot), or None."""
+    return _SUFFIXES.get("." + name.lower().lstrip("."))
+
+
+def suffix_format(path: str) -> RecordsFormat | None:
+    """The format a file's name tells (``.csv``, ``.parquet``, ``.jsonl``, ... also gzipped), or None."""
     name = path.rstrip("/").rsplit("/", 1)[-1].lower()
     for suffix, fmt in _SUFFIXES.items():
         if name.endswith(suffix) or name.endswith(suffix + ".gz"):
             return fmt
+    return None
+
+
+def records_format(path: str, records_format: str | None) -> RecordsFormat:
+    """The format of a records file: the one given, else read from the file's suffix."""
+    fmt = named_format(records_format) if records_format else suffix_format(path)
+    if fmt is not None:
+        return fmt
+    if records_format:
+        raise MLServerConfigError(
+            f"records_format {records_format!r} is not supported: use csv, tsv, parquet or jsonl."
+        )
     raise MLServerConfigError(
         f"Cannot tell the format of records file {path!r} from its name: give records_format "
         "(csv, tsv, parquet or jsonl)."

@@ -256,27 +256,6 @@ def test_openlineage_facets(mlserver_conn: str) -> None:
     assert facet.swagger.endswith("/api/scorer/v1/swagger.json")
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"parallel_count": 0}, "parallel_count 0 is out of range: use 1 to 100 (the server's maximum threads per "
-                                "batch execution)."),
-        ({"parallel_count": "ten"}, "parallel_count must be a whole number from 1 to 100, not 'ten'."),
-        ({"chunk_size": 0}, "chunk_size must be at least 1, not 0."),
-        ({"max_failed_records": -1}, "max_failed_records must be 0 or more, not -1."),
-        ({"output_format": "xlsx"}, "output_format must be 'parquet' or 'csv', not 'xlsx'."),
-        ({"extra_columns": "drops"}, "extra_columns must be 'keep', 'ignore' or 'error', not 'drops'."),
-    ],
-)  # fmt: skip
-def test_bad_arguments_fail_when_the_dag_is_parsed(kwargs: dict[str, Any], message: str) -> None:
-    from airflow_mlserver.exceptions import MLServerConfigError
-    from airflow_mlserver.operators.batch import MLServerBatchOperator
-
-    with pytest.raises(MLServerConfigError) as raised:
-        MLServerBatchOperator(task_id="bad", service_name="scorer", records=[{"x": 1}], **kwargs)
-    assert str(raised.value) == message
-
-
 def test_return_results_on_a_small_batch(run_dag: Any, tmp_path: Path) -> None:
     dagrun = run_dag(
         "mlserver_test_return_results", records=_write(_frame(3), tmp_path / "in.csv"), output=None
@@ -571,3 +550,60 @@ def test_drop_still_keeps_extra_columns_and_warns_where_the_dag_says_it() -> Non
         "never sends them), which extra_columns='keep', the default, now says. Remove the argument, or pass "
         "extra_columns='ignore' to leave those columns out of the results."
     )
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"service": ""}, "Argument service_name is '' once rendered: give the name of a published web service "
+                          "(non-empty text without '/', '\\' or control characters, and not '.' or '..')."),
+        ({"version": "v1/batch"}, "Argument service_version is 'v1/batch' once rendered: give a version of the "
+                                  "service, or None for its latest"),
+        ({"records": "file:///tmp/cars"}, "Argument records is 'file:///tmp/cars' once rendered: give a file whose "
+                                          "name ends in .csv, .tsv, .parquet or .jsonl"),
+        ({"records": []}, "Argument records is [] once rendered: give a DataFrame, a list of dicts"),
+        ({"output": "s3://key:s3cr3t@bucket/o.parquet"}, "Argument output_path is 's3://***@bucket/o.parquet' once "
+                                                         "rendered: give the URI without credentials"),
+    ],
+)  # fmt: skip
+def test_a_bad_rendered_argument_fails_before_anything_is_sent(
+    run_dag: Any,
+    api: Api,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    params: dict[str, Any],
+    message: str,
+) -> None:
+    before = api.get("/api/scorer/v1/batch").json()
+    arguments = {
+        "records": _write(_frame(3), tmp_path / "in.csv"),
+        "output": str(tmp_path / "o.parquet"),
+        **params,
+    }
+    dagrun = run_dag("mlserver_test_deferrable", **arguments)
+    assert dagrun.state == "failed"
+    assert api.get("/api/scorer/v1/batch").json() == before
+    log = capfd.readouterr().out
+    assert f"OperatorArgumentError: {message}" in log, log[-3000:]
+    assert "s3cr3t" not in log
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"execution_id": ""}, "Argument execution_id is '' once rendered: give the id of a batch execution"),
+        (
+            {"execution_id": "../x"},
+            "Argument execution_id is '../x' once rendered: give the id of a batch execution",
+        ),
+        ({"version": ""}, "Argument service_version is '' once rendered: give the version of the service"),
+    ],
+)
+def test_a_bad_rendered_sensor_argument_fails_before_the_first_poke(
+    run_dag: Any, capfd: pytest.CaptureFixture[str], params: dict[str, Any], message: str
+) -> None:
+    dagrun = run_dag("mlserver_test_sensor_poke", **params)
+    assert dagrun.state == "failed"
+    log = capfd.readouterr().out
+    assert f"OperatorArgumentError: {message}" in log, log[-3000:]
+    assert "Batch execution" not in log  # no poke logged a state

@@ -44,10 +44,11 @@ for _layer in ("client", "hooks", "triggers", "sensors", "server"):
     FORBIDDEN[_layer] = (*FORBIDDEN[_layer], "airflow_mlserver.ui")  # the UI sits on top of everything
 
 #: Modules a layer may import although their package is forbidden to it: the contract's parameter types
-#: (pure data) and the quoting of values in messages for the local server, the tasks' extra link for the sensor.
+#: (pure data) and the quoting of values in messages for the local server, the tasks' extra link and the
+#: checks of arguments for the sensor.
 ALLOWED = {
     "server": ("airflow_mlserver.client.parameters", "airflow_mlserver.client.quoting"),
-    "sensors": ("airflow_mlserver.operators.links",),
+    "sensors": ("airflow_mlserver.operators.links", "airflow_mlserver.operators.arguments"),
 }
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.sdk import BaseOperator, conf
 
-from airflow_mlserver.client.models import BatchStatus, RecordResult, WebService
+from airflow_mlserver.client.models import BatchStatus, WebService
 from airflow_mlserver.client.records import ExtraColumns, prepare_records
 from airflow_mlserver.exceptions import (
     MLServerBatchFailedError,
@@ -42,10 +42,26 @@ from airflow_mlserver.exceptions import (
     MLServerConfigError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.batch_starts import reconcile, start_execution
-from airflow_mlserver.operators.batch_state import BatchState, StartIntent
+from airflow_mlserver.operators.arguments import (
+    Check,
+    batch_records,
+    check_arguments,
+    choice,
+    file_format,
+    flag,
+    optional,
+    records_file_format,
+    seconds,
+    segment,
+    text,
+    uri,
+    whole_number,
+)
+from airflow_mlserver.operators.batch_results import write_results
+from airflow_mlserver.operators.batch_starts import settle_intent, start_execution
+from airflow_mlserver.operators.batch_state import BatchState
 from airflow_mlserver.operators.links import MLServerBatchLink
-from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, results_frame, storage_path
+from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, storage_path
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
 from airflow_mlserver.triggers.progress import (
     ProgressLog,
@@ -71,7 +87,29 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 EXECUTIONS_XCOM_KEY = "execution_ids"
-MAX_FAILURES_SHOWN = 5
+CONNECTION_ID = "an Airflow connection id"
+
+#: The check of each argument, by attribute (``timeout`` is checked as it is read, into ``batch_timeout``).
+ARGUMENT_CHECKS: dict[str, Check] = {
+    "service_name": segment("the name of a published web service"),
+    "service_version": optional(segment("a version of the service, or None for its latest")),
+    "records": batch_records,
+    "records_format": optional(file_format),
+    "records_conn_id": optional(text(CONNECTION_ID)),
+    "output_path": optional(uri("the path or URI of the results file, or None to write none")),
+    "output_format": choice("parquet", "csv"),
+    "output_conn_id": optional(text(CONNECTION_ID)),
+    "parallel_count": whole_number(1, 100, "the server's maximum threads per batch execution"),
+    "chunk_size": optional(whole_number(1, why="records per execution; None for all in one")),
+    "max_active_executions": whole_number(1),
+    "extra_columns": choice("keep", "ignore", "error"),
+    "max_failed_records": whole_number(0),
+    "poll_interval": seconds(),
+    "deferrable": flag(),
+    "cancel_on_kill": flag(),
+    "return_results": flag(),
+    "mlserver_conn_id": text(CONNECTION_ID),
+}
 
 
 class MLServerBatchOperator(BaseOperator):
@@ -140,6 +178,15 @@ class MLServerBatchOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if extra_columns == "drop":
+            warnings.warn(
+                "extra_columns='drop' is deprecated: it keeps the columns the service does not declare in the results "
+                "(it never sends them), which extra_columns='keep', the default, now says. Remove the argument, or "
+                "pass extra_columns='ignore' to leave those columns out of the results.",
+                AirflowProviderDeprecationWarning,
+                stacklevel=2,
+            )
+            extra_columns = "keep"
         self.service_name = service_name
         self.service_version = service_version
         self.records = records
@@ -151,53 +198,20 @@ class MLServerBatchOperator(BaseOperator):
         self.parallel_count = parallel_count
         self.chunk_size = chunk_size
         self.max_active_executions = max_active_executions
-        if extra_columns == "drop":
-            warnings.warn(
-                "extra_columns='drop' is deprecated: it keeps the columns the service does not declare in the results "
-                "(it never sends them), which extra_columns='keep', the default, now says. Remove the argument, or "
-                "pass extra_columns='ignore' to leave those columns out of the results.",
-                AirflowProviderDeprecationWarning,
-                stacklevel=2,
-            )
-            extra_columns = "keep"
         self.extra_columns = extra_columns
         self.max_failed_records = max_failed_records
         self.poll_interval = poll_interval
-        self.batch_timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        self.batch_timeout = optional(seconds())("timeout", timeout)
         self.deferrable = deferrable
         self.cancel_on_kill = cancel_on_kill
         self.return_results = return_results
         self.mlserver_conn_id = mlserver_conn_id
-        self._check_arguments()
+        self._check_arguments(rendered=False)
 
-    def _check_arguments(self) -> None:
-        if isinstance(self.parallel_count, bool) or not isinstance(self.parallel_count, int):
-            raise MLServerConfigError(
-                f"parallel_count must be a whole number from 1 to 100, not {self.parallel_count!r}."
-            )
-        if not 1 <= self.parallel_count <= 100:
-            raise MLServerConfigError(
-                f"parallel_count {self.parallel_count} is out of range: use 1 to 100 (the server's maximum "
-                "threads per batch execution)."
-            )
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise MLServerConfigError(f"chunk_size must be at least 1, not {self.chunk_size}.")
-        if self.max_active_executions < 1:
-            raise MLServerConfigError(
-                f"max_active_executions must be at least 1, not {self.max_active_executions}."
-            )
-        if self.max_failed_records < 0:
-            raise MLServerConfigError(f"max_failed_records must be 0 or more, not {self.max_failed_records}.")
-        if self.output_format not in ("parquet", "csv"):
-            raise MLServerConfigError(
-                f"output_format must be 'parquet' or 'csv', not {self.output_format!r}."
-            )
-        if self.extra_columns not in ("keep", "ignore", "error"):
-            raise MLServerConfigError(
-                f"extra_columns must be 'keep', 'ignore' or 'error', not {self.extra_columns!r}."
-            )
-        if self.poll_interval <= 0:
-            raise MLServerConfigError(f"poll_interval must be positive, not {self.poll_interval}.")
+    def _check_arguments(self, rendered: bool) -> None:
+        """Every argument checked (see :mod:`~airflow_mlserver.operators.arguments`); templates once rendered."""
+        check_arguments(self, ARGUMENT_CHECKS, rendered)
+        records_file_format(self.records, self.records_format, rendered)
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -225,6 +239,7 @@ class MLServerBatchOperator(BaseOperator):
     # -- the run ---------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
+        self._check_arguments(rendered=True)
         hook = self.hook
         state = BatchState.load(context)
         if state is not None and state.service != self.service_name:
@@ -265,7 +280,7 @@ class MLServerBatchOperator(BaseOperator):
         executions = state.executions
         prefix, labels = self._log_names(context, state)
         if state.intent is not None:
-            self._settle_intent(context, service, state, state.intent, prefix, labels)
+            settle_intent(self.hook, service, state, context, labels[state.intent.part], prefix, self.log)
         while True:
             statuses: dict[int, BatchStatus] = {}
             for index, execution_id in list(executions.items()):
@@ -343,41 +358,6 @@ class MLServerBatchOperator(BaseOperator):
                         "the execution on the server; a retry of this task starts the failed chunk again."
                     )
 
-    def _settle_intent(
-        self,
-        context: Context,
-        service: WebService,
-        state: BatchState,
-        intent: StartIntent,
-        prefix: str,
-        labels: dict[int, str],
-    ) -> None:
-        """An earlier try stopped while starting a chunk: adopt the execution it created, if it created one."""
-        label = labels[intent.part]
-        adopted = (
-            None
-            if intent.part in state.executions
-            else reconcile(hook=self.hook, service=service, state=state, intent=intent, label=label)
-        )
-        if adopted is not None:
-            state.executions[intent.part], state.executions_started[intent.part] = adopted, intent.at
-            self.log.info(
-                "%sAdopted batch execution %s for %s: an earlier try started it and was stopped before it stored "
-                "its id",
-                prefix,
-                adopted,
-                label,
-            )
-        elif intent.part not in state.executions:
-            self.log.info(
-                "%sAn earlier try was stopped while it started %s, and the server has no execution of it: "
-                "starting it",
-                prefix,
-                label,
-            )
-        state.intent = None
-        state.save(context)
-
     def _check_deadline(
         self, service: WebService, state: BatchState, statuses: dict[int, BatchStatus]
     ) -> None:
@@ -428,45 +408,20 @@ class MLServerBatchOperator(BaseOperator):
 
         ``prefix`` starts the last log line (a mapped task's map index).
         """
-        hook = self.hook
-        executions = state.executions
         writer = None
         if self.output_path:
             path = storage_path(self.output_path, self.output_conn_id)
             writer = ResultsWriter(path, self.output_format, service)  # type: ignore[arg-type]
-        total = failed = 0
-        failures: list[str] = []
-        kept: list[dict[str, Any]] = []
-        declared = {i.name for i in service.inputs}
-        try:
-            for index, frame in enumerate(self._frames(self._chunk_size())):
-                execution_id = executions[index]
-                results: list[RecordResult] = list(
-                    hook.iter_batch_results(service.name, service.version, execution_id)
-                )
-                if self.extra_columns == "ignore":
-                    frame = frame[[c for c in frame.columns if c in declared]]
-                chunk = results_frame(frame, results, service, offset=total)
-                for position, result in enumerate(results):
-                    if not result.success:
-                        failed += 1
-                        if len(failures) < MAX_FAILURES_SHOWN:
-                            reason = (result.error_message or "failed").splitlines()[0]
-                            failures.append(f"record {total + position}: {reason}")
-                if writer is not None:
-                    writer.write(chunk)
-                if self.return_results and total + len(chunk) <= 1000:
-                    kept.extend(
-                        {str(k): v for k, v in row.items()}
-                        for row in chunk.astype(object).where(chunk.notna(), None).to_dict("records")
-                    )
-                total += len(chunk)
-            if writer is not None:
-                writer.commit()
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
+        scored = write_results(
+            self.hook,
+            service,
+            state.executions,
+            self._frames(self._chunk_size()),
+            writer,
+            keep_extra_columns=self.extra_columns != "ignore",
+            keep_rows=self.return_results,
+        )
+        total, failed = scored.total, scored.failed
         summary: dict[str, Any] = {
             "service_name": service.name,
             "service_version": service.version,
@@ -480,7 +435,7 @@ class MLServerBatchOperator(BaseOperator):
         if failed > self.max_failed_records:
             raise MLServerBatchFailedError(
                 f"{failed} of {total} records failed (max_failed_records={self.max_failed_records}); first failures: "
-                + "; ".join(failures)
+                + "; ".join(scored.failures)
                 + (f". Results are in {summary['output_uri']}." if writer is not None else ".")
             )
         self._lineage_service = (
@@ -489,7 +444,7 @@ class MLServerBatchOperator(BaseOperator):
         )  # read by the OpenLineage method, same process
         self.log.info("%s", scored_sentence(summary, prefix))
         if self.return_results:
-            summary["results"] = kept if total <= 1000 else None
+            summary["results"] = scored.rows
         return summary
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlserver.exceptions import AmbiguousStartError
 from airflow_mlserver.operators.batch_state import BatchState, StartIntent
+from airflow_mlserver.triggers.progress import InfoLog
 from airflow_mlserver.triggers.waiting import ended
 
 if TYPE_CHECKING:
@@ -85,3 +86,39 @@ def reconcile(
         if candidates or time.time() >= wait_until:
             return candidates[0] if candidates else None
         time.sleep(min(RECONCILE_POLL, max(0.0, wait_until - time.time())))
+
+
+def settle_intent(
+    hook: MLServerHook,
+    service: WebService,
+    state: BatchState,
+    context: Context,
+    label: str,
+    prefix: str,
+    log: InfoLog,
+) -> None:
+    """An earlier try stopped while starting ``label``: adopt the execution it created, if it created one.
+
+    ``prefix`` starts each log line (a mapped task's map index); the settled state is stored.
+    """
+    intent = state.intent
+    if intent is not None and intent.part not in state.executions:
+        adopted = reconcile(hook, service, state, intent, label)
+        if adopted is not None:
+            state.executions[intent.part], state.executions_started[intent.part] = adopted, intent.at
+            log.info(
+                "%sAdopted batch execution %s for %s: an earlier try started it and was stopped before it stored "
+                "its id",
+                prefix,
+                adopted,
+                label,
+            )
+        else:
+            log.info(
+                "%sAn earlier try was stopped while it started %s, and the server has no execution of it: "
+                "starting it",
+                prefix,
+                label,
+            )
+    state.intent = None
+    state.save(context)

@@ -11,6 +11,7 @@ from airflow.sdk import BaseSensorOperator, conf
 from airflow_mlserver.client.models import BatchStatus
 from airflow_mlserver.exceptions import MLServerExecutionEndedError
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.operators.arguments import Check, check_arguments, flag, seconds, segment, text
 from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
 from airflow_mlserver.triggers.progress import status_line
@@ -18,6 +19,17 @@ from airflow_mlserver.triggers.waiting import COMPLETE, TIMEOUT, ended, ended_me
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+#: The check of each argument of the sensor's own (see :mod:`~airflow_mlserver.operators.arguments`).
+ARGUMENT_CHECKS: dict[str, Check] = {
+    "service_name": segment("the name of a published web service"),
+    "service_version": segment("the version of the service"),
+    "execution_id": segment("the id of a batch execution of that service version"),
+    "deferrable": flag(),
+    "mlserver_conn_id": text("an Airflow connection id"),
+}
+#: Airflow's durations of a sensor, checked before Airflow's own checks (which refuse less, and say less).
+DURATION_CHECKS: dict[str, Check] = {"poke_interval": seconds(), "timeout": seconds(zero=True)}
 
 
 class MLServerBatchSensor(BaseSensorOperator):
@@ -27,6 +39,9 @@ class MLServerBatchSensor(BaseSensorOperator):
     :class:`~airflow_mlserver.triggers.batch.MLServerBatchTrigger` as the batch operator. ``timeout`` is
     measured from the first poke in every mode. With ``soft_fail`` a failed or canceled execution, or the
     timeout, skips the task instead of failing it. The sensor returns the execution's final counts.
+
+    Every argument is checked when the DAG is parsed, a templated one right after it renders (before the first
+    poke); ``poke_interval`` must be a finite number of seconds above 0 and ``timeout`` one of 0 or more.
 
     :param service_name: The web service. (templated)
     :param service_version: Its version. (templated)
@@ -49,12 +64,16 @@ class MLServerBatchSensor(BaseSensorOperator):
         mlserver_conn_id: str = MLServerHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
+        for name, check in DURATION_CHECKS.items():  # before Airflow's own checks, which say less
+            if kwargs.get(name) is not None:
+                kwargs[name] = check(name, kwargs[name])
         super().__init__(**kwargs)
         self.service_name = service_name
         self.service_version = service_version
         self.execution_id = execution_id
         self.deferrable = deferrable
         self.mlserver_conn_id = mlserver_conn_id
+        check_arguments(self, ARGUMENT_CHECKS)
 
     def _status(self) -> BatchStatus:
         hook = MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
@@ -74,6 +93,7 @@ class MLServerBatchSensor(BaseSensorOperator):
         return self._check(self._status())
 
     def execute(self, context: Context) -> Any:
+        check_arguments(self, ARGUMENT_CHECKS, rendered=True)
         if not self.deferrable:
             super().execute(context)
             return self._summary(self._status())
