@@ -8,7 +8,6 @@ crash of the JSON decoder (a deeply nested body raises ``RecursionError``) answe
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 from collections.abc import Iterator
@@ -81,25 +80,18 @@ def plain_file_name(name: str) -> bool:
 
 #: Deepest nesting of a request body, as .NET's JSON readers allow by default (the contract's types need 3).
 MAX_DEPTH = 64
-#: A number that may not fit a double (309 digits, or an exponent of 3): then checked to be finite.
-_HUGE_NUMBER = re.compile(r"\d{309}|[eE][+-]?\d{3}")
 #: A ``\ud800``-``\udfff`` escape: then the strings are checked for a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_TOO_DEEP = f"nests deeper than {MAX_DEPTH} levels"
+_OUT_OF_RANGE = "holds a number out of the range of a double (beyond 1.8e308)"
 
 
 class _NotJson(ValueError):
-    """A value JSON does not have (NaN, Infinity, a number out of range), found while decoding."""
+    """A constant JSON does not have (NaN, Infinity), met while decoding."""
 
 
 def _no_constant(name: str) -> Any:
     raise _NotJson(f"holds {name}, which is not JSON (send null for a missing value)")
-
-
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise _NotJson(f"holds the number {quoted(text)}, which is out of range for a double")
-    return number
 
 
 def parse_json(raw: bytes, expected: str) -> Any:
@@ -119,18 +111,16 @@ def parse_json(raw: bytes, expected: str) -> Any:
     problem = ""
     try:
         value = json.loads(text, parse_constant=_no_constant)
-        if _HUGE_NUMBER.search(text):
-            json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except _NotJson as exc:
         problem = str(exc)
     except RecursionError:
-        problem = f"nests deeper than {MAX_DEPTH} levels"
+        problem = _TOO_DEEP
     except json.JSONDecodeError as exc:
         raise bad_request(f"The request body is not valid JSON ({exc}); expected {expected}.") from None
     except ValueError:
         problem = f"holds a number of more than {sys.get_int_max_str_digits()} digits"
-    if not problem and _too_deep(value):
-        problem = f"nests deeper than {MAX_DEPTH} levels"
+    if not problem:
+        problem = _deep_or_infinite(value)
     if not problem and _SURROGATE_ESCAPE.search(text) and not all(map(_unicode, _strings(value))):
         problem = "holds a lone surrogate escape (\\ud800 to \\udfff), which is not Unicode text"
     if problem:
@@ -138,19 +128,27 @@ def parse_json(raw: bytes, expected: str) -> Any:
     return value
 
 
-def _too_deep(value: Any) -> bool:
-    """Whether ``value`` nests deeper than :data:`MAX_DEPTH`, walked level by level (containers only)."""
+def _deep_or_infinite(value: Any) -> str:
+    """What is wrong with a decoded body, walked level by level: too deep, a number that overflowed; or ""."""
     level, depth = [value], 0
     while level:
         depth += 1
         if depth > MAX_DEPTH:
-            return True
+            return _TOO_DEEP
         below: list[Any] = []
         for item in level:
-            children = item.values() if type(item) is dict else item if type(item) is list else ()
-            below += [c for c in children if type(c) is dict or type(c) is list]
+            kind = type(item)
+            if kind is float and item - item != 0:  # 1e999 decodes to infinity
+                return _OUT_OF_RANGE
+            children = item.values() if kind is dict else item if kind is list else ()
+            for child in children:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    below.append(child)
+                elif kind is float and child - child != 0:
+                    return _OUT_OF_RANGE
         level = below
-    return False
+    return ""
 
 
 def _strings(value: Any) -> Iterator[str]:

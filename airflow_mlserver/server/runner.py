@@ -14,6 +14,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 
+from airflow_mlserver.client.quoting import shortened
 from airflow_mlserver.server.jobs import answer, build_job
 from airflow_mlserver.server.store import CANCELED, COMPLETE, FAILED, FINISHED, RUNNING, Store
 from airflow_mlserver.server.workers import WorkerPool
@@ -114,7 +115,10 @@ class BatchRunner:
             raise  # server shutdown: the execution stays running and resumes after a restart
         except Exception as exc:
             log.exception("Batch execution %s stopped", execution_id)
-            store.set_state(execution_id, FAILED, f"The execution stopped on a server error: {exc}")
+            error = f"{type(exc).__name__}: {shortened(str(exc))}"
+            store.set_state(
+                execution_id, FAILED, f"The execution stopped on a server error ({error}): see its log."
+            )
             return
         if failure:
             store.set_state(execution_id, FAILED, failure[0])
