@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,26 +178,6 @@ def test_what_json_allows_within_the_limits_is_accepted(api: Api, surface: str) 
     answer = api.post("/api/surface/v1", data=json.dumps(body), headers={"Content-Type": "application/json"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputParameters"] == {"echo": "\N{GRINNING FACE}"}
-
-
-def test_a_streamed_body_over_the_limit_is_a_413(tmp_path_factory: pytest.TempPathFactory) -> None:
-    with LocalMLServer(
-        tmp_path_factory.mktemp("limit"), workers=1, extra_args=["--max-body-mb", "0.01"]
-    ) as server:
-        admin = Api(server)
-        admin.publish("tiny", "v1", "y = x", {"x": "integer"}, {"y": "integer"})
-
-        def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts what arrives
-            yield b"["
-            for i in range(3000):
-                yield b'{"x": %d},' % i
-            yield b'{"x": 0}]'
-
-        answer = admin.post("/api/tiny/v1/batch", data=chunks(), headers={"Content-Type": "application/json"})
-        assert message(answer, 413) == (
-            "The request body is larger than the server's limit of 10485 bytes: send fewer records per batch "
-            "(split the data) or raise --max-body-mb."
-        )
 
 
 def test_a_failure_no_route_foresaw_is_a_json_500(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -448,11 +449,21 @@ def test_body_too_large(tmp_path_factory: pytest.TempPathFactory) -> None:
     ) as server:
         admin = Api(server)
         admin.publish("tiny", "v1", "y = x", {"x": "integer"}, {"y": "integer"})
-        answer = admin.post("/api/tiny/v1/batch", json=[{"x": i} for i in range(5000)])
-        assert _message(answer, 413) == (
+        too_large = (
             "The request body is larger than the server's limit of 10485 bytes: "
             "send fewer records per batch (split the data) or raise --max-body-mb."
         )
+        answer = admin.post("/api/tiny/v1/batch", json=[{"x": i} for i in range(5000)])
+        assert _message(answer, 413) == too_large
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts what arrives
+            yield b"["
+            for i in range(3000):
+                yield b'{"x": %d},' % i
+            yield b'{"x": 0}]'
+
+        answer = admin.post("/api/tiny/v1/batch", data=chunks(), headers={"Content-Type": "application/json"})
+        assert _message(answer, 413) == too_large
 
 
 def test_execution_timeout_fails_the_record_and_the_worker_is_replaced(
