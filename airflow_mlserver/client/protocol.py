@@ -318,8 +318,8 @@ class RetryPolicy:
     backoff, about two minutes with the defaults: that server is up, busy or restarting, and worth waiting
     for. A request that never reached a server (connection refused, unknown host, no connection within
     the connect timeout) is resent only while such failures have lasted less than ``unreached_for``
-    seconds, 15 by default: a server that is down, or a wrong host or port, waiting rarely mends, and the
-    caller should learn it soon. A server that comes back within that time is still reached.
+    seconds, 15 by default: waiting rarely mends a server that is down, or a wrong host or port, and the
+    caller should learn of it soon. A server that comes back within that time is still reached.
 
     :param max_retries: Retries after the first attempt, whatever the failure.
     :param wait: First backoff wait in seconds (doubles each retry, plus up to as much jitter).
