@@ -2,8 +2,8 @@
 
 Each kind of bad input has several cases: a body the local server cannot read, a value too long to show whole,
 what the files route may serve, a name that cannot be one, and how long a server that refuses connections
-takes to fail (while a busy server is still waited for). Answers of the wrong shape, and the same rules with
-no socket, are in ``test_client_flows.py``.
+takes to fail (while a busy server is still waited for). Answers of the wrong shape and invalid names with no
+socket are in ``test_client_answers.py``, the retry budgets with no socket in ``test_client_flows.py``.
 """
 
 from __future__ import annotations
