@@ -11,6 +11,7 @@ import http.server
 import io
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -26,11 +27,13 @@ from airflow_mlserver.exceptions import (
     ArtifactsConfigError,
     ArtifactTransferError,
     ExecutionWaitTimeoutError,
+    MalformedResponseError,
     MLServerConnectionError,
+    OperatorArgumentError,
     UnsafeArtifactNameError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.artifact_names import check_artifact_name, parse_indexes
+from airflow_mlserver.operators.artifact_names import check_artifact_name, select_records
 from airflow_mlserver.operators.artifacts import MLServerArtifactsToObjectStorageOperator
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
@@ -161,15 +164,17 @@ def expected_files(index: int) -> list[str]:
 
 
 def operator(
-    execution_id: str, dest: str, service: str = "artsvc", **kwargs: Any
+    execution_id: str | None, dest: Any, service: str = "artsvc", **kwargs: Any
 ) -> MLServerArtifactsToObjectStorageOperator:
+    """The operator for one execution, or (``None``, ``execution_ids=...``) for a batch task's executions."""
     kwargs.setdefault("mlserver_conn_id", ML_CONN)
     kwargs.setdefault("poll_interval", 0.2)
+    if execution_id is not None:
+        kwargs["execution_id"] = execution_id
     return MLServerArtifactsToObjectStorageOperator(
         task_id=f"copy_{time.monotonic_ns()}",
         service_name=service,
         service_version=VERSION,
-        execution_id=execution_id,
         dest=dest,
         **kwargs,
     )
@@ -258,27 +263,25 @@ def test_plain_names_pass() -> None:
         assert check_artifact_name(name) == name
 
 
-def test_parse_indexes() -> None:
-    assert parse_indexes(None, 3) == [0, 1, 2]
-    assert parse_indexes("0-2,5", 10) == [0, 1, 2, 5]
-    assert parse_indexes(range(2, 4), 10) == [2, 3]
-    assert parse_indexes([3, 1, 3], 10) == [1, 3]
-    with pytest.raises(ArtifactsConfigError, match="out of range"):
-        parse_indexes([10], 10)
-    with pytest.raises(ArtifactsConfigError, match="cannot be read"):
-        parse_indexes("a-b", 10)
+def test_select_records() -> None:
+    assert select_records(None, 3) == [0, 1, 2]
+    assert select_records("0-2,5", 10) == [0, 1, 2, 5]
+    assert select_records(" [ 7 , 1-2 ] ", 10) == [1, 2, 7]  # a list as a template renders it
+    assert select_records(range(2, 4), 10) == [2, 3]
+    assert select_records([3, 1, 3], 10) == [1, 3]
+    assert select_records([], 10) == [] and select_records("[]", 10) == []  # an empty XCom list: nothing
+    assert select_records(4, 10) == [4]
+    with pytest.raises(ArtifactsConfigError) as info:
+        select_records([10], 10)
+    assert str(info.value) == (
+        "indexes selects record 10, but the executions have 10 records, numbered 0 to 9 (as in the results "
+        "file): select records below 10."
+    )
 
 
-def test_dest_with_credentials_is_refused() -> None:
-    with pytest.raises(ArtifactsConfigError, match="Credentials come from an Airflow connection"):
-        run(operator("e", "s3://KEY:SECRET@bucket/prefix"))
-
-
-def test_file_names_hostile_literal_refused_before_anything(
-    env: dict[str, str], batch200: str, tmp_path: Path
-) -> None:
-    with pytest.raises(UnsafeArtifactNameError, match="path separator"):
-        run(operator(batch200, f"file://{tmp_path}/out", file_names=["../../x"]))
+def test_file_names_hostile_literal_refused_where_written(tmp_path: Path) -> None:
+    with pytest.raises(OperatorArgumentError, match="path separator"):
+        operator("e", f"file://{tmp_path}/out", file_names=["../../x"])
     assert not any(tmp_path.rglob("*"))
 
 
@@ -349,15 +352,20 @@ def test_file_indexes_globs_and_template(env: dict[str, str], batch200: str, tmp
     assert only_a["copied"] == 2
 
 
-def test_template_collisions_and_unknown_placeholders(
-    env: dict[str, str], batch200: str, tmp_path: Path
-) -> None:
+def test_template_collisions_fail_before_any_copy(env: dict[str, str], batch200: str, tmp_path: Path) -> None:
     with pytest.raises(ArtifactsConfigError, match="same place"):
         run(operator(batch200, f"file://{tmp_path}", indexes=[1, 2], path_template="x/{file_name}"))
-    with pytest.raises(ArtifactsConfigError, match="placeholders"):
-        run(operator(batch200, f"file://{tmp_path}", path_template="{record}/{file_name}"))
-    with pytest.raises(UnsafeArtifactNameError, match="outside dest"):
-        run(operator(batch200, f"file://{tmp_path}", path_template="../{index}/{file_name}"))
+    with pytest.raises(ArtifactsConfigError, match="would overwrite the manifest"):
+        run(
+            operator(
+                batch200,
+                f"file://{tmp_path}",
+                indexes=[1],
+                path_template="m/{file_name}",
+                manifest_template="m/a.txt",
+            )
+        )
+    assert not any(tmp_path.rglob("*"))
 
 
 def test_file_transfer_killed_midway_then_rerun(
@@ -391,7 +399,12 @@ def test_running_execution_copies_what_exists(env: dict[str, str], api: Api, tmp
         while api.status("artslow", VERSION, execution_id)["completedItemCount"] < 3:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        with pytest.raises(ExecutionWaitTimeoutError, match="wait_for_completion=False"):
+        expected = (
+            rf"Not finished after \d+ s \(timeout is 0.5 s\): batch execution '{execution_id}' \((Pending|Running), "
+            r"\d of 8 records\) of artslow/1.0. Raise timeout, or set wait_for_completion=False to copy what exists "
+            r"so far.$"
+        )
+        with pytest.raises(ExecutionWaitTimeoutError, match=expected):
             run(
                 operator(
                     execution_id, f"file://{tmp_path}/w", service="artslow", timeout=0.5, poll_interval=0.2
@@ -409,9 +422,146 @@ def test_running_execution_copies_what_exists(env: dict[str, str], api: Api, tmp
         api.delete(f"/api/artslow/{VERSION}/batch/{execution_id}")
 
 
+# --- the executions of a batch task, numbered as its results file ---------------------------------------------
+
+#: Records 0-4, 5-7 and 8-11 in three executions (as three chunks); record r has x = r, so its a.txt says "record r".
+CHUNKS = [range(0, 5), range(5, 8), range(8, 12)]
+
+
+@pytest.fixture(scope="module")
+def chunked(api: Api, batch200: str) -> list[str]:
+    """Three executions of ``artsvc`` (published by ``batch200``), as a chunked batch task leaves them."""
+    ids = [
+        api.start_batch("artsvc", VERSION, [{"x": float(r)} for r in chunk], parallel=4) for chunk in CHUNKS
+    ]
+    for execution_id in ids:
+        assert _finished(api, "artsvc", execution_id)["state"] == "Complete"
+    return ids
+
+
+def test_executions_of_a_batch_task_are_numbered_as_its_results_file(
+    env: dict[str, str], api: Api, chunked: list[str], tmp_path: Path
+) -> None:
+    dest = tmp_path / "out"
+    summary = run(operator(None, f"file://{dest}", execution_ids=chunked))
+    expected = {(r, f) for r in range(12) for f in expected_files(r)}
+    assert summary["copied"] == len(expected) and summary["records"] == 12
+    assert summary["execution_id"] == chunked[0] and summary["execution_ids"] == chunked
+    assert summary["state"] == "Complete" and summary["finished"] is True
+    assert summary["records_without_artifacts"] == 2 and summary["records_without_artifacts_first"] == [0, 10]
+    assert summary["manifest"] == f"file://{dest}/manifest.json"
+    for record, name in expected:  # {record}/{file_name} by default; record r wrote "record r" r + 1 times
+        data = (dest / str(record) / name).read_bytes()
+        if name == "a.txt":
+            assert data == f"record {record}\n".encode() * (record + 1)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["execution_ids"] == chunked and manifest["execution_id"] == chunked[0]
+    assert manifest["executions"] == [
+        {"execution_id": chunked[0], "first_record": 0, "records": 5, "state": "Complete", "finished": True},
+        {"execution_id": chunked[1], "first_record": 5, "records": 3, "state": "Complete", "finished": True},
+        {"execution_id": chunked[2], "first_record": 8, "records": 4, "state": "Complete", "finished": True},
+    ]
+    assert manifest["records"] == {"from": 0, "to": 11} and manifest["records_without_artifacts"] == [0, 10]
+    nine = next(e for e in manifest["artifacts"] if (e["record"], e["file_name"]) == (9, "b.bin"))
+    assert (nine["execution_id"], nine["index"]) == (chunked[2], 1)
+    assert nine["destination"] == f"file://{dest}/9/b.bin"
+    assert nine["bytes"] == len(server_bytes(api, "artsvc", chunked[2], 1, "b.bin"))
+
+    again = run(operator(None, f"file://{dest}", execution_ids=chunked))
+    assert again["copied"] == 0 and again["skipped"] == len(expected)
+    rerun = json.loads((dest / "manifest.json").read_text())
+    assert [e["sha256"] for e in rerun["artifacts"]] == [e["sha256"] for e in manifest["artifacts"]]
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["list", "per map index", "summaries", "rendered text"],
+)
+def test_execution_ids_in_the_forms_a_dag_passes_them(
+    env: dict[str, str], chunked: list[str], tmp_path: Path, form: str
+) -> None:
+    given: Any = {
+        "list": chunked,
+        "per map index": [[chunked[0]], chunked[1:]],  # a mapped batch task's XCom: a list per map index
+        "summaries": [
+            {"execution_ids": [chunked[0]], "total": 5},
+            {"execution_ids": chunked[1:], "total": 7},
+        ],
+        "rendered text": str(chunked),  # {{ ti.xcom_pull(task_ids='score', key='execution_ids') }}
+    }[form]
+    dest = tmp_path / "out"
+    summary = run(
+        operator(
+            None,
+            f"file://{dest}",
+            execution_ids=given,
+            indexes="4-6,9",  # across the first two executions' boundary
+            path_template="{execution_id}/{index}/{record}-{file_name}",
+        )
+    )
+    assert summary["records"] == 4 and summary["execution_ids"] == chunked
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == sorted(
+        [
+            "manifest.json",
+            f"{chunked[0]}/4/4-a.txt",
+            f"{chunked[1]}/0/5-a.txt",
+            f"{chunked[1]}/1/6-a.txt",
+            f"{chunked[1]}/1/6-b.bin",
+            f"{chunked[2]}/1/9-a.txt",
+            f"{chunked[2]}/1/9-b.bin",
+        ]
+    )
+
+
+def test_executions_of_a_batch_task_refuse_what_cannot_be_numbered(
+    env: dict[str, str], chunked: list[str], tmp_path: Path
+) -> None:
+    with pytest.raises(ArtifactsConfigError) as info:
+        run(
+            operator(
+                None,
+                f"file://{tmp_path}",
+                execution_ids=chunked,
+                path_template="{index}/{file_name}",
+            )
+        )
+    assert str(info.value) == (
+        "path_template '{index}/{file_name}' places record index {index} without {execution_id} or {record}, so the "
+        "records of the 3 executions would overwrite each other: use {record} (the record's number in the task, as "
+        "in the results file)."
+    )
+    with pytest.raises(
+        ArtifactsConfigError, match="indexes selects record 12, but the executions have 12 records"
+    ):
+        run(operator(None, f"file://{tmp_path}", execution_ids=chunked, indexes=[3, 12]))
+    assert not any(tmp_path.rglob("*"))
+
+
+def test_executions_of_a_batch_task_are_all_awaited(env: dict[str, str], api: Api, tmp_path: Path) -> None:
+    """One execution canceled, the other still running: the wait goes on until that one has finished too."""
+    api.publish("artslow", VERSION, SLOW_CODE, {"x": "numeric"}, {"y": "numeric"}, files=["out.txt"])
+    running = api.start_batch("artslow", VERSION, [{"x": float(i)} for i in range(5)], parallel=1)
+    canceled = api.start_batch("artslow", VERSION, [{"x": float(i)} for i in range(5, 7)], parallel=1)
+    api.delete(f"/api/artslow/{VERSION}/batch/{canceled}")
+    summary = run(
+        operator(
+            None,
+            f"file://{tmp_path}/out",
+            service="artslow",
+            execution_ids=[running, canceled],
+        )
+    )
+    assert summary["finished"] is True and summary["state"].startswith("Complete (1), Cancel")
+    copied = sorted(int(p.parent.name) for p in (tmp_path / "out").rglob("out.txt"))
+    assert copied[:5] == [0, 1, 2, 3, 4] and summary["records"] == 7
+
+
 # --- hostile names from a server (a loopback stub: the local server refuses such outputFileNames) -------------
 
-HOSTILE = ["good.txt", "../../evil.txt", "/etc/passwd-copy", "a\\b.txt", "..", "bell\x07.txt", "ok2.csv"]
+# Record 0's names reach the operator, which refuses all but two; record 1's listing holds names that cannot be
+# one path segment, which the client refuses as a malformed answer.
+HOSTILE = ["good.txt", "C:evil.txt", " lead.txt", "trail.txt ", "n" * 256, "ok2.csv"]
+UNUSABLE = ["fine.txt", "../../evil.txt", "/etc/passwd-copy", "a\\b.txt", "..", "bell\x07.txt"]
 
 
 class _StubHandler(http.server.BaseHTTPRequestHandler):
@@ -439,9 +589,11 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
         base = "/api/stub/1.0/batch/ex1"
         if path == base:
             head = {"name": "stub", "version": "1.0", "batchExecutionId": "ex1", "state": "Complete"}
-            self._send(200, json.dumps({**head, "totalItemCount": 1, "completedItemCount": 1}).encode())
+            self._send(200, json.dumps({**head, "totalItemCount": 2, "completedItemCount": 2}).encode())
         elif path == f"{base}/0/files":
             self._send(200, json.dumps(HOSTILE).encode())
+        elif path == f"{base}/1/files":
+            self._send(200, json.dumps(UNUSABLE).encode())
         elif path.startswith(f"{base}/0/files/"):
             self._send(200, b"content of " + path.rsplit("/", 1)[1].encode(), "application/octet-stream")
         else:
@@ -454,16 +606,15 @@ def test_hostile_names_from_server_are_refused(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("AIRFLOW_CONN_STUB", f"mlserver://u:p@127.0.0.1:{stub.server_address[1]}")
     root = tmp_path / "root"
     dest = root / "a" / "b" / "dest"
+    stubbed = {"service": "stub", "mlserver_conn_id": "stub"}
     try:
-        op = operator("ex1", f"file://{dest}", service="stub", mlserver_conn_id="stub")
-        with pytest.raises(ArtifactTransferError, match="5 were refused") as info:
-            run(op)
-        assert info.value.summary["refused"] == 5 and info.value.summary["copied"] == 2
-        lenient = operator(
-            "ex1", f"file://{dest}", service="stub", mlserver_conn_id="stub", fail_on_refused=False
-        )
-        summary = run(lenient)
-        assert summary["refused"] == 5 and summary["skipped"] == 2
+        with pytest.raises(ArtifactTransferError, match="4 were refused") as info:
+            run(operator("ex1", f"file://{dest}", indexes=[0], **stubbed))
+        assert info.value.summary["refused"] == 4 and info.value.summary["copied"] == 2
+        summary = run(operator("ex1", f"file://{dest}", indexes=[0], fail_on_refused=False, **stubbed))
+        assert summary["refused"] == 4 and summary["skipped"] == 2
+        with pytest.raises(MalformedResponseError, match=re.escape("'../../evil.txt' and 4 more")):
+            run(operator("ex1", f"file://{tmp_path}/other", indexes=[1], **stubbed))
     finally:
         stub.shutdown()
         stub.server_close()
@@ -472,6 +623,7 @@ def test_hostile_names_from_server_are_refused(tmp_path: Path, monkeypatch: pyte
         "a/b/dest/ex1/0/ok2.csv",
         "a/b/dest/ex1/manifest.json",
     ]
+    assert not (tmp_path / "other").exists()
     manifest = json.loads((dest / "ex1" / "manifest.json").read_text())
     refused = {e["file_name"]: e for e in manifest["artifacts"] if e["status"] == "refused"}
     assert set(refused) == set(HOSTILE) - {"good.txt", "ok2.csv"}
@@ -536,8 +688,8 @@ def test_s3_transfer_killed_midway_then_rerun(
 # --- a real DAG ---------------------------------------------------------------------------------------------
 
 
-def test_in_a_dag_with_dag_test(env: dict[str, str], s3: Any, batch200: str, airflow_db: Path) -> None:
-    """``tests/dags/artifacts_dags.py`` run by ``dag.test()``: templated fields, XCom summary, Asset outlet."""
+def _dag_run(dag_id: str, conf: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """Run a DAG of ``tests/dags/artifacts_dags.py`` with ``dag.test()``: its tasks' states, and copy's summary."""
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
@@ -545,23 +697,51 @@ def test_in_a_dag_with_dag_test(env: dict[str, str], s3: Any, batch200: str, air
 
     bag = DagBag(dag_folder=str(Path(__file__).parent / "dags" / "artifacts_dags.py"))
     assert not bag.import_errors, bag.import_errors
-    dagrun = bag.get_dag("artifacts_to_storage").test(run_conf={"execution_id": batch200, "bucket": BUCKET})
+    dagrun = bag.get_dag(dag_id).test(run_conf=conf)
     with create_session() as session:
-        ti = (
-            session.query(TaskInstance)
-            .filter_by(dag_id=dagrun.dag_id, run_id=dagrun.run_id, task_id="copy")
-            .one()
-        )
-        assert str(ti.state) == "success"
+        tis = session.query(TaskInstance).filter_by(dag_id=dag_id, run_id=dagrun.run_id).all()
+        states = {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in tis}
         row = (
             session.query(XComModel)
-            .filter_by(dag_id=dagrun.dag_id, run_id=dagrun.run_id, task_id="copy", key="return_value")
-            .one()
+            .filter_by(dag_id=dag_id, run_id=dagrun.run_id, task_id="copy", key="return_value")
+            .one_or_none()
         )
-        summary = XComModel.deserialize_value(row)
-    assert summary["copied"] == 18 and summary["records_without_artifacts"] == 2, summary
+        summary = XComModel.deserialize_value(row) if row is not None else None
+    return states, summary
+
+
+def test_in_a_dag_with_dag_test(env: dict[str, str], s3: Any, batch200: str, airflow_db: Path) -> None:
+    """``artifacts_to_storage``: templated fields, XCom summary, Asset outlet."""
+    states, summary = _dag_run("artifacts_to_storage", {"execution_id": batch200, "bucket": BUCKET})
+    assert states == {"copy[-1]": "success"}
+    assert summary is not None and summary["copied"] == 18 and summary["records_without_artifacts"] == 2, (
+        summary
+    )
     assert summary["manifest"] == f"s3://{BUCKET}/dag/artifacts_to_storage/{batch200}/manifest.json"
     assert len(s3_objects(s3, "dag/artifacts_to_storage/")) == 19
+
+
+def test_a_mapped_batch_task_in_a_dag(
+    env: dict[str, str], chunked: list[str], airflow_db: Path, tmp_path: Path
+) -> None:
+    """``artifacts_of_a_mapped_task``: execution_ids from a mapped task's XCom (one list per map index)."""
+    conf = {"chunks": [[chunked[0]], chunked[1:]], "dest": str(tmp_path), "indexes": "4-9"}
+    states, summary = _dag_run("artifacts_of_a_mapped_task", conf)
+    assert states == {
+        "chunks[-1]": "success",
+        "score_chunk[0]": "success",
+        "score_chunk[1]": "success",
+        "copy[-1]": "success",
+    }
+    assert summary is not None and summary["execution_ids"] == chunked and summary["records"] == 6
+    copied = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.txt"))
+    assert copied == [f"{r}/a.txt" for r in range(4, 10)]
+    assert (tmp_path / "9" / "a.txt").read_text() == "record 9\n" * 10
+
+    states, summary = _dag_run(
+        "artifacts_of_a_mapped_task", {**conf, "indexes": "9-4"}
+    )  # refused once rendered
+    assert states["copy[-1]"] == "failed" and summary is None
 
 
 def test_dest_as_outlet_declares_an_asset(tmp_path: Path) -> None:
@@ -571,5 +751,9 @@ def test_dest_as_outlet_declares_an_asset(tmp_path: Path) -> None:
     assert op.outlets == [Asset(f"file://{tmp_path}/out")]
     s3op = operator("e", "s3://bucket/prefix", dest_conn_id=S3_CONN, dest_as_outlet=True)
     assert [a.uri for a in s3op.outlets] == ["s3://bucket/prefix"]
-    with pytest.raises(ArtifactsConfigError, match="Jinja template"):
+    with pytest.raises(OperatorArgumentError) as info:
         operator("e", "s3://bucket/{{ ds }}", dest_as_outlet=True)
+    assert str(info.value) == (
+        "Argument dest is 's3://bucket/{{ ds }}': give a fixed dest with dest_as_outlet=True, or pass "
+        "outlets=[Asset(...)] yourself."
+    )

@@ -1,6 +1,7 @@
 """Where the artifacts operator writes: ``dest`` read as a store path, its URIs, and what is there already.
 
-Credentials of a destination come only from its Airflow connection: a URI that carries a password is refused.
+Credentials of a destination come only from its Airflow connection: a URI that carries a password is refused
+where the task is written (even in the text of a template), so that it never reaches the serialized DAG.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_mlserver.exceptions import ArtifactsConfigError
+from airflow_mlserver.exceptions import OperatorArgumentError
+from airflow_mlserver.operators.arguments import uri
 from airflow_mlserver.operators.artifact_names import static_prefix
 from airflow_mlserver.operators.artifact_writes import LOCAL_PROTOCOLS, WriteMode, write_mode
 
@@ -19,31 +21,51 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 
-def destination_path(dest: Any, conn_id: str | None) -> ObjectStoragePath:
-    """``dest`` as an ObjectStoragePath using ``conn_id``; refuses credentials given in the URI itself."""
+#: What ``dest`` must be, for the messages that refuse one.
+DEST_WHAT = (
+    "an ObjectStoragePath or a URI such as 's3://bucket/prefix' or 'file:///data/out', with the store's "
+    "credentials in an Airflow connection (dest_conn_id), never in the URI"
+)
+
+
+def credentials_check(name: str, dest: Any) -> Any:
+    """Refuse credentials in ``dest``, even in the text of a template, so they never reach the serialized DAG."""
+    uri(DEST_WHAT)(name, dest)
+    if isinstance(dest, ObjectStoragePath) and ":" in (dest.conn_id or ""):
+        raise OperatorArgumentError(
+            name,
+            f"{dest.protocol}://***@{dest.path}",
+            "give the path without credentials, and the store's "
+            "Airflow connection (with them) as dest_conn_id",
+        )
+    return dest
+
+
+def dest_check(name: str, dest: Any) -> Any:
+    """``dest``: an ObjectStoragePath, or a URI with a scheme (an absolute path for ``file://``), no credentials."""
+    credentials_check(name, dest)
+    if isinstance(dest, str):
+        scheme, sep, rest = dest.strip().partition("://")
+        if not sep or not scheme:
+            raise OperatorArgumentError(
+                name, dest, f"give {DEST_WHAT} (a local folder as 'file:///absolute/path')"
+            )
+        if scheme in LOCAL_PROTOCOLS and not rest.startswith("/") and "@" not in rest.split("/", 1)[0]:
+            raise OperatorArgumentError(
+                name, dest, "give a local folder as an absolute path: 'file:///absolute/path'"
+            )
+    elif not isinstance(dest, ObjectStoragePath):
+        raise OperatorArgumentError(name, dest, f"give {DEST_WHAT}")
+    return dest
+
+
+def destination_path(dest: str | ObjectStoragePath, conn_id: str | None) -> ObjectStoragePath:
+    """``dest`` (checked by :func:`dest_check`) as an ObjectStoragePath using ``conn_id``."""
     if isinstance(dest, ObjectStoragePath):
         if conn_id and dest.conn_id != conn_id:
             return ObjectStoragePath(f"{dest.protocol or 'file'}://{dest.path}", conn_id=conn_id)
         return dest
-    if not isinstance(dest, str) or not dest.strip():
-        raise ArtifactsConfigError(
-            f"dest must be an ObjectStoragePath or a URI such as 's3://bucket/prefix' or 'file:///data', "
-            f"not {dest!r}."
-        )
     text = dest.strip()
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        raise ArtifactsConfigError(
-            f"dest {text!r} has no scheme: write it as a URI, e.g. 'file://{text}' or 's3://bucket/prefix'."
-        )
-    userinfo = rest.split("/", 1)[0].rpartition("@")[0]
-    if ":" in userinfo:
-        raise ArtifactsConfigError(
-            f"dest '{scheme}://***@{rest.split('@', 1)[1]}' carries credentials in the URI. Credentials come "
-            "from an Airflow connection only: put them in one and pass dest_conn_id."
-        )
-    if scheme in LOCAL_PROTOCOLS and not rest.startswith("/") and "@" not in rest.split("/", 1)[0]:
-        raise ArtifactsConfigError(f"dest {text!r} is not an absolute path: write 'file:///absolute/path'.")
     return ObjectStoragePath(text, conn_id=conn_id) if conn_id else ObjectStoragePath(text)
 
 
@@ -79,20 +101,24 @@ class Destination:
         """The URI of ``path``, a path in this destination's store (for manifests and logs)."""
         return destination_uri(ObjectStoragePath(f"{self.path.protocol or 'file'}://{path}"))
 
-    def existing_sizes(self, template: str, fields: dict[str, Any]) -> dict[str, int]:
-        """Sizes of the files already below the destination's common folder, in one listing."""
-        prefix = static_prefix(template, fields)
-        base = f"{self.root}/{prefix}" if prefix else self.root
-        with contextlib.suppress(Exception):
-            self.fs.invalidate_cache(base)
-        try:
-            found = self.fs.find(base, detail=True)
-        except (FileNotFoundError, NotADirectoryError):
-            return {}
+    def existing_sizes(self, template: str, field_sets: list[dict[str, Any]]) -> dict[str, int]:
+        """Sizes of the files already below the common folders of ``template`` (one listing per folder).
+
+        ``field_sets`` hold, per execution, the values that are the same for all its artifacts.
+        """
+        folders = {static_prefix(template, fields) for fields in field_sets}
         sizes: dict[str, int] = {}
-        for path, info in found.items():
-            if info.get("type", "file") == "file" and info.get("size") is not None:
-                sizes[self._strip(path)] = int(info["size"])
+        for folder in sorted(folders):
+            base = f"{self.root}/{folder}" if folder else self.root
+            with contextlib.suppress(Exception):
+                self.fs.invalidate_cache(base)
+            try:
+                found = self.fs.find(base, detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for path, info in found.items():
+                if info.get("type", "file") == "file" and info.get("size") is not None:
+                    sizes[self._strip(path)] = int(info["size"])
         return sizes
 
     def _strip(self, path: str) -> str:

@@ -1,7 +1,9 @@
 """The artifacts operator's manifest: one line per artifact (copied, skipped, refused or failed), and the summary.
 
-The manifest is a JSON file written next to the artifacts, after them. A rerun reads the previous one to carry
-the SHA-256 of the artifacts it skips (already there with the announced size) over to the new one.
+The manifest is a JSON file written next to the artifacts, after them: the executions (each with its first
+record and its record count), then one line per artifact with its record number in the task (as in the
+results file), its execution and its index there. A rerun reads the previous one to carry the SHA-256 of the
+artifacts it skips (already there with the announced size) over to the new one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from airflow_mlserver.operators.artifact_writes import WriteMode, write_bytes
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from airflow_mlserver.client.models import BatchStatus
+    from airflow_mlserver.operators.artifact_records import Executions
 
 STATUS_COPIED = "copied"
 STATUS_SKIPPED = "skipped"
@@ -28,11 +30,18 @@ STATUSES = (STATUS_COPIED, STATUS_SKIPPED, STATUS_REFUSED, STATUS_FAILED)
 
 @dataclass
 class ArtifactEntry:
-    """One artifact's line in the manifest."""
+    """One artifact's line in the manifest.
 
+    :param record: The record's number in the task (as in the results file), across executions.
+    :param index: The record's index in its execution.
+    :param execution_id: Its execution (None in manifests written before several executions were copied).
+    """
+
+    record: int
     index: int
     file_name: str
     status: str
+    execution_id: str | None = None
     bytes: int | None = None
     sha256: str | None = None
     destination: str | None = None
@@ -40,6 +49,8 @@ class ArtifactEntry:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "record": self.record,
+            "execution_id": self.execution_id,
             "index": self.index,
             "file_name": self.file_name,
             "bytes": self.bytes,
@@ -53,9 +64,14 @@ class ArtifactEntry:
 
     @classmethod
     def from_json(cls, item: dict[str, Any]) -> ArtifactEntry:
-        """An entry as :meth:`to_json` wrote it; KeyError, TypeError or ValueError when it is not one."""
-        size, digest = item.get("bytes"), item.get("sha256")
+        """An entry as :meth:`to_json` wrote it (an older one has no record: its index is its record number).
+
+        KeyError, TypeError or ValueError when it is not one.
+        """
+        size, digest, execution_id = item.get("bytes"), item.get("sha256"), item.get("execution_id")
         return cls(
+            record=int(item.get("record", item["index"])),
+            execution_id=execution_id if isinstance(execution_id, str) else None,
             index=int(item["index"]),
             file_name=str(item["file_name"]),
             status=str(item["status"]),
@@ -66,19 +82,24 @@ class ArtifactEntry:
         )
 
 
-def read_previous(fs: AbstractFileSystem, path: str) -> dict[tuple[int, str], ArtifactEntry]:
-    """The previous run's entries that were copied or skipped, by (index, file name); empty if none."""
+def read_previous(fs: AbstractFileSystem, path: str) -> dict[str, ArtifactEntry]:
+    """The previous run's entries that were copied or skipped, by destination URI; empty if there is none.
+
+    By destination, whatever the path template: a skipped artifact carries over the SHA-256 of the file that
+    the destination holds, whichever execution wrote it.
+    """
     try:
         with fs.open(path, "rb") as f:
             data = json.loads(f.read())
     except (FileNotFoundError, ValueError, OSError):
         return {}
-    out: dict[tuple[int, str], ArtifactEntry] = {}
+    out: dict[str, ArtifactEntry] = {}
     for item in data.get("artifacts", []) if isinstance(data, dict) else []:
         if isinstance(item, dict) and item.get("status") in (STATUS_COPIED, STATUS_SKIPPED):
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 entry = ArtifactEntry.from_json(item)
-                out[(entry.index, entry.file_name)] = entry
+                if isinstance(entry.destination, str):
+                    out[entry.destination] = entry
     return out
 
 
@@ -86,18 +107,18 @@ def read_previous(fs: AbstractFileSystem, path: str) -> dict[tuple[int, str], Ar
 class Manifest:
     """What one run of the operator did, as the manifest file and as the task's summary (its XCom).
 
-    :param execution: The execution's status when the copy started.
-    :param indexes: The records asked for; ``all_records`` when no ``indexes`` were given.
+    :param executions: The executions copied from, numbered (their status when the copy started).
+    :param records: The records asked for (numbers in the task); ``all_records`` when no ``indexes`` were given.
+    :param records_without_artifacts: Those of them that produced no artifact.
     :param uri: Where the manifest itself is written.
     """
 
     service_name: str
     service_version: str
-    execution_id: str
-    execution: BatchStatus
+    executions: Executions
     destination: str
     path_template: str
-    indexes: list[int]
+    records: list[int]
     all_records: bool
     records_without_artifacts: list[int]
     entries: list[ArtifactEntry]
@@ -115,12 +136,17 @@ class Manifest:
         return sum(e.bytes or 0 for e in self.entries if e.status in (STATUS_COPIED, STATUS_SKIPPED))
 
     def summary(self) -> dict[str, Any]:
-        """The task's return value: counts, bytes and where the manifest is."""
+        """The task's return value: counts, bytes and where the manifest is (a few hundred bytes, plus the ids).
+
+        ``execution_id`` is the first execution's (the only one's, for one execution); ``state`` the state they
+        share, or each state with its count.
+        """
         return {
-            "execution_id": self.execution_id,
-            "state": self.execution.state,
-            "finished": self.execution.is_finished,
-            "records": len(self.indexes),
+            "execution_id": self.executions.ids[0],
+            "execution_ids": self.executions.ids,
+            "state": self.executions.state,
+            "finished": self.executions.finished,
+            "records": len(self.records),
             "records_without_artifacts": len(self.records_without_artifacts),
             "records_without_artifacts_first": self.records_without_artifacts[:20],
             "artifacts": len(self.entries),
@@ -132,16 +158,19 @@ class Manifest:
         }
 
     def to_json(self) -> dict[str, Any]:
+        total = self.executions.total
         return {
             "service_name": self.service_name,
             "service_version": self.service_version,
-            "execution_id": self.execution_id,
-            "execution_state": self.execution.state,
-            "execution_finished": self.execution.is_finished,
+            "execution_id": self.executions.ids[0],
+            "execution_ids": self.executions.ids,
+            "execution_state": self.executions.state,
+            "execution_finished": self.executions.finished,
+            "executions": [span.to_json() for span in self.executions.spans],
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "destination": self.destination,
             "path_template": self.path_template,
-            "records": self.indexes if not self.all_records else {"from": 0, "to": self.execution.total - 1},
+            "records": self.records if not self.all_records else {"from": 0, "to": total - 1},
             "records_without_artifacts": self.records_without_artifacts,
             "counts": self.counts(),
             "bytes_total": self.bytes_total(),

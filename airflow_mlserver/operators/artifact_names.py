@@ -3,21 +3,29 @@
 An artifact name comes from the server and becomes one segment of a destination path, so a name that could
 escape ``dest`` (a path separator, ``..``, a drive prefix, control characters, an overlong name) is refused.
 The same rule checks every segment a path template renders. Here too: which records (``indexes``) and which
-files (``file_names``) to copy.
+files (``file_names``) to copy. The ``*_check`` functions are the operator's argument checks
+(:mod:`~airflow_mlserver.operators.arguments`): they run where the task is written, or right after a
+template renders, and raise :class:`~airflow_mlserver.exceptions.OperatorArgumentError`.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import numbers
 import re
+import string
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from airflow_mlserver.exceptions import ArtifactsConfigError, UnsafeArtifactNameError
+from airflow_mlserver.client.quoting import quoted
+from airflow_mlserver.exceptions import ArtifactsConfigError, OperatorArgumentError, UnsafeArtifactNameError
 
-#: Placeholders a path template may use.
-TEMPLATE_KEYS = ("execution_id", "index", "file_name", "service_name", "service_version")
+#: Placeholders a path template may use: the record's execution and its index there, its number in the task
+#: (as in the results file), the artifact's name, the service.
+TEMPLATE_KEYS = ("execution_id", "index", "record", "file_name", "service_name", "service_version")
+#: Placeholders that differ from one artifact to the next (the others are the same for one execution).
+PER_ARTIFACT_KEYS = ("index", "record", "file_name")
 #: Longest artifact name accepted, in UTF-8 bytes (most file systems and stores allow 255 per segment).
 MAX_NAME_BYTES = 255
 
@@ -66,89 +74,203 @@ def _name_problem(name: Any) -> str | None:
     return None
 
 
-def render_relative_path(template: str, **fields: Any) -> str:
-    """The destination path below ``dest`` that ``template`` gives; refused when it could escape ``dest``."""
-    try:
-        rel = template.format(**fields)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ArtifactsConfigError(
-            f"Path template {template!r} cannot be filled ({type(exc).__name__}: {exc}). Use only the "
-            f"placeholders {', '.join('{' + k + '}' for k in TEMPLATE_KEYS)}."
-        ) from None
+def _path_problem(rel: str) -> str | None:
+    """Why the relative path ``rel`` could escape (or break) ``dest``; None when it is safe."""
     if rel.startswith("/") or "\\" in rel:
-        raise UnsafeArtifactNameError(
-            f"The destination path {rel!r} (from template {template!r}) is absolute or has a backslash; it is "
-            "refused so that nothing is written outside dest."
-        )
+        return "it is absolute or has a backslash"
     for segment in rel.split("/"):
         problem = _name_problem(segment)
         if problem:
-            raise UnsafeArtifactNameError(
-                f"The destination path {rel!r} (from template {template!r}) is refused: its segment "
-                f"{segment!r} is unsafe ({problem}). Nothing is written outside dest."
-            )
+            return f"its segment {quoted(segment)} is unsafe ({problem})"
+    return None
+
+
+def render_relative_path(template: str, **fields: Any) -> str:
+    """The destination path below ``dest`` that ``template`` gives; refused when it could escape ``dest``.
+
+    The template itself was checked where it was written (:func:`path_template_check`); what can still be
+    refused here comes from the values (an execution id, an artifact name).
+    """
+    rel = template.format(**fields)
+    problem = _path_problem(rel)
+    if problem:
+        raise UnsafeArtifactNameError(
+            f"The destination path {quoted(rel)} (from template {quoted(template)}) is refused: {problem}. "
+            "Nothing is written outside dest."
+        )
     return rel
 
 
-def parse_indexes(value: Any, total: int) -> list[int]:
-    """Record indexes (0-based) from ``None`` (all), an int, a range, a list, or text like ``"0-9,15"``."""
-    if value is None:
-        return list(range(total))
-    items: list[int] = []
-    if isinstance(value, bool):
-        raise ArtifactsConfigError(f"indexes must be whole numbers, not {value!r}.")
-    if isinstance(value, int):
-        items = [value]
-    elif isinstance(value, range):
-        items = list(value)
-    elif isinstance(value, str):
-        text = value.strip().strip("[]")
-        for part in filter(None, (p.strip() for p in text.split(","))):
+#: Values a template is tried with where it is written: any value of the right type must fill it.
+_SAMPLE = {
+    "execution_id": "e",
+    "index": 0,
+    "record": 0,
+    "file_name": "f",
+    "service_name": "s",
+    "service_version": "1",
+}
+
+
+def _placeholders(argument: str, template: Any, allowed: tuple[str, ...]) -> list[str]:
+    """The placeholders of a path template, once it is known to fill (with sample values) into a safe path."""
+    listed = ", ".join("{" + k + "}" for k in allowed)
+    if not isinstance(template, str) or not template.strip():
+        raise OperatorArgumentError(
+            argument, template, f"give a path below dest, with placeholders among {listed}"
+        )
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        raise OperatorArgumentError(
+            argument, template, f"write each placeholder as {{name}} and a literal brace twice ({exc})"
+        ) from None
+    unknown = [f for f in fields if f not in allowed]
+    if unknown:
+        raise OperatorArgumentError(
+            argument, template, f"use only the placeholders {listed} ({{{unknown[0]}}} is not one)"
+        )
+    try:
+        rel = template.format(**_SAMPLE)
+    except (ValueError, TypeError) as exc:
+        raise OperatorArgumentError(
+            argument,
+            template,
+            f"give format specs that fit the values ({exc}); {{index}} and {{record}} are "
+            "whole numbers, the others text",
+        ) from None
+    problem = _path_problem(rel)
+    if problem:
+        raise OperatorArgumentError(
+            argument,
+            template,
+            f"give a relative path of plain names below dest (filled in, {problem})",
+        )
+    return fields
+
+
+def path_template_check(name: str, template: Any) -> Any:
+    """``path_template``: a safe relative path with ``{file_name}``, from the placeholders of :data:`TEMPLATE_KEYS`."""
+    if "file_name" not in _placeholders(name, template, TEMPLATE_KEYS):
+        raise OperatorArgumentError(
+            name,
+            template,
+            "include {file_name}: without it, every artifact of a record lands on one path (e.g. "
+            "'{record}/{file_name}')",
+        )
+    return template
+
+
+def manifest_template_check(one_execution: bool) -> Callable[[str, Any], Any]:
+    """``manifest_template``: a safe relative path; ``{execution_id}`` only where there is one execution."""
+    allowed = ("execution_id", "service_name", "service_version")[0 if one_execution else 1 :]
+
+    def check(name: str, template: Any) -> Any:
+        _placeholders(name, template, allowed)
+        return template
+
+    return check
+
+
+def distinguishes_executions(template: str) -> bool:
+    """Whether ``template`` sends records of different executions to different paths (or names no record)."""
+    fields = {field for _, field, _, _ in string.Formatter().parse(template) if field}
+    return "index" not in fields or bool(fields & {"record", "execution_id"})
+
+
+def _record_ranges(value: Any, argument: str) -> list[range]:
+    """The record numbers ``indexes`` names, as ranges (never expanded here: ``'0-999999999'`` stays cheap).
+
+    Refused (:class:`~airflow_mlserver.exceptions.OperatorArgumentError`): what cannot be read, a negative
+    number, a range written backwards or selecting nothing, and an empty text. An empty list selects nothing.
+    """
+    fix = (
+        "give None for every record, record numbers (0-based, as in the results file) as a list or a range, "
+        "or text such as '0-9,15'"
+    )
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "[]":  # an empty list, as a template renders it
+            return []
+        parts = [p.strip() for p in text.strip("[]").split(",")]
+        if not all(parts):
+            raise OperatorArgumentError(argument, value, f"{fix} (an empty part selects nothing)")
+        ranges = []
+        for part in parts:
             low, sep, high = part.partition("-")
             try:
-                if sep:
-                    items.extend(range(int(low), int(high) + 1))
-                else:
-                    items.append(int(part))
+                first, last = (int(low), int(high)) if sep else (int(part), int(part))
             except ValueError:
-                raise ArtifactsConfigError(
-                    f"indexes {value!r} cannot be read: write whole numbers and ranges like '0-9,15'."
-                ) from None
-    elif isinstance(value, Iterable):
-        for item in value:
-            if isinstance(item, bool) or not isinstance(item, int):
-                raise ArtifactsConfigError(f"indexes must be whole numbers; {item!r} is not.")
-            items.append(item)
-    else:
-        raise ArtifactsConfigError(
-            f"indexes must be None (all records), a list or range of whole numbers, or text like '0-9,15'; "
-            f"not {type(value).__name__}."
-        )
-    bad = [i for i in items if not 0 <= i < total]
-    if bad:
-        raise ArtifactsConfigError(
-            f"Record index {bad[0]} is out of range: the execution has {total} records, indexed 0 to "
-            f"{total - 1} (indexes count from 0)."
-        )
-    return sorted(set(items))
+                raise OperatorArgumentError(argument, value, f"{fix} ({part!r} is not one)") from None
+            if first > last:
+                raise OperatorArgumentError(
+                    argument,
+                    value,
+                    f"write the range {part!r} low to high ('{last}-{first}'): backwards it selects nothing",
+                )
+            ranges.append(range(first, last + 1))
+        return ranges
+    if isinstance(value, range):
+        if value.step < 0 or not value:
+            raise OperatorArgumentError(
+                argument, value, "give a range that selects records, low to high: range(low, high + 1)"
+            )
+        return [value]
+    single = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not single and (not isinstance(value, Collection) or isinstance(value, bytes | Mapping)):
+        raise OperatorArgumentError(argument, value, fix)
+    ranges = []
+    for item in [value] if single else value:
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral) or item < 0:
+            raise OperatorArgumentError(argument, value, f"{fix} ({quoted(item)} is not a record number)")
+        ranges.append(range(int(item), int(item) + 1))
+    return ranges
 
 
-def compile_file_filter(file_names: Any) -> Callable[[str], bool]:
+def indexes_check(name: str, value: Any) -> Any:
+    """``indexes``: readable record numbers (whether the executions have them is known at run time only)."""
+    if value is not None:
+        _record_ranges(value, name)
+    return value
+
+
+def select_records(value: Any, total: int) -> list[int]:
+    """The records ``indexes`` selects among ``total``, sorted (every record for None)."""
+    if value is None:
+        return list(range(total))
+    ranges = _record_ranges(value, "indexes")
+    highest = max((r[-1] for r in ranges), default=-1)
+    if highest >= total:
+        raise ArtifactsConfigError(
+            f"indexes selects record {highest:,}, but the executions have {total:,} records, numbered 0 to "
+            f"{total - 1:,} (as in the results file): select records below {total:,}."
+        )
+    return sorted(set().union(*ranges))
+
+
+def compile_file_filter(file_names: Any, argument: str = "file_names") -> Callable[[str], bool]:
     """A predicate for artifact names from ``None`` (all) or names and globs (``*.csv``)."""
     if file_names is None:
         return lambda _name: True
-    patterns = [file_names] if isinstance(file_names, str) else list(file_names)
+    fix = "give None for every file, or file names and globs ('*.csv') without '/' or '\\'"
+    if isinstance(file_names, str):
+        patterns: list[Any] = [file_names]
+    elif isinstance(file_names, Iterable) and not isinstance(file_names, bytes | dict):
+        patterns = list(file_names)
+    else:
+        raise OperatorArgumentError(argument, file_names, fix)
+    if not patterns:
+        raise OperatorArgumentError(argument, file_names, f"{fix} (an empty list selects nothing)")
     literals: set[str] = set()
     globs: list[str] = []
     for pattern in patterns:
-        if not isinstance(pattern, str) or not pattern:
-            raise ArtifactsConfigError(f"file_names must be non-empty names or globs, not {pattern!r}.")
+        problem = _name_problem(pattern)
+        if problem:
+            raise OperatorArgumentError(argument, file_names, f"{fix} ({quoted(pattern)}: {problem})")
         if _GLOB_CHARS & set(pattern):
-            if "/" in pattern or "\\" in pattern:
-                check_artifact_name(pattern, "File name pattern")
             globs.append(pattern)
         else:
-            literals.add(check_artifact_name(pattern, "File name"))
+            literals.add(pattern)
 
     def accept(name: str) -> bool:
         return name in literals or any(fnmatch.fnmatchcase(name, g) for g in globs)
@@ -156,8 +278,25 @@ def compile_file_filter(file_names: Any) -> Callable[[str], bool]:
     return accept
 
 
+def file_names_check(name: str, value: Any) -> Any:
+    """``file_names``: None, or names and globs that are plain file names."""
+    compile_file_filter(value, name)
+    return value
+
+
 def static_prefix(template: str, fields: dict[str, Any]) -> str:
-    """The part of the destination paths that is the same for every artifact (a folder, maybe empty)."""
-    cut = min((p for p in (template.find("{index}"), template.find("{file_name}")) if p >= 0), default=0)
-    head = template[:cut].rsplit("/", 1)[0] if "/" in template[:cut] else ""
-    return head.format(**fields) if head else ""
+    """The folder below ``dest`` that holds every artifact ``template`` places for ``fields`` (maybe empty).
+
+    ``fields`` hold the values that are the same for every artifact (an execution's id, the service); the
+    prefix ends before the first placeholder of :data:`PER_ARTIFACT_KEYS`.
+    """
+    head = ""
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        head += literal.replace("{", "{{").replace("}", "}}")
+        if field is None:
+            continue
+        if field in PER_ARTIFACT_KEYS:
+            break
+        head += "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+    folder = head.rsplit("/", 1)[0] if "/" in head else ""
+    return folder.format(**fields) if folder else ""

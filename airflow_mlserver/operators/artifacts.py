@@ -1,37 +1,54 @@
-"""Copy the artifacts of a batch execution's records from the Machine Learning Server into object storage.
+"""Copy the artifacts of batch executions' records from the Machine Learning Server into object storage.
 
 Each file streams from the HTTP answer to the destination in fixed-size chunks, so memory stays bounded
 (a few MiB per transfer) whatever the file size. A destination is never left half-written (see
 :mod:`~airflow_mlserver.operators.artifact_writes`), and the bytes written are always checked against the bytes
-read. The other concerns live beside this module: names, paths and selections in
+read. The other concerns live beside this module: the executions and their record numbers in
+:mod:`~airflow_mlserver.operators.artifact_records`, names, paths and selections in
 :mod:`~airflow_mlserver.operators.artifact_names`, the destination in
 :mod:`~airflow_mlserver.operators.artifact_destination`, the manifest in
-:mod:`~airflow_mlserver.operators.artifact_manifest`, and the wait for the execution in
+:mod:`~airflow_mlserver.operators.artifact_manifest`, the argument checks in
+:mod:`~airflow_mlserver.operators.arguments`, and the wait for the executions in
 :mod:`~airflow_mlserver.triggers.waiting`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
+from airflow.sdk import Asset, BaseOperator, ObjectStoragePath, XComArg
 
+from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.exceptions import (
     ArtifactsConfigError,
-    ArtifactSizeMismatchError,
     ArtifactTransferError,
     ExecutionWaitTimeoutError,
-    MLServerConnectionError,
+    OperatorArgumentError,
     UnsafeArtifactNameError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.artifact_destination import Destination, destination_path, destination_uri
+from airflow_mlserver.operators.arguments import (
+    Check,
+    check_arguments,
+    flag,
+    has_template,
+    optional,
+    seconds,
+    segment,
+    text,
+    whole_number,
+)
+from airflow_mlserver.operators.artifact_destination import (
+    Destination,
+    credentials_check,
+    dest_check,
+    destination_path,
+    destination_uri,
+)
 from airflow_mlserver.operators.artifact_manifest import (
     STATUS_COPIED,
     STATUS_FAILED,
@@ -44,80 +61,119 @@ from airflow_mlserver.operators.artifact_manifest import (
 from airflow_mlserver.operators.artifact_names import (
     check_artifact_name,
     compile_file_filter,
-    parse_indexes,
+    distinguishes_executions,
+    file_names_check,
+    indexes_check,
+    manifest_template_check,
+    path_template_check,
     render_relative_path,
+    select_records,
 )
-from airflow_mlserver.operators.artifact_writes import DEFAULT_CHUNK_SIZE, write_stream
+from airflow_mlserver.operators.artifact_records import Executions, execution_ids_check, read_execution_ids
+from airflow_mlserver.operators.artifact_transfers import Listing, Planned, Transfers
+from airflow_mlserver.operators.artifact_writes import DEFAULT_CHUNK_SIZE
 from airflow_mlserver.operators.links import MLServerBatchLink
-from airflow_mlserver.triggers.progress import ProgressLog
-from airflow_mlserver.triggers.waiting import wait_for_executions
+from airflow_mlserver.triggers.progress import ProgressLog, chunk_label
+from airflow_mlserver.triggers.waiting import deadline_passed, wait_for_executions
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_mlserver.client.models import BatchStatus
 
+#: Where artifacts and the manifest go by default when one execution (``execution_id``) is copied.
 DEFAULT_PATH_TEMPLATE = "{execution_id}/{index}/{file_name}"
 DEFAULT_MANIFEST_TEMPLATE = "{execution_id}/manifest.json"
+#: ... and when a batch task's executions (``execution_ids``) are: by record number, as in the results file.
+TASK_PATH_TEMPLATE = "{record}/{file_name}"
+TASK_MANIFEST_TEMPLATE = "manifest.json"
+#: The most transfers at a time (each a thread with its own connection and two ``chunk_size`` buffers).
+MAX_CONCURRENCY = 64
+#: The largest ``chunk_size``: two buffers of it per transfer stay in memory.
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
 
-
-@dataclass
-class _Planned:
-    """An artifact to copy: its record, its name, and its path below ``dest`` and in the store."""
-
-    index: int
-    file_name: str
-    rel: str = ""
-    path: str = ""
-
-
-def _content_length(reader: IO[bytes]) -> int | None:
-    """The artifact's size as the server announced it (``Content-Length``), when the answer says it."""
-    size = getattr(reader, "size", None)
-    return size if isinstance(size, int) else None
+_CONN_ID = "an Airflow connection id"
+_ARGUMENT_CHECKS: dict[str, Check] = {
+    "service_name": segment("the name of a published web service"),
+    "service_version": segment("the web service's version, e.g. '1.0'"),
+    "execution_id": optional(segment("a batch execution id, e.g. one of the batch operator's execution_ids")),
+    "execution_ids": optional(execution_ids_check),
+    "dest": dest_check,
+    "indexes": indexes_check,
+    "file_names": file_names_check,
+    "path_template": path_template_check,
+    "max_concurrency": whole_number(1, MAX_CONCURRENCY, "transfers at a time"),
+    "overwrite": flag(),
+    "wait_for_completion": flag(),
+    "poll_interval": seconds(),
+    "timeout": optional(seconds()),
+    "fail_on_refused": flag(),
+    "transfer_retries": whole_number(0, 100, "further attempts of a broken transfer"),
+    "chunk_size": whole_number(4096, MAX_CHUNK_SIZE, "bytes per read and write"),
+    "mlserver_conn_id": text(_CONN_ID),
+    "dest_conn_id": optional(text(_CONN_ID)),
+}
 
 
 class MLServerArtifactsToObjectStorageOperator(BaseOperator):
-    """Copy the artifacts (files) of a batch execution's records into object storage.
+    """Copy the artifacts (files) of batch executions' records into object storage.
 
-    Every artifact of the selected records streams from the server to
-    ``dest / path_template.format(execution_id=..., index=..., file_name=...)`` in chunks, with up to
-    ``max_concurrency`` transfers at a time. A destination is never left half-written (temporary name and
-    rename on local file systems; aborted upload on S3, GCS and Azure Blob; size check and delete
-    elsewhere), and the bytes written are checked against the bytes read. A JSON manifest (index, file
-    name, bytes, sha256, destination URI and status of each artifact, and the records that produced none)
-    is written next to the files; the task returns a small summary (counts, bytes, manifest URI) as XCom.
+    Give one execution (``execution_id``), or every execution of a batch task (``execution_ids``, typically
+    ``score.output["execution_ids"]``, also from a mapped batch task). Records are numbered as the batch
+    task's results file numbers them: across the executions in the order given (for a mapped task, map index
+    order), each execution's records after those of the earlier ones. ``indexes`` selects such numbers, and
+    ``path_template`` places each artifact with ``{record}`` (that number), ``{execution_id}`` and ``{index}``
+    (the record's execution and its index there), ``{file_name}``, ``{service_name}``, ``{service_version}``.
+
+    Every artifact of the selected records streams from the server to ``dest / path_template`` in chunks,
+    with up to ``max_concurrency`` transfers at a time. A destination is never left half-written (temporary
+    name and rename on local file systems; aborted upload on S3, GCS and Azure Blob; size check and delete
+    elsewhere), and the bytes written are checked against the bytes read. One JSON manifest (the executions
+    with their first record and record count; the record number, execution, index, file name, bytes, sha256,
+    destination URI and status of each artifact; the records that produced none) is written next to the
+    files; the task returns a small summary (counts, bytes, execution ids, manifest URI) as XCom.
 
     A rerun copies nothing twice: by default an artifact whose destination exists with the size the
     server announces is skipped (its sha256 is carried over from the previous manifest). Artifact names
     that could escape ``dest`` (a path separator, ``..``, an absolute path, control characters) are
     refused, counted and never written; by default the task then fails after copying everything else.
 
-    Credentials of the destination come only from its Airflow connection (``dest_conn_id``, or a
-    ``protocol://conn_id@bucket/key`` URI); a URI that carries a password is refused.
+    Every argument is checked where it is written (a templated one right after it renders, before anything
+    is sent): a bad one raises :class:`~airflow_mlserver.exceptions.OperatorArgumentError`. Credentials of the
+    destination come only from its Airflow connection (``dest_conn_id``, or a ``protocol://conn_id@bucket/key``
+    URI); a ``dest`` that carries a password is refused at construction, even in a template's text, so it
+    never reaches the serialized DAG.
 
     :param service_name: Name of the web service. (templated)
     :param service_version: Version of the web service. (templated)
-    :param execution_id: The batch execution id, typically the batch operator's XCom. (templated)
+    :param execution_id: One batch execution id. Give it or ``execution_ids``. (templated)
+    :param execution_ids: Every execution of a batch task, in record order: a list of ids, or the batch
+        operator's ``execution_ids`` XCom (``score.output["execution_ids"]``; from a mapped batch task, a list
+        per map index, taken in map index order), or its summary (``score.output``). (templated)
     :param dest: Where the files go: an ``ObjectStoragePath`` or a URI such as ``file:///data/out``,
         ``s3://bucket/prefix``, ``gs://...`` or ``abfs://...`` (any store Airflow's object storage
         supports). (templated)
-    :param indexes: Records to copy (0-based): ``None`` for all, a list or range, or text such as
-        ``"0-9,15"``. (templated)
+    :param indexes: Records to copy, numbered from 0 across the executions as in the results file: ``None``
+        for all, a list or range, or text such as ``"0-9,15"`` (a range low to high). An empty list copies
+        nothing. (templated)
     :param file_names: Artifact names or globs (``"*.csv"``) to copy; ``None`` for all. (templated)
-    :param path_template: Destination path below ``dest``; placeholders ``{execution_id}``, ``{index}``,
-        ``{file_name}``, ``{service_name}``, ``{service_version}``. (templated)
-    :param manifest_template: Path of the JSON manifest below ``dest``, same placeholders but ``{index}``
-        and ``{file_name}``. (templated)
-    :param max_concurrency: Transfers (and artifact listings) run in parallel threads.
+    :param path_template: Destination path below ``dest``, with ``{file_name}`` and the placeholders above;
+        default ``{execution_id}/{index}/{file_name}`` with ``execution_id``, ``{record}/{file_name}`` with
+        ``execution_ids``. (templated)
+    :param manifest_template: Path of the JSON manifest below ``dest``; ``{service_name}``,
+        ``{service_version}``, and ``{execution_id}`` with ``execution_id`` only; default
+        ``{execution_id}/manifest.json`` with ``execution_id``, ``manifest.json`` with ``execution_ids``.
+        (templated)
+    :param max_concurrency: Transfers (and artifact listings) run in parallel threads, 1 to 64.
     :param overwrite: Copy every artifact again, even when its destination exists with the same size.
-    :param wait_for_completion: Wait for the execution to finish before copying; when ``False``, copy the
+    :param wait_for_completion: Wait for the executions to finish before copying; when ``False``, copy the
         artifacts of the records finished so far.
-    :param poll_interval: Seconds between two status polls while waiting.
-    :param timeout: Longest wait for the execution, in seconds (``None``: no limit besides the task's).
+    :param poll_interval: Seconds (or a timedelta) between two status polls while waiting.
+    :param timeout: Longest wait for the executions, in seconds or a timedelta (``None``: no limit besides the
+        task's).
     :param fail_on_refused: Fail the task (after copying the rest) when an artifact name was refused.
-    :param transfer_retries: Further attempts of a transfer that broke off (each starts over).
-    :param chunk_size: Bytes moved per read and write.
+    :param transfer_retries: Further attempts of a transfer that broke off (each starts over), 0 to 100.
+    :param chunk_size: Bytes moved per read and write, 4 KiB to 64 MiB.
     :param dest_as_outlet: Declare ``dest`` as an :class:`~airflow.sdk.Asset` outlet of the task (``dest``
         must then not be a Jinja template; otherwise pass ``outlets`` yourself).
     :param mlserver_conn_id: The Machine Learning Server connection. (templated)
@@ -129,6 +185,7 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         "service_name",
         "service_version",
         "execution_id",
+        "execution_ids",
         "dest",
         "indexes",
         "file_names",
@@ -145,12 +202,13 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         *,
         service_name: str,
         service_version: str,
-        execution_id: str,
         dest: str | ObjectStoragePath,
+        execution_id: str | None = None,
+        execution_ids: Any = None,
         indexes: Any = None,
         file_names: str | Sequence[str] | None = None,
-        path_template: str = DEFAULT_PATH_TEMPLATE,
-        manifest_template: str = DEFAULT_MANIFEST_TEMPLATE,
+        path_template: str | None = None,
+        manifest_template: str | None = None,
         max_concurrency: int = 4,
         overwrite: bool = False,
         wait_for_completion: bool = True,
@@ -164,36 +222,41 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         dest_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if dest_as_outlet:
-            if isinstance(dest, str) and ("{{" in dest or "{%" in dest):
-                raise ArtifactsConfigError(
-                    "dest_as_outlet needs a fixed dest, but dest is a Jinja template: pass "
-                    "outlets=[Asset(...)] yourself."
+        credentials_check("dest", dest)  # even in a template's text: never into the serialized DAG
+        if flag()("dest_as_outlet", dest_as_outlet):
+            if has_template(dest):
+                raise OperatorArgumentError(
+                    "dest",
+                    dest,
+                    "give a fixed dest with dest_as_outlet=True, or pass outlets=[Asset(...)] yourself",
                 )
+            dest_check("dest", dest)
             outlets = list(kwargs.pop("outlets", None) or [])
             outlets.append(Asset(destination_uri(destination_path(dest, dest_conn_id))))
             kwargs["outlets"] = outlets
         super().__init__(**kwargs)
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ArtifactsConfigError(
-                f"max_concurrency must be a whole number of at least 1, not {max_concurrency!r}."
+        if (execution_id is None) == (execution_ids is None):
+            raise OperatorArgumentError(
+                "execution_ids" if execution_ids is not None else "execution_id",
+                execution_ids if execution_ids is not None else execution_id,
+                "give execution_id (one execution) or execution_ids (a batch task's executions, e.g. "
+                "score.output['execution_ids']), exactly one of the two",
             )
-        if poll_interval <= 0:
-            raise ArtifactsConfigError(f"poll_interval must be positive, not {poll_interval!r}.")
-        if timeout is not None and timeout <= 0:
-            raise ArtifactsConfigError(f"timeout must be positive or None, not {timeout!r}.")
-        if chunk_size < 4096:
-            raise ArtifactsConfigError(f"chunk_size must be at least 4096 bytes, not {chunk_size!r}.")
-        if transfer_retries < 0:
-            raise ArtifactsConfigError(f"transfer_retries must be 0 or more, not {transfer_retries!r}.")
         self.service_name = service_name
         self.service_version = service_version
         self.execution_id = execution_id
+        self.execution_ids = execution_ids
         self.dest = dest
         self.indexes = indexes
         self.file_names = file_names
-        self.path_template = path_template
-        self.manifest_template = manifest_template
+        one = execution_ids is None
+        default_path, default_manifest = (
+            (DEFAULT_PATH_TEMPLATE, DEFAULT_MANIFEST_TEMPLATE)
+            if one
+            else (TASK_PATH_TEMPLATE, TASK_MANIFEST_TEMPLATE)
+        )
+        self.path_template = default_path if path_template is None else path_template
+        self.manifest_template = default_manifest if manifest_template is None else manifest_template
         self.max_concurrency = max_concurrency
         self.overwrite = overwrite
         self.wait_for_completion = wait_for_completion
@@ -204,78 +267,81 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         self.chunk_size = chunk_size
         self.mlserver_conn_id = mlserver_conn_id
         self.dest_conn_id = dest_conn_id
-        self._hooks: list[MLServerHook] = []
-        self._local = threading.local()
-        self._hooks_lock = threading.Lock()
+        # an XComArg resolves at run time, as a template renders: both are checked right after rendering
+        checks = self._checks()
+        check_arguments(self, {k: c for k, c in checks.items() if not isinstance(getattr(self, k), XComArg)})
 
-    # -- hooks, one per thread (a hook holds one requests session and one token) ---------------------------
-
-    def _hook(self) -> MLServerHook:
-        hook: MLServerHook | None = getattr(self._local, "hook", None)
-        if hook is None:
-            hook = MLServerHook(self.mlserver_conn_id)
-            self._local.hook = hook
-            with self._hooks_lock:
-                self._hooks.append(hook)
-        return hook
-
-    def _close_hooks(self) -> None:
-        with self._hooks_lock:
-            hooks, self._hooks = self._hooks, []
-        for hook in hooks:
-            with contextlib.suppress(Exception):
-                hook.close()
-        self._local = threading.local()
+    def _checks(self) -> dict[str, Check]:
+        """Each argument's check; the manifest may name the execution only when there is one."""
+        return {**_ARGUMENT_CHECKS, "manifest_template": manifest_template_check(self.execution_ids is None)}
 
     # -- execute ------------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        try:
-            return self._execute(context)
-        finally:
-            self._close_hooks()
-
-    def _execute(self, context: Context) -> dict[str, Any]:
+        check_arguments(self, self._checks(), rendered=True)  # before anything is sent or awaited
         name, version = str(self.service_name), str(self.service_version)
-        execution_id = check_artifact_name(str(self.execution_id).strip(), "Execution id")
+        transfers = Transfers(
+            str(self.mlserver_conn_id), name, version, self.chunk_size, self.transfer_retries, self.log
+        )
+        try:
+            return self._execute(context, transfers)
+        finally:
+            transfers.close()
+
+    def _execute(self, context: Context, transfers: Transfers) -> dict[str, Any]:
+        name, version = transfers.name, transfers.version
+        if self.execution_ids is None:
+            ids = [str(self.execution_id)]
+        else:
+            ids = read_execution_ids(self.execution_ids)
+            if len(ids) > 1 and not distinguishes_executions(self.path_template):
+                raise ArtifactsConfigError(
+                    f"path_template {quoted(self.path_template)} places record index {{index}} without "
+                    f"{{execution_id}} or {{record}}, so the records of the {len(ids)} executions would overwrite each "
+                    "other: use {record} (the record's number in the task, as in the results file)."
+                )
         dest = Destination.open(self.dest, self.dest_conn_id)
         accept = compile_file_filter(self.file_names)
-        base_fields = {"execution_id": execution_id, "service_name": name, "service_version": version}
-        probe = render_relative_path(self.path_template, index=0, file_name="f", **base_fields)
-        if "{file_name}" not in self.path_template:
-            raise ArtifactsConfigError(
-                f"path_template {self.path_template!r} has no {{file_name}}: every artifact would land on "
-                f"{probe!r}. Include {{file_name}} (and {{index}})."
-            )
-        manifest_rel = render_relative_path(self.manifest_template, **base_fields)
-        manifest_path = f"{dest.root}/{manifest_rel}"
+        service = {"service_name": name, "service_version": version}
+        manifest_fields = {**service, "execution_id": ids[0]} if self.execution_ids is None else service
+        manifest_path = f"{dest.root}/{render_relative_path(self.manifest_template, **manifest_fields)}"
 
-        status = self._wait(name, version, execution_id)
-        indexes = parse_indexes(self.indexes, status.total)
+        executions = Executions.number(ids, self._wait(transfers.hook(), name, version, ids))
+        records = select_records(self.indexes, executions.total)
+        what = (
+            f"Execution '{ids[0]}'"
+            if len(ids) == 1
+            else f"The {len(ids)} executions ({executions.total:,} records)"
+        )
         self.log.info(
-            "Execution '%s' of %s/%s is %s (%d of %d records done); copying the artifacts of %d records to %s",
-            execution_id, name, version, status.state, status.completed, status.total, len(indexes), dest.uri,
+            "%s of %s/%s: %s (%d of %d records done); copying the artifacts of %d records to %s",
+            what, name, version, executions.state, sum(s.status.completed for s in executions.spans),
+            executions.total, len(records), dest.uri,
         )  # fmt: skip
 
         with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="mlserver-artifacts") as pool:
-            listings = list(pool.map(lambda i: (i, self._list(name, version, execution_id, i)), indexes))
-            planned, entries = self._plan(listings, accept, base_fields, dest.root, manifest_path)
-            existing = {} if self.overwrite else dest.existing_sizes(self.path_template, base_fields)
+            listings = list(pool.map(lambda r: transfers.listing(executions, r), records))
+            planned, entries = self._plan(listings, accept, service, dest.root, manifest_path)
+            existing = (
+                {}
+                if self.overwrite
+                else dest.existing_sizes(self.path_template, [{**service, "execution_id": e} for e in ids])
+            )
             previous = read_previous(dest.fs, manifest_path)
-            entries.extend(pool.map(lambda p: self._copy(dest, p, existing.get(p.path), previous), planned))
+            entries.extend(
+                pool.map(lambda p: transfers.copy(dest, p, existing.get(p.path), previous), planned)
+            )
 
-        entries.sort(key=lambda e: (e.index, e.file_name))
-        no_artifacts = [i for i, files in listings if not files]
+        entries.sort(key=lambda e: (e.record, e.file_name))
         manifest = Manifest(
             service_name=name,
             service_version=version,
-            execution_id=execution_id,
-            execution=status,
+            executions=executions,
             destination=dest.uri,
             path_template=self.path_template,
-            indexes=indexes,
+            records=records,
             all_records=self.indexes is None,
-            records_without_artifacts=no_artifacts,
+            records_without_artifacts=[listing.record for listing in listings if not listing.files],
             entries=entries,
             uri=dest.uri_of(manifest_path),
         )
@@ -291,8 +357,8 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
                 "%d records produced no artifacts%s: %s%s",
                 len(no_artifacts),
                 ""
-                if manifest.execution.is_finished
-                else " so far (the execution is still running: some may not have run yet)",
+                if manifest.executions.finished
+                else " so far (an execution is still running: some may not have run yet)",
                 no_artifacts[:20],
                 " ..." if len(no_artifacts) > 20 else "",
             )
@@ -309,8 +375,8 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
             first = next(e for e in manifest.entries if e.status in (STATUS_FAILED, STATUS_REFUSED))
             raise ArtifactTransferError(
                 f"{counts[STATUS_FAILED]} artifacts failed to copy and {counts[STATUS_REFUSED]} were refused "
-                f"(first: record {first.index} '{first.file_name}': {first.error}). The manifest {manifest.uri} lists "
-                "each one. Failed copies left nothing behind: run the task again and only they are copied. "
+                f"(first: record {first.record} '{first.file_name}': {first.error}). The manifest {manifest.uri} "
+                "lists each one. Failed copies left nothing behind: run the task again and only they are copied. "
                 "Refused names must be fixed in the service (or excluded with file_names, or allowed to pass "
                 "with fail_on_refused=False).",
                 summary,
@@ -319,121 +385,96 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
 
     # -- steps ----------------------------------------------------------------------------------------------
 
-    def _wait(self, name: str, version: str, execution_id: str) -> BatchStatus:
-        """The execution's status once it has finished (or now, without ``wait_for_completion``)."""
-        hook = self._hook()
+    def _wait(self, hook: MLServerHook, name: str, version: str, ids: list[str]) -> list[BatchStatus]:
+        """The executions' statuses once all have finished (or now, without ``wait_for_completion``)."""
         if not self.wait_for_completion:
-            return hook.get_batch(name, version, execution_id)
+            return [hook.get_batch(name, version, e) for e in ids]
         started = time.monotonic()
         deadline = time.time() + self.timeout if self.timeout is not None else None
-        progress = ProgressLog(self.log)  # once a minute; a pending execution says how long it has waited
-        [status] = wait_for_executions(
-            hook, name, version, [execution_id], self.poll_interval, deadline, progress
-        )
-        if not status.is_finished:
-            raise ExecutionWaitTimeoutError(
-                f"Batch execution '{execution_id}' of {name}/{version} is still {status.state} "
-                f"({status.completed} of {status.total} records) after {time.monotonic() - started:.0f} s, and "
-                f"timeout is {self.timeout:g} s. Raise timeout, or set wait_for_completion=False to copy what "
-                "exists so far."
-            )
-        return status
+        labels = {e: chunk_label(i, len(ids), False) for i, e in enumerate(ids)} if len(ids) > 1 else {}
+        # once a minute; a pending execution says how long it has waited
+        progress = ProgressLog(self.log, labels)
+        statuses: dict[str, BatchStatus] = {}
+        waiting = list(ids)
+        while waiting:  # a wait ends early when one execution ends (fails): wait on for the others
+            polled = wait_for_executions(hook, name, version, waiting, self.poll_interval, deadline, progress)
+            statuses.update(zip(waiting, polled, strict=True))
+            waiting = [e for e in waiting if not statuses[e].is_finished]
+            if waiting and deadline_passed(deadline):
+                late = [
+                    f"'{e}' ({statuses[e].state}, {statuses[e].completed} of {statuses[e].total} records)"
+                    for e in waiting
+                ]
+                more = f" and {len(late) - 3} more" if len(late) > 3 else ""
+                raise ExecutionWaitTimeoutError(
+                    f"Not finished after {time.monotonic() - started:.0f} s (timeout is {self.timeout:g} s): batch "
+                    f"execution {', '.join(late[:3])}{more} of {name}/{version}. Raise timeout, or set "
+                    "wait_for_completion=False to copy what exists so far."
+                )
+        return [statuses[e] for e in ids]
 
     def _plan(
         self,
-        listings: list[tuple[int, list[Any]]],
+        listings: list[Listing],
         accept: Callable[[str], bool],
-        base_fields: dict[str, Any],
+        service: dict[str, str],
         root: str,
         manifest_path: str,
-    ) -> tuple[list[_Planned], list[ArtifactEntry]]:
+    ) -> tuple[list[Planned], list[ArtifactEntry]]:
         """The artifacts to copy, and the entries of those refused for their names.
 
         Refuses (fails the task) a path template that sends two artifacts, or one and the manifest, to one place.
         """
-        planned: list[_Planned] = []
+        planned: list[Planned] = []
         refused: list[ArtifactEntry] = []
-        seen: dict[str, _Planned] = {}
-        for index, files in listings:
-            for file_name in files:
+        seen: dict[str, Planned] = {}
+        for listing in listings:
+            for file_name in listing.files:
                 if not isinstance(file_name, str) or not accept(file_name):
                     continue
-                item = _Planned(index, file_name)
+                item = Planned(listing.record, listing.execution_id, listing.index, file_name)
                 try:
-                    check_artifact_name(file_name, f"Artifact name of record {index}")
+                    check_artifact_name(file_name, f"Artifact name of record {item.record}")
                     item.rel = render_relative_path(
-                        self.path_template, index=index, file_name=file_name, **base_fields
-                    )
+                        self.path_template, execution_id=item.execution_id, index=item.index,
+                        record=item.record, file_name=file_name, **service,
+                    )  # fmt: skip
                 except UnsafeArtifactNameError as exc:
                     self.log.error("%s", exc)
-                    refused.append(ArtifactEntry(index, file_name, STATUS_REFUSED, error=str(exc)))
+                    refused.append(
+                        ArtifactEntry(
+                            item.record,
+                            item.index,
+                            file_name,
+                            STATUS_REFUSED,
+                            item.execution_id,
+                            error=str(exc),
+                        )
+                    )
                     continue
                 item.path = f"{root}/{item.rel}"
                 if item.path == manifest_path:
                     raise ArtifactsConfigError(
-                        f"Artifact '{file_name}' of record {index} would overwrite the manifest at {item.rel!r}: "
-                        "change path_template or manifest_template."
+                        f"Artifact '{file_name}' of record {item.record} would overwrite the manifest at "
+                        f"{item.rel!r}: change path_template or manifest_template."
                     )
                 if item.path in seen:
                     other = seen[item.path]
                     raise ArtifactsConfigError(
-                        f"path_template {self.path_template!r} sends artifact '{file_name}' of record {index} and "
-                        f"'{other.file_name}' of record {other.index} to the same place ({item.rel!r}): include "
-                        "{index} and {file_name}."
+                        f"path_template {quoted(self.path_template)} sends artifact '{file_name}' of record "
+                        f"{item.record} and '{other.file_name}' of record {other.record} to the same place "
+                        f"({item.rel!r}): "
+                        "include {record} (or {index}) and {file_name}."
                     )
                 seen[item.path] = item
                 planned.append(item)
         return planned, refused
 
-    def _list(self, name: str, version: str, execution_id: str, index: int) -> list[Any]:
-        return list(self._hook().list_artifacts(name, version, execution_id, index))
 
-    def _copy(
-        self,
-        dest: Destination,
-        item: _Planned,
-        existing_size: int | None,
-        previous: dict[tuple[int, str], ArtifactEntry],
-    ) -> ArtifactEntry:
-        """Copy one artifact (skipped when its destination holds the announced size), retrying a broken transfer."""
-        uri = dest.uri_of(item.path)
-        entry = ArtifactEntry(item.index, item.file_name, STATUS_FAILED, destination=uri)
-        for attempt in range(self.transfer_retries + 1):
-            try:
-                with self._hook().open_artifact(
-                    str(self.service_name), str(self.service_version), str(self.execution_id).strip(),
-                    item.index, item.file_name,
-                ) as source:  # fmt: skip
-                    announced = _content_length(source)
-                    if existing_size is not None:
-                        known = previous.get((item.index, item.file_name))
-                        known_size = known.bytes if known is not None else None
-                        size = announced if announced is not None else known_size
-                        if size == existing_size:
-                            entry.status, entry.bytes = STATUS_SKIPPED, existing_size
-                            if known is not None and known_size == existing_size:
-                                entry.sha256 = known.sha256
-                            return entry
-                    written, digest = write_stream(
-                        dest.fs, dest.mode, item.path, source, self.chunk_size, announced
-                    )
-                entry.status, entry.bytes, entry.sha256, entry.error = STATUS_COPIED, written, digest, None
-                return entry
-            except (MLServerConnectionError, ArtifactSizeMismatchError, OSError) as exc:
-                entry.error = f"{type(exc).__name__}: {exc}"
-                if attempt < self.transfer_retries:
-                    self.log.warning(
-                        "Copying record %d '%s' broke off (%s); starting over (attempt %d of %d)",
-                        item.index, item.file_name, exc, attempt + 2, self.transfer_retries + 1,
-                    )  # fmt: skip
-                    continue
-            except Exception as exc:
-                entry.error = f"{type(exc).__name__}: {exc}"
-                break
-        self.log.error(
-            "Could not copy record %d '%s' to %s: %s", item.index, item.file_name, uri, entry.error
-        )
-        return entry
-
-
-__all__ = ["DEFAULT_MANIFEST_TEMPLATE", "DEFAULT_PATH_TEMPLATE", "MLServerArtifactsToObjectStorageOperator"]
+__all__ = [
+    "DEFAULT_MANIFEST_TEMPLATE",
+    "DEFAULT_PATH_TEMPLATE",
+    "TASK_MANIFEST_TEMPLATE",
+    "TASK_PATH_TEMPLATE",
+    "MLServerArtifactsToObjectStorageOperator",
+]

@@ -1,0 +1,155 @@
+"""The HTTP side of the artifacts operator: listing records' artifacts and copying each one into its store.
+
+A :class:`Transfers` runs in the operator's thread pool: each thread gets its own hook (a hook holds one
+``requests`` session and one token), and each artifact streams from the server into the store in chunks
+(:func:`~airflow_mlserver.operators.artifact_writes.write_stream`), with a broken transfer started over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from airflow_mlserver.exceptions import ArtifactSizeMismatchError, MLServerConnectionError
+from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.operators.artifact_manifest import (
+    STATUS_COPIED,
+    STATUS_FAILED,
+    STATUS_SKIPPED,
+    ArtifactEntry,
+)
+from airflow_mlserver.operators.artifact_writes import write_stream
+
+if TYPE_CHECKING:
+    from airflow_mlserver.operators.artifact_destination import Destination
+    from airflow_mlserver.operators.artifact_records import Executions
+
+
+class WarningLog(Protocol):
+    """What a :class:`Transfers` logs to (a task's logger)."""
+
+    def warning(self, msg: str, /, *args: Any) -> Any: ...
+
+    def error(self, msg: str, /, *args: Any) -> Any: ...
+
+
+@dataclass
+class Listing:
+    """The artifact names of one record: its number in the task, its execution and its index there."""
+
+    record: int
+    execution_id: str
+    index: int
+    files: list[Any]
+
+
+@dataclass
+class Planned:
+    """An artifact to copy: its record, its name, and its path below ``dest`` and in the store."""
+
+    record: int
+    execution_id: str
+    index: int
+    file_name: str
+    rel: str = ""
+    path: str = ""
+
+
+def _content_length(reader: IO[bytes]) -> int | None:
+    """The artifact's size as the server announced it (``Content-Length``), when the answer says it."""
+    size = getattr(reader, "size", None)
+    return size if isinstance(size, int) else None
+
+
+class Transfers:
+    """Listings and copies for one run of the operator, from any thread of its pool.
+
+    :param conn_id: The Machine Learning Server connection.
+    :param chunk_size: Bytes moved per read and write.
+    :param retries: Further attempts of a transfer that broke off.
+    :param log: Where a broken or failed transfer is told.
+    """
+
+    def __init__(
+        self, conn_id: str, name: str, version: str, chunk_size: int, retries: int, log: WarningLog
+    ) -> None:
+        self.conn_id, self.name, self.version = conn_id, name, version
+        self.chunk_size, self.retries, self.log = chunk_size, retries, log
+        self._hooks: list[MLServerHook] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def hook(self) -> MLServerHook:
+        """This thread's hook."""
+        hook: MLServerHook | None = getattr(self._local, "hook", None)
+        if hook is None:
+            hook = MLServerHook(self.conn_id)
+            self._local.hook = hook
+            with self._lock:
+                self._hooks.append(hook)
+        return hook
+
+    def close(self) -> None:
+        """Close every thread's hook."""
+        with self._lock:
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            with contextlib.suppress(Exception):
+                hook.close()
+        self._local = threading.local()
+
+    def listing(self, executions: Executions, record: int) -> Listing:
+        """The artifact names of record ``record`` (a number in the task)."""
+        span, index = executions.locate(record)
+        files = list(self.hook().list_artifacts(self.name, self.version, span.execution_id, index))
+        return Listing(record, span.execution_id, index, files)
+
+    def copy(
+        self,
+        dest: Destination,
+        item: Planned,
+        existing_size: int | None,
+        previous: dict[str, ArtifactEntry],
+    ) -> ArtifactEntry:
+        """Copy one artifact (skipped when its destination holds the announced size), retrying a broken transfer."""
+        uri = dest.uri_of(item.path)
+        entry = ArtifactEntry(
+            item.record, item.index, item.file_name, STATUS_FAILED, item.execution_id, destination=uri
+        )
+        for attempt in range(self.retries + 1):
+            try:
+                with self.hook().open_artifact(
+                    self.name, self.version, item.execution_id, item.index, item.file_name
+                ) as source:
+                    announced = _content_length(source)
+                    if existing_size is not None:
+                        known = previous.get(uri)
+                        known_size = known.bytes if known is not None else None
+                        size = announced if announced is not None else known_size
+                        if size == existing_size:
+                            entry.status, entry.bytes = STATUS_SKIPPED, existing_size
+                            if known is not None and known_size == existing_size:
+                                entry.sha256 = known.sha256
+                            return entry
+                    written, digest = write_stream(
+                        dest.fs, dest.mode, item.path, source, self.chunk_size, announced
+                    )
+                entry.status, entry.bytes, entry.sha256, entry.error = STATUS_COPIED, written, digest, None
+                return entry
+            except (MLServerConnectionError, ArtifactSizeMismatchError, OSError) as exc:
+                entry.error = f"{type(exc).__name__}: {exc}"
+                if attempt < self.retries:
+                    self.log.warning(
+                        "Copying record %d '%s' broke off (%s); starting over (attempt %d of %d)",
+                        item.record, item.file_name, exc, attempt + 2, self.retries + 1,
+                    )  # fmt: skip
+                    continue
+            except Exception as exc:
+                entry.error = f"{type(exc).__name__}: {exc}"
+                break
+        self.log.error(
+            "Could not copy record %d '%s' to %s: %s", item.record, item.file_name, uri, entry.error
+        )
+        return entry
