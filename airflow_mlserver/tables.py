@@ -6,10 +6,10 @@ Inputs can be a DataFrame, a list of dicts, a dict of columns, or a path/URI rea
 same source twice yields the same chunks, which is what lets a retried task find "chunk 3" again.
 
 Results are written as Parquet (default) or CSV, one row per input record: the input columns, then each
-declared output, then ``success`` and ``error_message``. Output columns follow the service's declaration
-and the table of :mod:`airflow_mlserver.client.parameters` (``vector``, ``matrix`` and ``data.frame``
-outputs are stored as JSON text). The file is written under a temporary name and moved into place, so a
-reader never sees a half-written result.
+declared output, then ``success`` and ``error_message`` (and ``attempts`` when failed records are rescored).
+Output columns follow the service's declaration and the table of :mod:`airflow_mlserver.client.parameters`
+(``vector``, ``matrix`` and ``data.frame`` outputs are stored as JSON text). The file is written under a
+temporary name and moved into place, so a reader never sees a half-written result.
 """
 
 from __future__ import annotations
@@ -150,11 +150,16 @@ def _json_text(value: Any) -> str | None:
 
 
 def results_frame(
-    inputs: pd.DataFrame, results: Sequence[RecordResult], service: WebService, offset: int
+    inputs: pd.DataFrame,
+    results: Sequence[RecordResult],
+    service: WebService,
+    offset: int,
+    attempts: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """One chunk's result rows: the input columns, each declared output, ``success``, ``error_message``.
 
-    ``record`` is the 0-based row number in the whole input (chunk offset + position in the chunk).
+    ``record`` is the 0-based row number in the whole input (chunk offset + position in the chunk); with
+    ``attempts`` (how many times each record was scored) an ``attempts`` column ends the rows.
     """
     if len(results) != len(inputs):
         raise ValueError(f"{len(results)} results for {len(inputs)} input records")
@@ -167,6 +172,8 @@ def results_frame(
         frame[_unique(frame, output.name)] = values
     frame[_unique(frame, "success")] = [r.success for r in results]
     frame[_unique(frame, "error_message")] = [r.error_message or None for r in results]
+    if attempts is not None:
+        frame[_unique(frame, "attempts")] = list(attempts)
     return frame
 
 
@@ -185,7 +192,7 @@ def results_schema(first: pd.DataFrame, service: WebService) -> pa.Schema:
             fields.append(pa.field(field.name, pa.bool_()))
         elif field.name == "error_message":
             fields.append(pa.field(field.name, pa.string()))
-        elif field.name == "record":
+        elif field.name in ("record", "attempts"):
             fields.append(pa.field(field.name, pa.int64()))
         elif field.name in declared or field.name.removeprefix("output_") in declared:
             key = field.name if field.name in declared else field.name.removeprefix("output_")

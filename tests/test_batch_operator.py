@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,34 @@ from tests.helpers import Api
 
 SCORER = "if x < 0:\n    raise ValueError(f'negative input {x}')\ny = x * 2\nlabel = name.upper()\n"
 SLOW = "import time\ntime.sleep(1)\ny = x\nlabel = name\n"
+#: The results file's columns for the services' inputs (x, name) and outputs (y, label).
+COLUMNS = ["record", "x", "name", "y", "label", "success", "error_message"]
+
+
+#: Fails a record named ``flaky...`` at its first attempt only (a marker file in a folder of the test's), and a
+#: negative ``x`` at every attempt.
+FLAKY = """import os
+marker = os.path.join({markers!r}, name)
+if name.startswith('flaky') and not os.path.exists(marker):
+    open(marker, 'w').close()
+    raise ValueError('first attempt fails')
+if x < 0:
+    raise ValueError(f'negative input {{x}}')
+y = x * 2
+label = name.upper()
+"""
 
 
 @pytest.fixture(scope="module")
-def services(api: Api) -> None:
+def services(api: Api, tmp_path_factory: pytest.TempPathFactory) -> None:
     outputs = {"y": "numeric", "label": "character"}
     api.publish("scorer", "v1", SCORER, {"x": "numeric", "name": "character"}, outputs)
     api.publish("slowpoke", "v1", SLOW, {"x": "numeric", "name": "character"}, outputs)
+    api.publish(
+        "sleeper", "v1", SLOW.replace("sleep(1)", "sleep(4)"), {"x": "numeric", "name": "character"}, outputs
+    )
+    markers = str(tmp_path_factory.mktemp("flaky-markers"))
+    api.publish("flaky", "v1", FLAKY.format(markers=markers), {"x": "numeric", "name": "character"}, outputs)
 
 
 @pytest.fixture
@@ -108,7 +130,7 @@ def test_deferrable_batch_from_each_file_format(run_dag: Any, api: Api, tmp_path
     )
     assert dagrun.state == "success"
     results = pd.read_parquet(out)
-    assert list(results.columns) == ["record", "x", "name", "y", "label", "success", "error_message"]
+    assert list(results.columns) == COLUMNS
     assert results["record"].tolist() == list(range(12))
     assert results["y"].tolist() == [2.0 * i for i in range(12)]
     assert results["label"].tolist() == [f"N{i}" for i in range(12)]
@@ -420,12 +442,13 @@ def test_an_intent_with_several_candidates_fails_until_only_one_is_left(
     run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Two new executions of 4 records: none is adopted, none started; once one is canceled the other is."""
-    before = api.get("/api/slowpoke/v1/batch").json()
-    first, second = (api.start_batch("slowpoke", "v1", _frame(4).to_dict("records"), 4) for _ in range(2))
+    before = api.get("/api/sleeper/v1/batch").json()
+    # one record at a time, 4 s each: both still run when the user cancels one
+    first, second = (api.start_batch("sleeper", "v1", _frame(4).to_dict("records"), 1) for _ in range(2))
     out = tmp_path / "results.parquet"
     records = _write(_frame(4), tmp_path / "in.csv")
     params = {
-        "service": "slowpoke",
+        "service": "sleeper",
         "records": records,
         "output": str(out),
         "before": before,
@@ -433,19 +456,20 @@ def test_an_intent_with_several_candidates_fails_until_only_one_is_left(
     }
     dagrun = run_dag("mlserver_test_intent", **params)
     assert dagrun.state == "failed"
-    assert set(api.get("/api/slowpoke/v1/batch").json()) - set(before) == {first, second}
+    assert set(api.get("/api/sleeper/v1/batch").json()) - set(before) == {first, second}
     log = capfd.readouterr().out
     assert (
         "AmbiguousStartError: An earlier try of this task was stopped while it started the batch execution of "
-        "chunk 1 of 1 (4 records) on web service 'slowpoke' version 'v1', and the service now has 2 new "
-        f"executions of 4 records: {first}, {second}. Cannot tell which one is this chunk's, so none is adopted "
-        "and none is started." in log
+        "chunk 1 of 1 (4 records) on web service 'sleeper' version 'v1', and the service now has 2 new "
+        f"executions of 4 records: {first}, {second}. Cannot tell which one is the execution of chunk 1 of 1, so "
+        "none is adopted and none is started." in log
     ), log[-3000:]
-    api.delete(f"/api/slowpoke/v1/batch/{first}")  # the user cancels the one that is not this chunk's
+    api.delete(f"/api/sleeper/v1/batch/{first}")  # the user cancels the one that is not this chunk's
+    assert api.status("sleeper", "v1", first)["state"] == "Canceled"
     dagrun = run_dag("mlserver_test_intent", **params)
     assert dagrun.state == "success"
     assert _summary(dagrun)["execution_ids"] == [second]
-    assert set(api.get("/api/slowpoke/v1/batch").json()) - set(before) == {first, second}
+    assert set(api.get("/api/sleeper/v1/batch").json()) - set(before) == {first, second}
 
 
 def _with_ids(n: int) -> pd.DataFrame:
@@ -463,16 +487,7 @@ def test_a_csv_with_an_id_column_scores_with_nothing_but_records_and_output(
     )
     assert dagrun.state == "success"
     results = pd.read_parquet(out)
-    assert list(results.columns) == [
-        "record",
-        "car_id",
-        "x",
-        "name",
-        "y",
-        "label",
-        "success",
-        "error_message",
-    ]
+    assert list(results.columns) == ["record", "car_id", *COLUMNS[1:]]
     assert results["car_id"].tolist() == ["car-0", "car-1", "car-2"]
     assert results["y"].tolist() == [0.0, 2.0, 4.0]
 
@@ -483,15 +498,7 @@ def test_ignore_leaves_extra_columns_out_of_the_results(run_dag: Any, tmp_path: 
         "mlserver_test_ignore", records=_write(_with_ids(3), tmp_path / "cars.csv"), output=str(out)
     )
     assert dagrun.state == "success"
-    assert list(pd.read_parquet(out).columns) == [
-        "record",
-        "x",
-        "name",
-        "y",
-        "label",
-        "success",
-        "error_message",
-    ]
+    assert list(pd.read_parquet(out).columns) == COLUMNS
 
 
 def test_error_refuses_extra_columns_before_anything_is_sent(
@@ -607,3 +614,133 @@ def test_a_bad_rendered_sensor_argument_fails_before_the_first_poke(
     log = capfd.readouterr().out
     assert f"OperatorArgumentError: {message}" in log, log[-3000:]
     assert "Batch execution" not in log  # no poke logged a state
+
+
+def _flaky_frame(n: int, flaky: tuple[int, ...], negative: tuple[int, ...] = ()) -> pd.DataFrame:
+    """``n`` records for the flaky service: ``flaky`` ones fail at their first attempt, ``negative`` ones always."""
+    token = uuid.uuid4().hex[:8]  # a new marker per test: each flaky record fails once in this test
+    names = [f"flaky-{token}-{i}" if i in flaky else f"n{i}" for i in range(n)]
+    return pd.DataFrame({"x": [float(-i if i in negative else i) for i in range(n)], "name": names})
+
+
+def test_rescore_sends_only_the_failed_records_again_and_keeps_their_latest_outcome(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Three chunks; records 1, 5, 9 fail once, record 7 always: round 1 sends 1, 5, 7, 9; round 2 sends 7."""
+    before = set(api.get("/api/flaky/v1/batch").json())
+    out = tmp_path / "results.parquet"
+    records = _write(_flaky_frame(10, flaky=(1, 5, 9), negative=(7,)), tmp_path / "in.csv")
+    dagrun = run_dag("mlserver_test_rescore", service="flaky", records=records, output=str(out))
+    assert dagrun.state == "success"  # max_failed_records=1: record 7 is the one failure left
+    results = pd.read_parquet(out)
+    assert list(results.columns) == [*COLUMNS, "attempts"]
+    assert results["attempts"].tolist() == [1, 2, 1, 1, 1, 2, 1, 3, 1, 2]
+    assert results["success"].tolist() == [True] * 7 + [False, True, True]
+    assert results["y"].tolist()[:7] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0] and results["y"][9] == 18.0
+    assert results["error_message"][7].startswith("ValueError: negative input -7.0")
+    stored = _stored_batch(dagrun)
+    assert [r["records"] for r in stored["rescores"]] == [["1,5,7,9"], ["7"]]
+    summary = _summary(dagrun)
+    assert (summary["total"], summary["failed"], summary["rescore_rounds"], summary["rescored_records"]) == (
+        10,
+        1,
+        2,
+        4,
+    )
+    assert [(e["round"], e["records"]) for e in summary["executions"]] == [
+        (0, "0-3"), (0, "4-7"), (0, "8-9"), (1, "1,5,7,9"), (2, "7")
+    ]  # fmt: skip
+    assert [e["execution_id"] for e in summary["executions"][:3]] == summary["execution_ids"]
+    rescore_ids = [e["execution_id"] for e in summary["executions"][3:]]
+    assert [api.status("flaky", "v1", e)["totalItemCount"] for e in rescore_ids] == [4, 1]
+    assert set(api.get("/api/flaky/v1/batch").json()) - before == {
+        e["execution_id"] for e in summary["executions"]
+    }
+    log = capfd.readouterr().out
+    assert "Rescoring 4 records that failed (round 1 of 2, 1 execution)" in log
+    assert "Rescoring 1 record that failed (round 2 of 2, 1 execution)" in log
+    assert f"Started batch execution {rescore_ids[0]} for rescore round 1, part 1 of 1 (4 records)" in log
+    assert "Rescored 4 records in 2 rounds: 3 succeeded on a later attempt" in log
+
+
+def test_max_failed_records_counts_after_the_last_round(
+    run_dag: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """One round in parts of 3 (chunk_size): records 1, 5, 7, 9 go again as "1,5,7" and "9"; 7 still fails."""
+    out = tmp_path / "results.parquet"
+    records = _write(_flaky_frame(10, flaky=(1, 5, 9), negative=(7,)), tmp_path / "in.csv")
+    dagrun = run_dag("mlserver_test_rescore_strict", service="flaky", records=records, output=str(out))
+    assert dagrun.state == "failed"
+    results = pd.read_parquet(out)  # written all the same, with the latest outcomes
+    assert results["attempts"].tolist() == [1, 2, 1, 1, 1, 2, 1, 2, 1, 2]
+    assert results["success"].tolist() == [True] * 7 + [False, True, True]
+    assert [r["records"] for r in _stored_batch(dagrun)["rescores"]] == [["1,5,7", "9"]]
+    log = capfd.readouterr().out
+    assert (
+        "MLServerBatchFailedError: 1 of 10 records failed, after 1 round of rescoring (max_failed_records=0); first "
+        "failures: record 7: ValueError: negative input -7.0. Results are in file://" in log
+    ), log[-3000:]
+
+
+@pytest.mark.parametrize("stopped", ["waiting", "starting"])
+def test_a_retry_during_a_rescore_round_reattaches_to_its_execution(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str], stopped: str
+) -> None:
+    """An earlier try completed the chunk and started (or was starting) the rescore of records 1 and 3."""
+    frame = _flaky_frame(4, flaky=(1, 3))
+    chunk = api.start_batch("flaky", "v1", frame.to_dict("records"))
+    assert api.wait("flaky", "v1", chunk)["failedItemCount"] == 2
+    before = api.get("/api/flaky/v1/batch").json()
+    rescore = api.start_batch("flaky", "v1", frame.iloc[[1, 3]].to_dict("records"))
+    everything = set(api.get("/api/flaky/v1/batch").json())
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        "mlserver_test_rescore_retry", service="flaky", records=_write(frame, tmp_path / "in.csv"), output=str(out),
+        execution_id=chunk, rescore_records="1,3", rescore_execution=rescore if stopped == "waiting" else "",
+        before=before,
+    )  # fmt: skip
+    assert dagrun.state == "success"
+    assert set(api.get("/api/flaky/v1/batch").json()) == everything  # nothing started again
+    results = pd.read_parquet(out)
+    assert (results["attempts"].tolist(), results["success"].all()) == ([1, 2, 1, 2], True)
+    assert results["y"].tolist() == [0.0, 2.0, 4.0, 6.0]
+    assert _stored_batch(dagrun)["rescores"][0]["executions"] == {"0": rescore}
+    log = capfd.readouterr().out
+    if stopped == "waiting":
+        assert f"chunk 1 of 1: {chunk}, rescore round 1, part 1 of 1: {rescore}" in log
+    else:
+        assert (
+            f"Adopted batch execution {rescore} for rescore round 1, part 1 of 1: an earlier try started it"
+            in log
+        )
+    assert "Started batch execution" not in log
+
+
+def test_batch_state_keeps_the_rescore_rounds_and_reads_the_older_form() -> None:
+    from airflow_mlserver.operators.batch_state import BatchState, RescoreRound, StartIntent, numbers, ranges
+
+    state = BatchState("svc", "1", 2, started=1_780_000_000.0, deadline=None, executions={0: "a", 1: "b"},
+                       rescores=[RescoreRound(["3,5,10-12"], {0: "c"}, {0: 1_780_000_100.0})],
+                       intent=StartIntent(1, 1, 2, ["a", "b", "c"], 1_780_000_200.0))  # fmt: skip
+    stored = state.to_stored()
+    assert stored["rescores"] == [
+        {
+            "records": ["3,5,10-12"],
+            "executions": {"0": "c"},
+            "executions_started": {"0": "2026-05-28T20:28:20.000+00:00"},
+        }
+    ]
+    assert stored["intent"] == {"round": 1, "part": 1, "records": 2, "before": ["a", "b", "c"],
+                                "at": "2026-05-28T20:30:00.000+00:00"}  # fmt: skip
+    assert BatchState.from_stored(stored) == state
+    assert state.rescores[0].part_records(0) == [3, 5, 10, 11, 12]
+    assert (state.current_round().number, state.current_round().parts, state.all_execution_ids()) == (
+        1,
+        1,
+        ["a", "b", "c"],
+    )
+    older = {k: v for k, v in stored.items() if k not in ("rescores", "intent", "executions_started")}
+    assert (BatchState.from_stored(older).rescores, BatchState.from_stored(older).intent) == ([], None)
+    for run in ([], [0], [0, 1, 2], [4, 6, 7, 8, 20]):
+        assert numbers(ranges(run)) == run
+    assert ranges(range(5, 9)) == "5-8"

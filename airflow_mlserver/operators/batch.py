@@ -5,12 +5,15 @@ How a run goes:
 1. The service is resolved (``service_version=None`` means the latest, resolved and logged once) and every
    input record is checked against its declared inputs before anything is sent.
 2. The records are cut into chunks of ``chunk_size``; each chunk is one batch execution. At most
-   ``max_active_executions`` run at once; each id is stored in the task-state store right after its start
-   succeeds, before any waiting.
+   ``max_active_executions`` run at once; each start is stored as an intent before it is sent and its id right
+   after it answers, before any waiting (:mod:`~airflow_mlserver.operators.batch_starts`).
 3. While executions run the task defers to :class:`~airflow_mlserver.triggers.batch.MLServerBatchTrigger`
-   (or polls in the worker when ``deferrable=False``), then starts the next chunks, until all are complete.
-4. Results are read back chunk by chunk and written to ``output_path`` in input order; the task fails when
-   more than ``max_failed_records`` records failed, and returns a small summary (and logs it as a sentence).
+   (or polls in the worker when ``deferrable=False``), then starts the next chunks, until all are complete;
+   then up to ``rescore_failed_records`` rounds send the failed records again
+   (:mod:`~airflow_mlserver.operators.batch_rounds`).
+4. Results are read back chunk by chunk and written to ``output_path`` in input order, each record's latest
+   outcome; the task fails when more than ``max_failed_records`` records failed, and returns a small summary
+   (and logs it as a sentence).
 
 The log lines are :mod:`~airflow_mlserver.triggers.progress`'s; a mapped task's lines name its map index.
 
@@ -57,15 +60,15 @@ from airflow_mlserver.operators.arguments import (
     uri,
     whole_number,
 )
-from airflow_mlserver.operators.batch_results import write_results
+from airflow_mlserver.operators.batch_results import batch_summary, write_results
+from airflow_mlserver.operators.batch_rounds import labels, latest_outcomes, plan_next_round, round_frames
 from airflow_mlserver.operators.batch_starts import settle_intent, start_execution
-from airflow_mlserver.operators.batch_state import BatchState
+from airflow_mlserver.operators.batch_state import BatchState, Round
 from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, storage_path
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
 from airflow_mlserver.triggers.progress import (
     ProgressLog,
-    chunk_label,
     counted,
     duration,
     map_prefix,
@@ -104,6 +107,7 @@ ARGUMENT_CHECKS: dict[str, Check] = {
     "max_active_executions": whole_number(1),
     "extra_columns": choice("keep", "ignore", "error"),
     "max_failed_records": whole_number(0),
+    "rescore_failed_records": whole_number(0, why="rounds of rescoring"),
     "poll_interval": seconds(),
     "deferrable": flag(),
     "cancel_on_kill": flag(),
@@ -131,7 +135,12 @@ class MLServerBatchOperator(BaseOperator):
         never sent. ``keep`` (default) keeps them in the results beside the inputs and outputs, ``ignore``
         leaves them out of the results too, ``error`` fails the task before anything is sent. ``drop``, the
         older name of ``keep``, still works and warns.
-    :param max_failed_records: Failed records tolerated before the task fails (default 0).
+    :param max_failed_records: Failed records tolerated before the task fails (default 0), counted after the
+        last round of rescoring.
+    :param rescore_failed_records: Rounds of rescoring (default 0): once every chunk is complete, the records
+        that failed, and only those, are sent again as new executions, at most ``chunk_size`` each, and so on
+        for each round while some fail. The results file has each record's latest outcome and an ``attempts``
+        column.
     :param poll_interval: Seconds between status polls (default 10).
     :param timeout: Longest time the batch may take (seconds or timedelta); the executions are then canceled
         and the task fails. Measured from the first start, across retries. None for no limit.
@@ -169,6 +178,7 @@ class MLServerBatchOperator(BaseOperator):
         max_active_executions: int = 1,
         extra_columns: ExtraColumns = "keep",
         max_failed_records: int = 0,
+        rescore_failed_records: int = 0,
         poll_interval: float = 10.0,
         timeout: float | timedelta | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -200,6 +210,7 @@ class MLServerBatchOperator(BaseOperator):
         self.max_active_executions = max_active_executions
         self.extra_columns = extra_columns
         self.max_failed_records = max_failed_records
+        self.rescore_failed_records = rescore_failed_records
         self.poll_interval = poll_interval
         self.batch_timeout = optional(seconds())("timeout", timeout)
         self.deferrable = deferrable
@@ -231,11 +242,6 @@ class MLServerBatchOperator(BaseOperator):
         index = getattr(context.get("ti"), "map_index", None)
         return index if isinstance(index, int) else None
 
-    def _log_names(self, context: Context, state: BatchState) -> tuple[str, dict[int, str]]:
-        """The start of each log line (a mapped task's map index), and each chunk's name: ``chunk 2 of 3``."""
-        prefix = map_prefix(self._map_index(context))
-        return prefix, {i: chunk_label(i, state.chunks, bool(prefix)) for i in range(state.chunks)}
-
     # -- the run ---------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
@@ -258,8 +264,12 @@ class MLServerBatchOperator(BaseOperator):
                 deadline=time.time() + self.batch_timeout if self.batch_timeout else None,
             )
         elif state.executions:
-            prefix, labels = self._log_names(context, state)
-            found = ", ".join(f"{labels[i]}: {e}" for i, e in sorted(state.executions.items()))
+            prefix = map_prefix(self._map_index(context))
+            found = ", ".join(
+                f"{labels(r, bool(prefix))[i]}: {e}"
+                for r in state.rounds()
+                for i, e in sorted(r.executions.items())
+            )
             ago = duration(time.time() - state.started)
             self.log.info("%sFound the executions of an earlier try (started %s ago): %s", prefix, ago, found)
         return self._advance(context, service, state)
@@ -275,56 +285,67 @@ class MLServerBatchOperator(BaseOperator):
         return count
 
     def _advance(self, context: Context, service: WebService, state: BatchState) -> Any:
-        """Reattach, start what is missing, and wait (defer or poll) until every chunk is complete."""
+        """Reattach, start what is missing, and wait (defer or poll) until every part of every round is complete."""
         hook = self.hook
-        executions = state.executions
-        prefix, labels = self._log_names(context, state)
-        if state.intent is not None:
-            settle_intent(self.hook, service, state, context, labels[state.intent.part], prefix, self.log)
+        prefix = map_prefix(self._map_index(context))
+        if state.intent is not None and state.intent.round <= len(state.rescores):
+            label = labels(state.round(state.intent.round), bool(prefix))[state.intent.part]
+            settle_intent(self.hook, service, state, context, label, prefix, self.log)
         while True:
+            round_ = state.current_round()
+            executions, label_of = round_.executions, labels(round_, bool(prefix))
             statuses: dict[int, BatchStatus] = {}
             for index, execution_id in list(executions.items()):
                 status = hook.get_batch(service.name, service.version, execution_id)
                 if ended(status):
                     self.log.warning(
-                        "%sExecution %s of %s ended %s: starting that chunk again",
+                        "%sExecution %s of %s ended %s: starting it again",
                         prefix,
                         execution_id,
-                        labels[index],
+                        label_of[index],
                         status.state,
                     )
                     del executions[index]
                 else:
                     statuses[index] = status
-            self._check_deadline(service, state, statuses)
+            self._check_deadline(service, state, round_, statuses)
             running = [i for i, s in statuses.items() if outcome(s) != COMPLETE]
-            missing = [i for i in range(state.chunks) if i not in executions]
+            missing = [i for i in range(round_.parts) if i not in executions]
             to_start = missing[: max(0, self.max_active_executions - len(running))]
-            # one pass over the input per wave, reading up to the last chunk this wave starts
             frames = self._frames(self._chunk_size()) if to_start else iter(())
-            for index, frame in enumerate(frames):
-                if index > to_start[-1]:
-                    break
-                if index not in to_start:
-                    continue
+            for index, frame in round_frames(frames, state, round_, to_start):
                 records = prepare_records(frame, service, self.extra_columns)
                 execution_id = start_execution(
-                    hook, service, state, context, index, records, self.parallel_count
+                    hook, service, state, round_, context, index, records, self.parallel_count
                 )  # its id stored before any waiting: a crash from here on reattaches
                 self.log.info(
                     "%sStarted batch execution %s for %s (%s)",
                     prefix,
                     execution_id,
-                    labels[index],
+                    label_of[index],
                     counted(len(frame), "record"),
                 )
                 running.append(index)
             context["ti"].xcom_push(key=EXECUTIONS_XCOM_KEY, value=state.execution_ids())
             if not running:
-                return self._finish(service, state, prefix)
+                rescoring = plan_next_round(
+                    hook, service, state, statuses, self.rescore_failed_records, self.chunk_size
+                )
+                if not rescoring:
+                    return self._finish(service, state, prefix)
+                state.save(context)  # the round's records before any of its starts
+                self.log.info(
+                    "%sRescoring %s that failed (round %d of %d, %s)",
+                    prefix,
+                    counted(rescoring, "record"),
+                    len(state.rescores),
+                    self.rescore_failed_records,
+                    counted(state.current_round().parts, "execution"),
+                )
+                continue
             watched = [executions[i] for i in running]
-            names = {executions[i]: labels[i] for i in running}
-            started = {executions[i]: state.chunk_started(i) for i in running}
+            names = {executions[i]: label_of[i] for i in running}
+            started = {executions[i]: round_.executions_started.get(i, state.started) for i in running}
             if self.deferrable:
                 self.defer(
                     trigger=MLServerBatchTrigger(
@@ -359,15 +380,15 @@ class MLServerBatchOperator(BaseOperator):
                     )
 
     def _check_deadline(
-        self, service: WebService, state: BatchState, statuses: dict[int, BatchStatus]
+        self, service: WebService, state: BatchState, round_: Round, statuses: dict[int, BatchStatus]
     ) -> None:
-        """Past the deadline: cancel what still runs and fail, unless every chunk has finished."""
+        """Past the deadline: cancel what still runs and fail, unless every part of the round has finished."""
         if not deadline_passed(state.deadline):
             return
         unfinished = [s for s in statuses.values() if not s.is_finished]
         for status in unfinished:
             self.hook.cancel_batch(service.name, service.version, status.execution_id)
-        if unfinished or len(statuses) < state.chunks:
+        if unfinished or len(statuses) < round_.parts:
             done = sum(s.completed for s in statuses.values())
             raise MLServerBatchTimeoutError(
                 f"The batch on web service '{service.name}' version '{service.version}' did not finish within its "
@@ -412,6 +433,7 @@ class MLServerBatchOperator(BaseOperator):
         if self.output_path:
             path = storage_path(self.output_path, self.output_conn_id)
             writer = ResultsWriter(path, self.output_format, service)  # type: ignore[arg-type]
+        rescored, attempts = latest_outcomes(self.hook, service, state)
         scored = write_results(
             self.hook,
             service,
@@ -420,23 +442,25 @@ class MLServerBatchOperator(BaseOperator):
             writer,
             keep_extra_columns=self.extra_columns != "ignore",
             keep_rows=self.return_results,
+            rescored=rescored,
+            attempts=attempts if self.rescore_failed_records else None,
         )
         total, failed = scored.total, scored.failed
-        summary: dict[str, Any] = {
-            "service_name": service.name,
-            "service_version": service.version,
-            "execution_ids": state.execution_ids(),
-            "total": total,
-            "succeeded": total - failed,
-            "failed": failed,
-            "output_uri": str(writer.path) if writer is not None else None,
-            "duration_seconds": round(time.time() - state.started, 3),
-        }
+        output_uri = str(writer.path) if writer is not None else None
+        summary = batch_summary(service, state, scored, rescored, output_uri)
+        if rescored:
+            recovered = f"{sum(r.success for r in rescored.values()):,} succeeded on a later attempt"
+            rounds_run = counted(len(state.rescores), "round")
+            self.log.info(
+                "%sRescored %s in %s: %s", prefix, counted(len(rescored), "record"), rounds_run, recovered
+            )
         if failed > self.max_failed_records:
+            rounds = f", after {counted(len(state.rescores), 'round')} of rescoring" if state.rescores else ""
             raise MLServerBatchFailedError(
-                f"{failed} of {total} records failed (max_failed_records={self.max_failed_records}); first failures: "
+                f"{failed} of {total} records failed{rounds} (max_failed_records={self.max_failed_records}); first "
+                "failures: "
                 + "; ".join(scored.failures)
-                + (f". Results are in {summary['output_uri']}." if writer is not None else ".")
+                + (f". Results are in {output_uri}." if output_uri else ".")
             )
         self._lineage_service = (
             service.name,
@@ -482,7 +506,7 @@ class MLServerBatchOperator(BaseOperator):
         state = BatchState.load(context)
         if state is None:
             return
-        for execution_id in state.executions.values():
+        for execution_id in state.all_execution_ids():
             try:
                 self.hook.cancel_batch(state.service, state.version, execution_id)
             except Exception as exc:

@@ -1,13 +1,14 @@
 """Starting the batch operator's executions so that no crash window starts one twice.
 
 Before each start the operator stores a :class:`~airflow_mlserver.operators.batch_state.StartIntent` (which
-chunk, how many records, the service's execution ids just before); once the start answers, its execution id
-replaces the intent in one write. A worker killed in between (the answer still in flight, or between the two
-writes) leaves the intent, and the next try reconciles against the server before it starts anything: the one
-new execution that carries that many records is adopted; none means the start never reached the server, and
-the chunk is started; several fail with :class:`~airflow_mlserver.exceptions.AmbiguousStartError` naming them.
+chunk, or which part of a rescore round, how many records, the service's execution ids just before); once the
+start answers, its execution id replaces the intent in one write. A worker killed in between (the answer still
+in flight, or between the two writes) leaves the intent, and the next try reconciles against the server before
+it starts anything: the one new execution that carries that many records is adopted; none means the start never
+reached the server, and the part is started; several fail with
+:class:`~airflow_mlserver.exceptions.AmbiguousStartError` naming them.
 
-An execution that is new but already failed or canceled counts as none (the chunk is started again, as for an
+An execution that is new but already failed or canceled counts as none (the part is started again, as for an
 earlier try's failed execution), so a user who cancels all candidates but one resolves an ambiguity.
 """
 
@@ -17,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlserver.exceptions import AmbiguousStartError
-from airflow_mlserver.operators.batch_state import BatchState, StartIntent
+from airflow_mlserver.operators.batch_state import BatchState, Round, StartIntent
 from airflow_mlserver.triggers.progress import InfoLog
 from airflow_mlserver.triggers.waiting import ended
 
@@ -35,17 +36,18 @@ def start_execution(
     hook: MLServerHook,
     service: WebService,
     state: BatchState,
+    round_: Round,
     context: Context,
     part: int,
     records: list[dict[str, Any]],
     parallel_count: int,
 ) -> str:
-    """Start one execution for chunk ``part``: the intent stored first, then the id in its place."""
+    """Start the execution of part ``part`` of ``round_``: the intent stored first, then the id in its place."""
     before = hook.list_batch_executions(service.name, service.version)
-    state.intent = StartIntent(round=0, part=part, records=len(records), before=before, at=time.time())
+    state.intent = StartIntent(round_.number, part, records=len(records), before=before, at=time.time())
     state.save(context)  # from here until the id is stored, a new try reconciles instead of starting
     execution_id = hook.start_batch(service.name, service.version, records, parallel_count, service=service)
-    state.executions[part], state.executions_started[part] = execution_id, state.intent.at
+    round_.executions[part], round_.executions_started[part] = execution_id, state.intent.at
     state.intent = None
     state.save(context)
     return execution_id
@@ -61,7 +63,7 @@ def reconcile(
     try's request could still reach the server (until the connection's timeout after the intent) an empty
     answer is looked at again.
     """
-    known = set(intent.before) | set(state.executions.values())
+    known = set(intent.before) | set(state.all_execution_ids())
     wait_until = intent.at + hook.settings.timeout
     while True:
         candidates = []
@@ -78,9 +80,9 @@ def reconcile(
                 f"An earlier try of this task was stopped while it started the batch execution of {label} "
                 f"({intent.records} records) on web service '{service.name}' version '{service.version}', and "
                 f"the service now has {len(candidates)} new executions of {intent.records} records: "
-                f"{', '.join(candidates)}. Cannot tell which one is this chunk's, so none is adopted and none is "
-                "started. Cancel those that are not (with cancel_batch or on the server) and retry the task: it "
-                "adopts the one left, or starts the chunk again if all are canceled.",
+                f"{', '.join(candidates)}. Cannot tell which one is the execution of {label}, so none is adopted "
+                "and none is started. Cancel those that are not (with cancel_batch or on the server) and retry the "
+                f"task: it adopts the one left, or starts {label} again if all are canceled.",
                 tuple(candidates),
             )
         if candidates or time.time() >= wait_until:
@@ -102,10 +104,11 @@ def settle_intent(
     ``prefix`` starts each log line (a mapped task's map index); the settled state is stored.
     """
     intent = state.intent
-    if intent is not None and intent.part not in state.executions:
+    round_ = state.round(intent.round) if intent is not None and intent.round <= len(state.rescores) else None
+    if intent is not None and round_ is not None and intent.part not in round_.executions:
         adopted = reconcile(hook, service, state, intent, label)
         if adopted is not None:
-            state.executions[intent.part], state.executions_started[intent.part] = adopted, intent.at
+            round_.executions[intent.part], round_.executions_started[intent.part] = adopted, intent.at
             log.info(
                 "%sAdopted batch execution %s for %s: an earlier try started it and was stopped before it stored "
                 "its id",

@@ -13,7 +13,7 @@ from airflow_mlserver.operators.batch import MLServerBatchOperator
 from airflow_mlserver.sensors.batch import MLServerBatchSensor
 
 PARAMS = {"service": "scorer", "version": "v1", "records": "", "output": "", "execution_id": "", "before": [],
-          "intent_records": 0}  # fmt: skip
+          "intent_records": 0, "rescore_execution": "", "rescore_records": ""}  # fmt: skip
 COMMON = {"schedule": None, "start_date": datetime(2026, 1, 1), "catchup": False,
           "render_template_as_native_obj": True, "params": PARAMS}  # fmt: skip
 
@@ -94,6 +94,41 @@ def _store_intent(context: Any) -> None:
 
 
 killed_while_starting = _batch("mlserver_test_intent", deferrable=False, pre_execute=_store_intent)
+
+rescoring = _batch("mlserver_test_rescore", deferrable=True, chunk_size=4, max_active_executions=2,
+                   rescore_failed_records=2, max_failed_records=1)  # fmt: skip
+rescoring_strict = _batch(
+    "mlserver_test_rescore_strict", deferrable=False, chunk_size=3, rescore_failed_records=1
+)
+
+
+def _store_rescore_round(context: Any) -> None:
+    """Store what a try stopped during its first rescore round leaves, as its retry finds it.
+
+    The chunk (one, ``params.execution_id``) is complete; the round sends ``params.rescore_records`` again in one
+    execution: ``params.rescore_execution`` when the try stored its id, else an intent of that many records
+    with the execution ids ``params.before`` (the try was stopped while starting it).
+    """
+    store, params = context["task_state_store"], context["params"]
+    if not store.get("mlserver_batch"):
+        started, part = time.time() - 120, params["rescore_execution"]
+        count = len(params["rescore_records"].split(","))
+        store.set("mlserver_batch", {
+            "service": params["service"], "version": params["version"], "chunks": 1,
+            "executions": {"0": params["execution_id"]}, "started": started, "deadline": None,
+            "rescores": [{"records": [params["rescore_records"]], "executions": {"0": part} if part else {},
+                          "executions_started": {"0": started} if part else {}}],
+            "intent": None if part else {"round": 1, "part": 0, "records": count, "before": params["before"],
+                                         "at": started},
+        })  # fmt: skip
+
+
+rescore_retry = _batch(
+    "mlserver_test_rescore_retry",
+    deferrable=False,
+    rescore_failed_records=1,
+    pre_execute=_store_rescore_round,
+)
 
 with DAG("mlserver_test_mapped", **COMMON) as mapped:  # type: ignore[arg-type]
     MLServerBatchOperator.partial(
