@@ -138,7 +138,12 @@ def test_a_bad_argument_of_the_batch_operator_fails_when_the_dag_is_parsed(
 
 @pytest.mark.parametrize(
     ("records", "records_format"),
-    [("s3://bucket/cars", None), ("file:///data/cars.xlsx", None), ("/data/cars.csv.bak", None), ("cars", None)],
+    [
+        ("s3://bucket/cars", None),
+        ("file:///data/cars.xlsx", None),
+        ("/data/cars.csv.bak", None),
+        ("cars", None),
+    ],
 )
 def test_a_records_file_whose_format_nothing_tells_is_refused(
     records: str, records_format: str | None
