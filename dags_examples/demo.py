@@ -96,7 +96,7 @@ def main() -> int:
             print(f"The DAG run failed: see {DEMO / 'dags-test.log'}", file=sys.stderr)
             return 1
     results = sorted(storage.glob("scores/*/mtcars.parquet"))
-    manifest = sorted(storage.glob("artifacts/*/*/manifest.json"))[-1]
+    manifest = sorted(storage.glob("artifacts/*/manifest.json"))[-1]
     files = sum(1 for p in manifest.parent.rglob("*") if p.is_file() and p != manifest)
     print(f"\nResults (Parquet): {results[-1]}")
     print(f"Artifacts:         {manifest.parent} ({files} files)")

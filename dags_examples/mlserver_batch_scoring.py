@@ -5,7 +5,7 @@
 2. ``score`` sends the 32 cars as one asynchronous batch (``parallelCount`` 10), defers while the server works,
    and writes one row per car (inputs, the probability ``answer``, ``success``) as Parquet.
 3. ``collect_artifacts`` copies the files each record wrote (``answer.csv``, and ``histogram.png`` for the
-   first cars) into object storage, with a manifest.
+   first cars) into object storage, one folder per record number (the results' ``record``), with a manifest.
 4. ``summary`` prints a table of the results.
 
 Storage: ``MLSERVER_EXAMPLES_STORAGE`` (default ``file:///tmp/airflow-mlserver-examples``), with the
@@ -56,8 +56,8 @@ with DAG(
         task_id="collect_artifacts",
         service_name=mtcars_service.SERVICE_NAME,
         service_version=mtcars_service.SERVICE_VERSION,
-        execution_id="{{ ti.xcom_pull(task_ids='score', key='execution_ids')[0] }}",
-        dest=f"{STORAGE}/artifacts/{RUN_STAMP}",
+        execution_ids=score.output["execution_ids"],  # the batch's executions (one, or one per chunk)
+        dest=f"{STORAGE}/artifacts/{RUN_STAMP}",  # <record>/answer.csv, ..., and manifest.json
         dest_conn_id=STORAGE_CONN_ID,
         max_concurrency=4,
     )

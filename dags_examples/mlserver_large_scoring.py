@@ -1,10 +1,12 @@
-"""Score a large input file in chunks, one mapped task per chunk, then merge the results.
+"""Score a large input file in chunks, one mapped task per chunk, merge the results, keep the borderline cars' files.
 
 Every logical date gets its own input (generated deterministically from the date: the same rows on every
 rerun) and its own output folder, so reruns and backfills overwrite their own outputs and never mix dates.
 Each mapped task is an ``MLServerBatchOperator`` with its own batch execution; a retried chunk reattaches to
 its execution instead of scoring again. The merged results are published as the ``mlserver_large_scores``
-asset, on which ``mlserver_scores_report`` is scheduled.
+asset, on which ``mlserver_scores_report`` is scheduled; their ``record`` column numbers the cars across the
+chunks. The service writes a file (``borderline.csv``) only for the cars it cannot call; one artifacts task
+copies those of every chunk, selected by their record numbers in the merged results.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from _common import LARGE_SCORES as SCORES
 from _common import STORAGE, STORAGE_CONN_ID
 from airflow.sdk import DAG, ObjectStoragePath, task
 
+from airflow_mlserver.operators.artifacts import MLServerArtifactsToObjectStorageOperator
 from airflow_mlserver.operators.batch import MLServerBatchOperator
 
-SERVICE, VERSION = "TxScore", "1.0"
+SERVICE, VERSION = "TxScore", "2.0"  # 2.0 writes borderline.csv (1.0 wrote no file)
 
 with DAG(
     "mlserver_large_scoring",
@@ -33,12 +36,12 @@ with DAG(
 
     @task
     def publish_model() -> str:
-        """Publish the artifact-free variant of the mtcars model, unless it is there."""
+        """Publish the mtcars model for large batches (a file for borderline cars only), unless it is there."""
         import mtcars_service
 
         from airflow_mlserver.hooks.mlserver import MLServerHook
 
-        return mtcars_service.publish_if_absent(MLServerHook(), SERVICE, VERSION, artifacts=False)
+        return mtcars_service.publish_if_absent(MLServerHook(), SERVICE, VERSION, borderline_only=True)
 
     @task
     def generate_input(params: dict[str, Any], ds: str, ds_nodash: str) -> list[dict[str, str]]:
@@ -79,16 +82,25 @@ with DAG(
 
     @task(outlets=[SCORES])
     def merge(summaries: list[dict[str, Any]], ds: str, outlet_events: Any = None) -> dict[str, Any]:
-        """Concatenate the chunks' results, in chunk order, into one Parquet file (streamed, part by part)."""
+        """Concatenate the chunks' results, in chunk order, into one Parquet file (streamed, part by part).
+
+        Each part numbers its records from 0; the merged ``record`` column numbers them across the chunks, as the
+        artifacts task does.
+        """
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         target = ObjectStoragePath(f"{STORAGE}/large/{ds}/scores.parquet", conn_id=STORAGE_CONN_ID)
         parts = sorted(s["output_uri"] for s in summaries)
-        writer = None
+        writer, offset = None, 0
         with target.open("wb") as handle:
             for uri in parts:
                 with ObjectStoragePath(uri, conn_id=STORAGE_CONN_ID).open("rb") as part:
                     table = pq.read_table(part)
+                column = table.schema.get_field_index("record")
+                numbers = pa.array(range(offset, offset + table.num_rows), table.schema.field(column).type)
+                table = table.set_column(column, "record", numbers)
+                offset += table.num_rows
                 writer = writer or pq.ParquetWriter(handle, table.schema)
                 writer.write_table(table)
             if writer is not None:
@@ -98,5 +110,27 @@ with DAG(
         outlet_events[SCORES].extra = {"path": str(target), "date": ds, "records": total}
         return {"path": str(target), "records": total, "failed": failed, "chunks": len(parts)}
 
+    @task
+    def borderline_records(merged: dict[str, Any]) -> list[int]:
+        """The record numbers of the cars the model cannot call (the merged results' ``record`` column)."""
+        import mtcars_service
+        import pandas as pd
+
+        with ObjectStoragePath(merged["path"], conn_id=STORAGE_CONN_ID).open("rb") as handle:
+            frame = pd.read_parquet(handle, columns=["record", "answer"])
+        low, high = mtcars_service.BORDERLINE
+        return [int(r) for r in frame.loc[(frame["answer"] > low) & (frame["answer"] < high), "record"]]
+
+    collect = MLServerArtifactsToObjectStorageOperator(
+        task_id="collect_borderline_artifacts",
+        service_name=SERVICE,
+        service_version=VERSION,
+        execution_ids=score.output["execution_ids"],  # every chunk's executions, in map index order
+        indexes=borderline_records(merge(score.output)),  # record numbers, as in the merged results
+        dest=STORAGE + "/large/{{ ds }}/borderline",  # <record>/borderline.csv, and manifest.json
+        dest_conn_id=STORAGE_CONN_ID,
+        max_concurrency=8,
+        poll_interval=5,
+    )
+
     publish_model() >> score
-    merge(score.output)

@@ -92,14 +92,15 @@ def publish_request(coefficients: list[float]) -> dict[str, Any]:
 
 
 def publish_if_absent(
-    hook: Any, name: str = SERVICE_NAME, version: str = SERVICE_VERSION, artifacts: bool = True
+    hook: Any, name: str = SERVICE_NAME, version: str = SERVICE_VERSION, borderline_only: bool = False
 ) -> str:
     """Publish the service on the server of ``hook`` unless that name and version exist; answer ``name/version``.
 
     It logs which: ``Published web service 'TxService' version '1.0'``, or ``Found web service 'TxService'
     version '1.0' (published 2026-11-30T12:00:00, by admin)``, so the task's log tells whether this run's
-    scores come from a model it fitted or from one already there. ``artifacts=False`` publishes a variant
-    that writes no files (for very large batches).
+    scores come from a model it fitted or from one already there. ``borderline_only=True`` publishes a variant
+    for very large batches: it writes one file, ``borderline.csv``, and only for the cars the model cannot
+    call (:data:`BORDERLINE`).
     """
     from airflow_mlserver.exceptions import ServiceNotFoundError
 
@@ -120,11 +121,11 @@ def publish_if_absent(
     hook.publish_service(
         name,
         version,
-        code=body["code"] if artifacts else BULK_CODE,
+        code=BORDERLINE_CODE if borderline_only else body["code"],
         inputs={p["name"]: p["type"] for p in body["inputParameterDefinitions"]},
         outputs={p["name"]: p["type"] for p in body["outputParameterDefinitions"]},
         init_code=body["initCode"],
-        output_file_names=body["outputFileNames"] if artifacts else (),
+        output_file_names=["borderline.csv"] if borderline_only else body["outputFileNames"],
         operation_id=body["operationId"],
         description=body["description"],
     )
@@ -132,7 +133,13 @@ def publish_if_absent(
     return f"{name}/{version}"
 
 
-BULK_CODE = """
+#: P(manual) between these: a car the model cannot call either way.
+BORDERLINE = (0.45, 0.55)
+
+BORDERLINE_CODE = f"""
 eta = coefficients[0] + coefficients[1] * hp + coefficients[2] * wt
 answer = 1.0 / (1.0 + math.exp(-eta))
+if {BORDERLINE[0]!r} < answer < {BORDERLINE[1]!r}:
+    with open("borderline.csv", "w") as f:
+        f.write("hp,wt,answer\\n%r,%r,%.7f\\n" % (hp, wt, answer))
 """

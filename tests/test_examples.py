@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -112,11 +113,14 @@ def test_batch_scoring_end_to_end(examples_env: Any) -> None:
     assert abs(volvo - 0.5857) < 1e-4
     assert abs(Api(server).post("/api/TxService/1.0", json={"hp": 120, "wt": 2.8}).json()["outputParameters"]["answer"]
                - 0.6418125) < 1e-7  # fmt: skip
-    (manifest,) = storage.glob("artifacts/*/*/manifest.json")
+    (manifest,) = storage.glob("artifacts/*/manifest.json")  # one per run, beside <record>/<file name>
     files = {p.name for p in manifest.parent.rglob("*") if p.is_file()}
     assert files == {"answer.csv", "histogram.png", "manifest.json"}
-    assert sum(1 for p in manifest.parent.rglob("answer.csv")) == 32
+    assert sorted(int(p.parent.name) for p in manifest.parent.rglob("answer.csv")) == list(range(32))
     assert (next(manifest.parent.rglob("histogram.png")).read_bytes()[:8]) == b"\x89PNG\r\n\x1a\n"
+    volvo_record = int(frame.set_index("model").loc["Volvo 142E", "record"])  # folders: the results' records
+    answer = (manifest.parent / str(volvo_record) / "answer.csv").read_text()
+    assert answer == f"hp,wt,answer\n109.0,2.78,{volvo:.7f}\n"
 
 
 def test_external_batch_sensor(examples_env: Any) -> None:
@@ -135,20 +139,39 @@ def test_large_scoring_in_chunks_reruns_deterministically_and_feeds_the_report(e
     env, _, storage = examples_env
     conf = '{"rows": 2000, "chunk_rows": 500}'
     out = _dags_test(env, "mlserver_large_scoring", "2026-03-01", "-c", conf)
-    assert "Published web service 'TxScore' version '1.0'" in out
+    assert "Published web service 'TxScore' version '2.0'" in out
     for map_index in range(4):  # each mapped chunk names its map index, and its chunk of its own records
         assert f"map index {map_index}: Started batch execution " in out
         assert (
-            f"map index {map_index}: Scored 500 records with web service 'TxScore' version '1.0' in " in out
+            f"map index {map_index}: Scored 500 records with web service 'TxScore' version '2.0' in " in out
         )
     assert "for chunk 1 of 1 of this task's records (500 records)" in out
     merged = storage / "large" / "2026-03-01" / "scores.parquet"
     first = pd.read_parquet(merged)
     assert len(first) == 2000 and first["success"].all()
     assert first["car_id"].tolist() == list(range(2000))  # chunks merged in input order
+    assert first["record"].tolist() == list(range(2000))  # numbered across the chunks
     assert len(list((storage / "large" / "2026-03-01" / "scores").glob("part-*.parquet"))) == 4
+    # one artifacts task copied the borderline cars' files of all four chunks, by their merged record numbers
+    borderline = first[(first["answer"] > 0.45) & (first["answer"] < 0.55)]
+    folder = storage / "large" / "2026-03-01" / "borderline"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len(manifest["executions"]) == 4 and manifest["records_without_artifacts"] == []
+    assert [e["first_record"] for e in manifest["executions"]] == [0, 500, 1000, 1500]
+    assert manifest["counts"]["copied"] == len(borderline) > 5 and manifest["counts"]["failed"] == 0
+    assert (
+        sorted(int(p.parent.name) for p in folder.glob("*/borderline.csv")) == borderline["record"].tolist()
+    )
+    for row in borderline.itertuples():
+        assert (
+            (folder / str(row.record) / "borderline.csv")
+            .read_text()
+            .startswith(f"hp,wt,answer\n{float(row.hp)!r},")
+        )
     out = _dags_test(env, "mlserver_large_scoring", "2026-03-01", "-c", conf)  # a rerun of the same date
-    assert "Found web service 'TxScore' version '1.0' (published 20" in out and ", by admin)" in out
+    assert "Found web service 'TxScore' version '2.0' (published 20" in out and ", by admin)" in out
     pd.testing.assert_frame_equal(pd.read_parquet(merged), first)
+    rerun = json.loads((folder / "manifest.json").read_text())
+    assert rerun["counts"]["skipped"] == len(borderline) and rerun["counts"]["copied"] == 0
     out = _dags_test(env, "mlserver_scores_report")
     assert "records             2000" in out or "records  2000" in out or "2000" in out
