@@ -35,8 +35,8 @@ RECORDS = (
     "such as '0-9,15'"
 )
 IDS = (
-    "give a list of execution ids, or the batch task's execution_ids XCom (score.output['execution_ids'], a list "
-    "per map index for a mapped task)"
+    "give the batch task's summary (score.output) or its execution_ids XCom (score.output['execution_ids']), a "
+    "list per map index for a mapped task, or a list of execution ids"
 )
 ONE_OF_TWO = (
     "give execution_id (one execution) or execution_ids (a batch task's executions, e.g. "
@@ -146,6 +146,32 @@ NAMES_AND_IDS = [
     ({"execution_id": None, "execution_ids": "['e1',"}, f"{IDS} (the text is not a list)"),
     ({"execution_id": None, "execution_ids": [["e1"], 3]}, IDS),
     ({"execution_id": None, "execution_ids": {"total": 3}}, IDS),
+    ({"execution_id": None, "execution_ids": [{"execution_ids": "e1"}]}, IDS),
+    (
+        {"execution_id": None, "execution_ids": {"execution_ids": ["e1"], "executions": [{"round": 1}]}},
+        f"{IDS} (its executions line {{'round': 1}} is not the batch operator's)",
+    ),
+    (
+        {
+            "execution_id": None,
+            "execution_ids": {
+                "execution_ids": ["e1"],
+                "executions": [{"execution_id": "r1", "round": 1, "records": "3-x"}],
+            },
+        },
+        f"{IDS} (its executions line {{'execution_id': 'r1', 'round': 1, 'records': '3-x'}} is not the batch "
+        "operator's)",
+    ),
+    (
+        {
+            "execution_id": None,
+            "execution_ids": {
+                "execution_ids": ["e1"],
+                "executions": [{"execution_id": "e1", "round": 1, "records": "3"}],
+            },
+        },
+        "give each execution once ('e1' is there twice, so its records would be numbered twice)",
+    ),
     ({"execution_id": None, "execution_ids": 7}, IDS),
     ({"mlserver_conn_id": ""}, CONN),
     ({"mlserver_conn_id": "a\nb"}, CONN),
@@ -317,7 +343,11 @@ def test_good_arguments_are_kept_and_defaults_follow_the_form() -> None:
     assert (
         task.indexes == [] and task.file_names == "*.csv"
     )  # an empty list (from an XCom, say) copies nothing
-    for form in ([["e1"], ["e2", "e3"]], [{"execution_ids": ["e1"]}], "['e1', 'e2']", ("e1",)):
+    summary = {
+        "execution_ids": ["e1"],
+        "executions": [{"execution_id": "r1", "round": 1, "records": "0,3-4"}],
+    }
+    for form in ([["e1"], ["e2", "e3"]], [{"execution_ids": ["e1"]}], summary, "['e1', 'e2']", ("e1",)):
         assert _operator(execution_id=None, execution_ids=form).execution_ids == form
 
 

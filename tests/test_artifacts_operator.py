@@ -457,9 +457,30 @@ def test_executions_of_a_batch_task_are_numbered_as_its_results_file(
     manifest = json.loads((dest / "manifest.json").read_text())
     assert manifest["execution_ids"] == chunked and manifest["execution_id"] == chunked[0]
     assert manifest["executions"] == [
-        {"execution_id": chunked[0], "first_record": 0, "records": 5, "state": "Complete", "finished": True},
-        {"execution_id": chunked[1], "first_record": 5, "records": 3, "state": "Complete", "finished": True},
-        {"execution_id": chunked[2], "first_record": 8, "records": 4, "state": "Complete", "finished": True},
+        {
+            "execution_id": chunked[0],
+            "round": 0,
+            "first_record": 0,
+            "records": 5,
+            "state": "Complete",
+            "finished": True,
+        },
+        {
+            "execution_id": chunked[1],
+            "round": 0,
+            "first_record": 5,
+            "records": 3,
+            "state": "Complete",
+            "finished": True,
+        },
+        {
+            "execution_id": chunked[2],
+            "round": 0,
+            "first_record": 8,
+            "records": 4,
+            "state": "Complete",
+            "finished": True,
+        },
     ]
     assert manifest["records"] == {"from": 0, "to": 11} and manifest["records_without_artifacts"] == [0, 10]
     nine = next(e for e in manifest["artifacts"] if (e["record"], e["file_name"]) == (9, "b.bin"))
@@ -511,6 +532,64 @@ def test_execution_ids_in_the_forms_a_dag_passes_them(
             f"{chunked[2]}/1/9-b.bin",
         ]
     )
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_rescored_records_come_from_their_latest_attempt(
+    env: dict[str, str], api: Api, chunked: list[str], tmp_path: Path, mapped: bool
+) -> None:
+    """Given the batch operator's summary, a record that a rescore round scored again has its latest attempt."""
+    first = api.start_batch("artsvc", VERSION, [{"x": 109.0}, {"x": 110.0}], parallel=2)  # records 9 and 10
+    second = api.start_batch("artsvc", VERSION, [{"x": 211.0}], parallel=1)  # record 10 again
+    for execution_id in (first, second):
+        assert _finished(api, "artsvc", execution_id)["state"] == "Complete"
+    if mapped:  # map index 0 has records 0-4; map index 1 has 5-11, its own 4-5 (and its rescores name those)
+        given: Any = [
+            {
+                "execution_ids": chunked[:1],
+                "executions": [{"execution_id": chunked[0], "round": 0, "records": "0-4"}],
+            },
+            {
+                "execution_ids": chunked[1:],
+                "executions": [
+                    {"execution_id": chunked[1], "round": 0, "records": "0-2"},
+                    {"execution_id": chunked[2], "round": 0, "records": "3-6"},
+                    {"execution_id": first, "round": 1, "records": "4-5"},
+                    {"execution_id": second, "round": 2, "records": "5"},
+                ],
+            },
+        ]
+    else:
+        given = {
+            "execution_ids": chunked,
+            "executions": [
+                {"execution_id": chunked[0], "round": 0, "records": "0-4"},
+                {"execution_id": chunked[1], "round": 0, "records": "5-7"},
+                {"execution_id": chunked[2], "round": 0, "records": "8-11"},
+                {"execution_id": first, "round": 1, "records": "9-10"},
+                {"execution_id": second, "round": 2, "records": "10"},
+            ],
+        }
+    dest = tmp_path / "out"
+    summary = run(operator(None, f"file://{dest}", execution_ids=given, indexes="8-11"))
+    assert summary["execution_ids"] == chunked and summary["rescored_records"] == 2
+    assert (dest / "9" / "a.txt").read_text() == "record 109\n" * 110  # round 1's first record
+    assert not (dest / "9" / "b.bin").exists()  # the first attempt wrote one; the latest did not
+    assert (dest / "10" / "a.txt").read_text() == "record 211\n" * 212  # round 2 scored it last
+    assert (dest / "11" / "a.txt").read_text() == "record 11\n" * 12  # never rescored
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["executions"][3:] == [
+        {"execution_id": first, "round": 1, "records": 2, "record_numbers": "9-10", "state": "Complete",
+         "finished": True},
+        {"execution_id": second, "round": 2, "records": 1, "record_numbers": "10", "state": "Complete",
+         "finished": True},
+    ]  # fmt: skip
+    lines = {
+        e["record"]: (e["execution_id"], e["index"])
+        for e in manifest["artifacts"]
+        if e["file_name"] == "a.txt"
+    }
+    assert lines == {8: (chunked[2], 0), 9: (first, 0), 10: (second, 0), 11: (chunked[2], 3)}
 
 
 def test_executions_of_a_batch_task_refuse_what_cannot_be_numbered(

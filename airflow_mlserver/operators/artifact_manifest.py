@@ -1,9 +1,10 @@
 """The artifacts operator's manifest: one line per artifact (copied, skipped, refused or failed), and the summary.
 
-The manifest is a JSON file written next to the artifacts, after them: the executions (each with its first
-record and its record count), then one line per artifact with its record number in the task (as in the
-results file), its execution and its index there. A rerun reads the previous one to carry the SHA-256 of the
-artifacts it skips (already there with the announced size) over to the new one.
+The manifest is a JSON file written next to the artifacts, after them: the executions (each chunk with its
+first record and its record count, each rescore execution with the records it carried), then one line per
+artifact with its record number in the task (as in the results file), its execution and its index there. A
+rerun reads the previous one to carry the SHA-256 of the artifacts it skips (already there with the announced
+size) over to the new one.
 """
 
 from __future__ import annotations
@@ -138,12 +139,14 @@ class Manifest:
     def summary(self) -> dict[str, Any]:
         """The task's return value: counts, bytes and where the manifest is (a few hundred bytes, plus the ids).
 
-        ``execution_id`` is the first execution's (the only one's, for one execution); ``state`` the state they
-        share, or each state with its count.
+        ``execution_ids`` are the chunks' (as the batch operator's), ``execution_id`` the first of them (the only
+        one, for one execution); ``rescored_records`` how many records' artifacts came from a rescore round;
+        ``state`` the state the executions share, or each state with its count.
         """
         return {
             "execution_id": self.executions.ids[0],
             "execution_ids": self.executions.ids,
+            "rescored_records": self.executions.rescored,
             "state": self.executions.state,
             "finished": self.executions.finished,
             "records": len(self.records),
@@ -166,7 +169,7 @@ class Manifest:
             "execution_ids": self.executions.ids,
             "execution_state": self.executions.state,
             "execution_finished": self.executions.finished,
-            "executions": [span.to_json() for span in self.executions.spans],
+            "executions": self.executions.to_json(),
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "destination": self.destination,
             "path_template": self.path_template,

@@ -102,9 +102,9 @@ class Transfers:
 
     def listing(self, executions: Executions, record: int) -> Listing:
         """The artifact names of record ``record`` (a number in the task)."""
-        span, index = executions.locate(record)
-        files = list(self.hook().list_artifacts(self.name, self.version, span.execution_id, index))
-        return Listing(record, span.execution_id, index, files)
+        execution_id, index = executions.locate(record)
+        files = list(self.hook().list_artifacts(self.name, self.version, execution_id, index))
+        return Listing(record, execution_id, index, files)
 
     def copy(
         self,

@@ -69,7 +69,12 @@ from airflow_mlserver.operators.artifact_names import (
     render_relative_path,
     select_records,
 )
-from airflow_mlserver.operators.artifact_records import Executions, execution_ids_check, read_execution_ids
+from airflow_mlserver.operators.artifact_records import (
+    Executions,
+    Given,
+    execution_ids_check,
+    read_executions,
+)
 from airflow_mlserver.operators.artifact_transfers import Listing, Planned, Transfers
 from airflow_mlserver.operators.artifact_writes import DEFAULT_CHUNK_SIZE
 from airflow_mlserver.operators.links import MLServerBatchLink
@@ -119,11 +124,13 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
     """Copy the artifacts (files) of batch executions' records into object storage.
 
     Give one execution (``execution_id``), or every execution of a batch task (``execution_ids``, typically
-    ``score.output["execution_ids"]``, also from a mapped batch task). Records are numbered as the batch
-    task's results file numbers them: across the executions in the order given (for a mapped task, map index
-    order), each execution's records after those of the earlier ones. ``indexes`` selects such numbers, and
-    ``path_template`` places each artifact with ``{record}`` (that number), ``{execution_id}`` and ``{index}``
-    (the record's execution and its index there), ``{file_name}``, ``{service_name}``, ``{service_version}``.
+    ``score.output``, the batch operator's summary; also from a mapped batch task). Records are numbered as the
+    batch task's results file numbers them: across the chunks' executions in order (for a mapped task, map
+    index order), each execution's records after those of the earlier ones; a record that a rescore round
+    scored again has its latest attempt's artifacts, as the results file has its latest outcome. ``indexes``
+    selects such numbers, and ``path_template`` places each artifact with ``{record}`` (that number),
+    ``{execution_id}`` and ``{index}`` (the record's execution and its index there), ``{file_name}``,
+    ``{service_name}``, ``{service_version}``.
 
     Every artifact of the selected records streams from the server to ``dest / path_template`` in chunks,
     with up to ``max_concurrency`` transfers at a time. A destination is never left half-written (temporary
@@ -147,9 +154,10 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
     :param service_name: Name of the web service. (templated)
     :param service_version: Version of the web service. (templated)
     :param execution_id: One batch execution id. Give it or ``execution_ids``. (templated)
-    :param execution_ids: Every execution of a batch task, in record order: a list of ids, or the batch
-        operator's ``execution_ids`` XCom (``score.output["execution_ids"]``; from a mapped batch task, a list
-        per map index, taken in map index order), or its summary (``score.output``). (templated)
+    :param execution_ids: Every execution of a batch task: the batch operator's summary (``score.output``; from a
+        mapped batch task, one per map index, taken in map index order), which names its rescore rounds too; or
+        its ``execution_ids`` XCom (``score.output["execution_ids"]``, a list per map index for a mapped task),
+        or a list of ids, the chunks in record order. (templated)
     :param dest: Where the files go: an ``ObjectStoragePath`` or a URI such as ``file:///data/out``,
         ``s3://bucket/prefix``, ``gs://...`` or ``abfs://...`` (any store Airflow's object storage
         supports). (templated)
@@ -290,32 +298,35 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
 
     def _execute(self, context: Context, transfers: Transfers) -> dict[str, Any]:
         name, version = transfers.name, transfers.version
-        if self.execution_ids is None:
-            ids = [str(self.execution_id)]
-        else:
-            ids = read_execution_ids(self.execution_ids)
-            if len(ids) > 1 and not distinguishes_executions(self.path_template):
-                raise ArtifactsConfigError(
-                    f"path_template {quoted(self.path_template)} places record index {{index}} without "
-                    f"{{execution_id}} or {{record}}, so the records of the {len(ids)} executions would overwrite each "
-                    "other: use {record} (the record's number in the task, as in the results file)."
-                )
+        given = (
+            Given([str(self.execution_id)])
+            if self.execution_ids is None
+            else read_executions(self.execution_ids)
+        )
+        ids = given.ids
+        if len(ids) > 1 and not distinguishes_executions(self.path_template):
+            raise ArtifactsConfigError(
+                f"path_template {quoted(self.path_template)} places record index {{index}} without "
+                f"{{execution_id}} or {{record}}, so the records of the {len(ids)} executions would overwrite each "
+                "other: use {record} (the record's number in the task, as in the results file)."
+            )
         dest = Destination.open(self.dest, self.dest_conn_id)
         accept = compile_file_filter(self.file_names)
         service = {"service_name": name, "service_version": version}
         manifest_fields = {**service, "execution_id": ids[0]} if self.execution_ids is None else service
         manifest_path = f"{dest.root}/{render_relative_path(self.manifest_template, **manifest_fields)}"
 
-        executions = Executions.number(ids, self._wait(transfers.hook(), name, version, ids))
+        statuses = self._wait(transfers.hook(), name, version, ids)
+        executions = Executions.number(given, dict(zip(ids, statuses, strict=True)))
         records = select_records(self.indexes, executions.total)
         what = (
             f"Execution '{ids[0]}'"
             if len(ids) == 1
-            else f"The {len(ids)} executions ({executions.total:,} records)"
+            else f"The {len(ids)} executions ({executions.total:,} records, {executions.rescored:,} rescored)"
         )
         self.log.info(
             "%s of %s/%s: %s (%d of %d records done); copying the artifacts of %d records to %s",
-            what, name, version, executions.state, sum(s.status.completed for s in executions.spans),
+            what, name, version, executions.state, sum(s.completed for s in executions.statuses),
             executions.total, len(records), dest.uri,
         )  # fmt: skip
 
