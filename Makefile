@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The browser tests drive Debian's Chromium; Playwright (a Python package of the dev extras) never downloads one.
 CHROMIUM := /usr/bin/chromium
+# The Celery deployment test starts Debian's PostgreSQL (any installed major version) and Redis servers itself.
+POSTGRES := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres) /usr/lib/postgresql/15/bin/postgres)
+REDIS    := /usr/bin/redis-server
 
 .PHONY: demo demo-ui test lint typecheck pytest bench serve clean
 
@@ -19,6 +22,14 @@ $(CHROMIUM):
 		DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-liberation; \
 	else \
 		echo "The browser tests need Debian's chromium: run 'sudo apt-get install -y chromium', then make test again." >&2; \
+		exit 1; \
+	fi
+
+$(POSTGRES) $(REDIS) &:
+	@if [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql redis-server; \
+	else \
+		echo "The Celery deployment test needs Debian's PostgreSQL and Redis: run 'sudo apt-get install -y postgresql redis-server', then make test again." >&2; \
 		exit 1; \
 	fi
 
@@ -37,7 +48,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) $(CHROMIUM)
+pytest: $(STAMP) $(CHROMIUM) $(POSTGRES) $(REDIS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -1,0 +1,39 @@
+"""The DAG of ``tests/test_deployment_celery.py`` beside the examples: a chunked batch scored inside the worker.
+
+``deferrable=False`` keeps the task on its Celery worker for the whole batch, so that killing that worker
+always hits a running batch task; its chunks are the executions that the retry must reattach to.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_mlserver.operators.batch import MLServerBatchOperator
+
+#: Records per chunk (per batch execution) and chunks scored at once.
+CHUNK_SIZE, MAX_ACTIVE = 30, 2
+
+with DAG(
+    "mlserver_celery_chunks",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    render_template_as_native_obj=True,
+    params={"service": "celery_chunks", "version": "v1", "records": "", "output": ""},
+):
+    MLServerBatchOperator(
+        task_id="score",
+        service_name="{{ params.service }}",
+        service_version="{{ params.version }}",
+        records="{{ params.records }}",
+        output_path="{{ params.output }}",
+        chunk_size=CHUNK_SIZE,
+        max_active_executions=MAX_ACTIVE,
+        parallel_count=2,
+        poll_interval=1,
+        deferrable=False,
+        retries=2,
+        retry_delay=timedelta(seconds=1),
+    )
