@@ -56,7 +56,7 @@ with DAG(
         task_id="collect_artifacts",
         service_name=mtcars_service.SERVICE_NAME,
         service_version=mtcars_service.SERVICE_VERSION,
-        execution_ids=score.output["execution_ids"],  # the batch's executions (one, or one per chunk)
+        execution_ids=score.output,  # the batch's summary: its executions (one, or one per chunk)
         dest=f"{STORAGE}/artifacts/{RUN_STAMP}",  # <record>/answer.csv, ..., and manifest.json
         dest_conn_id=STORAGE_CONN_ID,
         max_concurrency=4,

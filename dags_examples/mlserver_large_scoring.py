@@ -125,7 +125,7 @@ with DAG(
         task_id="collect_borderline_artifacts",
         service_name=SERVICE,
         service_version=VERSION,
-        execution_ids=score.output["execution_ids"],  # every chunk's executions, in map index order
+        execution_ids=score.output,  # every chunk's summary, in map index order: their executions
         indexes=borderline_records(merge(score.output)),  # record numbers, as in the merged results
         dest=STORAGE + "/large/{{ ds }}/borderline",  # <record>/borderline.csv, and manifest.json
         dest_conn_id=STORAGE_CONN_ID,
