@@ -1,8 +1,9 @@
 """The batch view, as a user meets it: the "ML Server batch" tab of a task instance in Airflow's UI.
 
-A chunked batch with two failed records runs with ``dag.test()`` (its artifacts copied by a second task); then
-the view is read through the plugin's JSON route, opened in the real UI through the task instance's tab, and
-refused to a request without a login and to a user who may not read the DAG. Screenshots go to
+A chunked batch with two failed records, rescored once (one of them then succeeds), runs with ``dag.test()``
+(its artifacts copied by a second task); then the view is read through the plugin's JSON route, opened in the
+real UI through the task instance's tab, and refused to a request without a login and to a user who may not
+read the DAG. Screenshots go to
 ``.artifacts/ui/batch-view*.png``.
 """
 
@@ -20,10 +21,16 @@ from tests.helpers import Api
 from tests.ui_fixtures import RESTRICTED_USER, AirflowUI, UiPages, screenshot
 
 DAG_ID = "mlserver_test_ui_batch"
-CODE = (
-    "if x < 0:\n    raise ValueError(f'negative input {x}')\ny = x * 2\nopen('out.txt', 'w').write(str(y))\n"
-)
-#: 20 records in chunks of 7: records 4 (chunk 1) and 13 (chunk 2) fail.
+#: Fails a negative input; -4 only on its first attempt (a marker file in ``{seen}`` remembers it).
+CODE = """import os
+seen = os.path.join({seen!r}, str(x))
+if x < -10 or (x < 0 and not os.path.exists(seen)):
+    open(seen, 'w').close()
+    raise ValueError(f'negative input {{x}}')
+y = x * 2
+open('out.txt', 'w').write(str(y))
+"""
+#: 20 records in chunks of 7: records 4 (chunk 1) and 13 (chunk 2) fail; the rescore round scores 4 again.
 FAILING = (4, 13)
 
 
@@ -34,8 +41,9 @@ def batch_run(
     """Run the DAG once for the module (before any page opens: see ``tests/ui_fixtures.py``)."""
     from airflow.dag_processing.dagbag import DagBag
 
-    api.publish("uiscorer", "v1", CODE, {"x": "numeric"}, {"y": "numeric"}, files=["out.txt"])
     folder = tmp_path_factory.mktemp("ui-batch")
+    code = CODE.format(seen=str(folder))
+    api.publish("uiscorer", "v1", code, {"x": "numeric"}, {"y": "numeric"}, files=["out.txt"])
     records = folder / "records.csv"
     pd.DataFrame({"x": [float(-i if i in FAILING else i) for i in range(20)]}).to_csv(records, index=False)
     bag = DagBag(dag_folder=str(Path(__file__).parent / "dags" / "ui_dags.py"))
@@ -60,17 +68,17 @@ def test_batch_view_counts_states_failures_and_artifacts(airflow_ui: AirflowUI, 
     assert answer.status_code == 200, answer.text
     view = answer.json()
     assert (view["kind"], view["service"], view["version"]) == ("batch", "uiscorer", "v1")
-    assert (view["total"], view["completed"], view["failed"], view["finished"]) == (20, 20, 2, True)
-    assert [(c["chunk"], c["state"], c["total"], c["failed"]) for c in view["chunks"]] == [
-        (1, "Complete", 7, 1),
-        (2, "Complete", 7, 1),
-        (3, "Complete", 6, 0),
+    # record 4 failed in chunk 1 and succeeded when rescored; record 13 failed both times
+    assert (view["total"], view["completed"], view["failed"], view["finished"]) == (20, 20, 1, True)
+    assert [(c["round"], c["chunk"], c["state"], c["total"], c["failed"]) for c in view["chunks"]] == [
+        (0, 1, "Complete", 7, 1),
+        (0, 2, "Complete", 7, 1),
+        (0, 3, "Complete", 6, 0),
+        (1, 1, "Complete", 2, 1),
     ]
-    assert [(f["record"], f["chunk"]) for f in view["failures"]] == [
-        (4, 1),
-        (13, 2),
-    ]  # the results file's numbers
-    assert all("negative input" in f["message"] for f in view["failures"])
+    (failure,) = view["failures"]
+    assert (failure["record"], failure["where"]) == (13, "rescore 1, part 1")  # the results file's numbering
+    assert "negative input -13.0" in failure["message"]
     assert view["output_uri"].endswith("/scores.parquet")
     (manifest,) = view["manifests"]
     assert manifest["task_id"] == "collect_artifacts" and manifest["problem"] is None
@@ -119,8 +127,8 @@ def test_batch_view_tab_in_the_ui(ui_page: UiPages, batch_run: Any) -> None:
     frame = page.frame_locator("iframe").first
     expect(frame.get_by_text("uiscorer")).to_be_visible()
     expect(frame.locator("#records-done")).to_have_text("20 / 20")
-    expect(frame.locator("#records-failed")).to_have_text("2")
-    expect(frame.locator("#chunks tr")).to_have_count(4)  # a header and three chunks
+    expect(frame.locator("#records-failed")).to_have_text("1")
+    expect(frame.locator("#chunks tr")).to_have_count(5)  # a header, three chunks and one rescore part
     expect(frame.locator("#failures")).to_contain_text("negative input -13.0")
     screenshot(page, "batch-view")
 

@@ -65,7 +65,13 @@ class AirflowRecords:
 
 @dataclass(frozen=True)
 class ChunkView:
-    """One batch execution of the task: a chunk of its records."""
+    """One batch execution of the task: a chunk of its records, or a part of a round that rescores failed ones.
+
+    :param number: The chunk's number (1-based), or the part's within its rescore round.
+    :param round: 0 for a chunk, n for the n-th rescore round.
+    :param records: The record numbers a rescore part carries, in its order (None: a chunk's run of records
+        from ``first_record`` on).
+    """
 
     number: int
     execution_id: str
@@ -76,6 +82,18 @@ class ChunkView:
     first_record: int
     finished: bool
     error: str | None = None
+    round: int = 0
+    records: tuple[int, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"chunk {self.number}" if self.round == 0 else f"rescore {self.round}, part {self.number}"
+
+    def record_number(self, index: int) -> int:
+        """The input record number of the execution's ``index``-th record."""
+        if self.records is not None:
+            return self.records[index] if index < len(self.records) else index
+        return self.first_record + index
 
     @property
     def percent(self) -> float:
@@ -93,6 +111,7 @@ class FailedRecord:
     record: int
     chunk: int
     message: str
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,21 +152,34 @@ class BatchView:
     problems: list[str] = field(default_factory=list)
 
     @property
+    def latest(self) -> list[ChunkView]:
+        """The executions that hold each failed record's latest outcome: the last round's (every record that
+        failed before was sent again there), or the chunks while no record has been rescored."""
+        last = max((c.round for c in self.chunks), default=0)
+        return [c for c in self.chunks if c.round == last]
+
+    @property
+    def rescored(self) -> bool:
+        return any(c.round for c in self.chunks)
+
+    @property
     def total(self) -> int:
-        return sum(c.total for c in self.chunks)
+        return sum(c.total for c in self.chunks if c.round == 0)
 
     @property
     def completed(self) -> int:
-        return sum(c.completed for c in self.chunks)
+        return sum(c.completed for c in self.chunks if c.round == 0)
 
     @property
     def failed(self) -> int:
-        return sum(c.failed or 0 for c in self.chunks)
+        """Records whose latest attempt failed."""
+        return sum(c.failed or 0 for c in self.latest)
 
     @property
     def finished(self) -> bool:
         """Every chunk started and none still running (unknown states count as running)."""
-        started_all = self.chunks_expected is None or len(self.chunks) >= self.chunks_expected
+        chunks = sum(1 for c in self.chunks if c.round == 0)
+        started_all = self.chunks_expected is None or chunks >= self.chunks_expected
         return bool(self.chunks) and started_all and all(c.finished for c in self.chunks)
 
     @property
@@ -198,6 +230,7 @@ class BatchView:
             "chunks": [
                 {
                     "chunk": c.number,
+                    "round": c.round,
                     "execution_id": c.execution_id,
                     "state": c.state,
                     "total": c.total,
@@ -207,7 +240,10 @@ class BatchView:
                 }
                 for c in self.chunks
             ],
-            "failures": [{"record": f.record, "chunk": f.chunk, "message": f.message} for f in self.failures],
+            "failures": [
+                {"record": f.record, "chunk": f.chunk, "where": f.where, "message": f.message}
+                for f in self.failures
+            ],
             "manifests": [
                 {"task_id": m.task_id, "uri": m.uri, "counts": m.counts, "problem": m.problem}
                 for m in self.manifests
@@ -283,7 +319,7 @@ def build_view(
     view.version = _text(summary.get("service_version")) or (state.version if state else None)
     view.service = view.service or _text(rendered.get("service_name"))
     view.version = view.version or _text(rendered.get("service_version"))
-    ids = state.execution_ids() if state else list(records.execution_ids)
+    ids = state.all_execution_ids() if state else list(records.execution_ids)
     if not ids and isinstance(summary.get("execution_ids"), list):
         ids = [str(i) for i in summary["execution_ids"]]
     if not ids and _text(summary.get("execution_id") or rendered.get("execution_id")):
@@ -306,7 +342,7 @@ def build_view(
         return view
     hook = hook_for(view.conn_id)
     try:
-        _read_chunks(view, hook, ids)
+        _read_chunks(view, hook, _parts(state, ids))
         _read_failures(view, hook)
     except MLServerError as exc:
         view.problems.append(f"Could not read the executions through connection '{view.conn_id}': {exc}")
@@ -316,14 +352,36 @@ def build_view(
     return view
 
 
-def _read_chunks(view: BatchView, hook: MLServerHook, ids: list[str]) -> None:
+@dataclass(frozen=True)
+class _Part:
+    """An execution to show: its round, its number there, and (for a rescore) the records it carries."""
+
+    execution_id: str
+    round: int
+    number: int
+    records: tuple[int, ...] | None = None
+
+
+def _parts(state: BatchState | None, ids: list[str]) -> list[_Part]:
+    """The executions in the order of their rounds: chunks first, then each rescore round's parts."""
+    if state is None:
+        return [_Part(execution_id, 0, n) for n, execution_id in enumerate(ids, start=1)]
+    parts = []
+    for rnd in state.rounds():
+        for part in sorted(rnd.executions):
+            records = None if rnd.number == 0 else tuple(state.rescores[rnd.number - 1].part_records(part))
+            parts.append(_Part(rnd.executions[part], rnd.number, part + 1, records))
+    return parts
+
+
+def _read_chunks(view: BatchView, hook: MLServerHook, parts: list[_Part]) -> None:
     first = 0
-    for number, execution_id in enumerate(ids, start=1):
-        status: BatchStatus = hook.get_batch(view.service or "", view.version or "", execution_id)
+    for part in parts:
+        status: BatchStatus = hook.get_batch(view.service or "", view.version or "", part.execution_id)
         view.chunks.append(
             ChunkView(
-                number=number,
-                execution_id=execution_id,
+                number=part.number,
+                execution_id=part.execution_id,
                 state=status.state,
                 total=status.total,
                 completed=status.completed,
@@ -331,14 +389,18 @@ def _read_chunks(view: BatchView, hook: MLServerHook, ids: list[str]) -> None:
                 first_record=first,
                 finished=status.is_finished,
                 error=status.error_message,
+                round=part.round,
+                records=part.records,
             )
         )
-        first += status.total
+        if part.round == 0:
+            first += status.total
 
 
 def _read_failures(view: BatchView, hook: MLServerHook) -> None:
-    """The first failed records, in record order: only executions that report failures are read."""
-    for chunk in view.chunks:
+    """The first records whose latest attempt failed: only executions of the latest round that report failures
+    are read."""
+    for chunk in view.latest:
         if not chunk.failed or len(view.failures) >= MAX_FAILURES:
             continue
         results = hook.iter_batch_results(view.service or "", view.version or "", chunk.execution_id)
@@ -348,9 +410,8 @@ def _read_failures(view: BatchView, hook: MLServerHook) -> None:
                     break
                 if not result.success:
                     message = (result.error_message or "failed").strip()
-                    view.failures.append(
-                        FailedRecord(chunk.first_record + result.index, chunk.number, message[:500])
-                    )
+                    record = chunk.record_number(result.index)
+                    view.failures.append(FailedRecord(record, chunk.number, message[:500], chunk.label))
         finally:
             close = getattr(results, "close", None)
             if close is not None:
@@ -363,7 +424,11 @@ def _read_manifests(view: BatchView, records: AirflowRecords, ids: set[str]) -> 
     if view.kind == "artifacts" and records.summary:
         candidates.append((view.ref.task_id, records.summary))
     for task_id, summary in sorted(records.run_summaries.items()):
-        if "manifest" in summary and str(summary.get("execution_id")) in ids:
+        copied = summary.get("execution_ids")
+        named = {str(summary.get("execution_id"))} | (
+            {str(i) for i in copied} if isinstance(copied, list) else set()
+        )
+        if "manifest" in summary and ids & named:
             candidates.append((task_id, summary))
     for task_id, summary in candidates:
         uri = _text(summary.get("manifest"))

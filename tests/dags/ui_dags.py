@@ -1,4 +1,4 @@
-"""The DAG the batch view's browser tests run: a chunked batch with failed records, and its artifacts copied."""
+"""The DAG the batch view's browser tests run: a chunked batch with failed records rescored once, and artifacts."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ with DAG(
         chunk_size=7,
         max_active_executions=2,
         max_failed_records=10,
+        rescore_failed_records=1,
         poll_interval=0.3,
         deferrable=True,
     )
