@@ -24,6 +24,7 @@ import pandas as pd
 from airflow_mlserver.client.errors import RecordValidationError
 from airflow_mlserver.client.models import ParameterDefinition, WebService
 from airflow_mlserver.client.parameters import PARAMETER_TYPES
+from airflow_mlserver.client.quoting import quoted, shortened
 
 RecordsInput = pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Any]
 #: What to do with columns a service does not declare. Here ``"keep"`` and ``"ignore"`` both send only the
@@ -49,7 +50,7 @@ def _describe(value: Any) -> str:
 
 def _invalid_value(row: int, column: str, kind: str, value: Any, why: str) -> RecordValidationError:
     return RecordValidationError(
-        f"Row {row}, column {column!r}: {_describe(value)} is not a valid {kind} value: {why}."
+        f"Row {row}, column {quoted(column)}: {_describe(value)} is not a valid {kind} value: {why}."
     )
 
 
@@ -392,8 +393,8 @@ class _Table:
                     column, Sequence | np.ndarray | pd.Series | pd.Index
                 ):
                     raise RecordValidationError(
-                        f"Column {key!r} of the dict of columns is a {type(column).__name__}, not a list of values: "
-                        "give one list per column (or pass a list of records instead)."
+                        f"Column {quoted(key)} of the dict of columns is a {type(column).__name__}, not a list of "
+                        "values: give one list per column (or pass a list of records instead)."
                     )
                 lengths[str(key)] = len(column)
                 self.columns[str(key)] = column
@@ -432,7 +433,7 @@ class _Table:
             for i, value in enumerate(values):
                 if value is _ABSENT:
                     raise RecordValidationError(
-                        f"Row {i} has no value for input {name!r}; every record needs every declared input: "
+                        f"Row {i} has no value for input {quoted(name)}; every record needs every declared input: "
                         f"{_declared(definitions)}."
                     )
             return values
@@ -444,20 +445,21 @@ def _check_columns(
 ) -> None:
     if extra_columns not in EXTRA_COLUMNS:
         raise RecordValidationError(
-            f"extra_columns must be 'keep', 'ignore' or 'error', not {str(extra_columns)[:200]!r}."
+            f"extra_columns must be 'keep', 'ignore' or 'error', not {quoted(extra_columns)}."
         )
     declared = {d.name for d in definitions}
     missing = [d for d in definitions if d.name not in table.names]
     if missing:
         raise RecordValidationError(
-            f"Missing input column {missing[0].name!r} ({missing[0].type}): {label} declares inputs "
-            f"{_declared(definitions)}; the data has {', '.join(table.names) or 'no columns'}."
+            f"Missing input column {quoted(missing[0].name)} ({missing[0].type}): {label} declares inputs "
+            f"{_declared(definitions)}; the data has {shortened(', '.join(table.names)) or 'no columns'}."
         )
     extra = [n for n in table.names if n not in declared]
     if extra and extra_columns == "error":
         raise RecordValidationError(
-            f"Unexpected column(s) {', '.join(map(repr, extra))}: {label} declares inputs {_declared(definitions)}. "
-            "Remove them, or pass extra_columns='keep' or 'ignore' to send only the declared inputs."
+            f"Unexpected column(s) {shortened(', '.join(map(quoted, extra)))}: {label} declares inputs "
+            f"{_declared(definitions)}. Remove them, or pass extra_columns='keep' or 'ignore' to send only the "
+            "declared inputs."
         )
 
 
