@@ -32,8 +32,9 @@ def test_no_secret_in_logs(
     secrets: set[str] = {mlserver.password}
 
     def remember(hook: MLServerHook) -> None:
-        """Every token the process holds: the hook's own, and those of the shared cache (the Test's among them)."""
-        tokens = [*auth.TOKENS.values(), hook.get_conn().auth.token]
+        """Every token of this connection: the hook's own, and the shared cache's (where the Test's login went)."""
+        shared = [token for key, token in auth.TOKENS.items() if key[0] == CONN_ID]
+        tokens = [*shared, hook.get_conn().auth.token]
         assert any(t is not None for t in tokens)
         for token in tokens:
             if token is not None:
