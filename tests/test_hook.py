@@ -93,10 +93,6 @@ def test_connection_form_as_airflow_reads_it() -> None:
     from airflow.providers_manager import ProvidersManager
 
     manager = ProvidersManager()
-    assert (
-        manager.hooks["mlserver"] is not None
-        and manager.hooks["mlserver"].hook_name == "Machine Learning Server"
-    )
     behaviour = manager.field_behaviours["mlserver"]
     assert behaviour["relabeling"]["host"] == "Server"
     assert behaviour["placeholders"]["host"].startswith("localhost")
