@@ -113,7 +113,8 @@ class AsyncDriver:
                 await self._drive(session, self.auth.authenticate())
         return await self._drive(session, flow)
 
-    async def _flush_secrets(self) -> None:
+    async def flush_secrets(self) -> None:
+        """Hand every secret learnt so far (settings, new tokens) to the masker; a driver does so each step."""
         for secret in self.auth.take_secrets():
             if self.amask is not None:
                 await self.amask(secret)
@@ -124,9 +125,9 @@ class AsyncDriver:
             try:
                 step = resume(flow, outcome)
             except StopIteration as stop:
-                await self._flush_secrets()
+                await self.flush_secrets()
                 return stop.value  # type: ignore[no-any-return]
-            await self._flush_secrets()
+            await self.flush_secrets()
             if isinstance(step, Sleep):
                 await asyncio.sleep(step.seconds)
                 outcome = None

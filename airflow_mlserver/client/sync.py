@@ -114,7 +114,8 @@ class SyncDriver:
                 self._drive(self.auth.authenticate())
         return self._drive(flow)
 
-    def _flush_secrets(self) -> None:
+    def flush_secrets(self) -> None:
+        """Hand every secret learnt so far (settings, new tokens) to the masker; a driver does so each step."""
         for secret in self.auth.take_secrets():
             if self.mask is not None:
                 self.mask(secret)
@@ -125,9 +126,9 @@ class SyncDriver:
             try:
                 step = resume(flow, outcome)
             except StopIteration as stop:
-                self._flush_secrets()
+                self.flush_secrets()
                 return stop.value  # type: ignore[no-any-return]
-            self._flush_secrets()
+            self.flush_secrets()
             if isinstance(step, Sleep):
                 time.sleep(step.seconds)
                 outcome = None

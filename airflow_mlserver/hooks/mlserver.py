@@ -101,7 +101,7 @@ class MLServerHook(BaseHook):
         if self._client is None:
             conn = self.get_connection(self.mlserver_conn_id)
             client = self._new_client(conn, conn.extra_dejson)
-            client.sync._flush_secrets()
+            client.sync.flush_secrets()
             self._client = client
         return self._client
 
@@ -110,7 +110,7 @@ class MLServerHook(BaseHook):
         if self._client is None:
             conn = await self.aget_connection(self.mlserver_conn_id)
             client = self._new_client(conn, await conn.aextra_dejson())
-            await client.aio._flush_secrets()
+            await client.aio.flush_secrets()
             self._client = client
         return self._client
 
