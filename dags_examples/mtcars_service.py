@@ -102,7 +102,7 @@ def publish_if_absent(
     for very large batches: it writes one file, ``borderline.csv``, and only for the cars the model cannot
     call (:data:`BORDERLINE`).
     """
-    from airflow_mlserver.exceptions import ServiceNotFoundError
+    from airflow_mlserver.exceptions import ServiceExistsError, ServiceNotFoundError
 
     try:
         found = hook.get_service(name, version)
@@ -118,6 +118,18 @@ def publish_if_absent(
         )
         return f"{name}/{version}"
     body = publish_request(fit_logistic(load_mtcars()))
+    try:
+        _publish(hook, name, version, body, borderline_only)
+    except ServiceExistsError:
+        # Another run (a backfill's runs start together) published it between our look and our publish: the
+        # server keeps the first one, which is the same model, so this run scores against it.
+        log.info("Found web service '%s' version '%s' (published meanwhile by another run)", name, version)
+        return f"{name}/{version}"
+    log.info("Published web service '%s' version '%s'", name, version)
+    return f"{name}/{version}"
+
+
+def _publish(hook: Any, name: str, version: str, body: dict[str, Any], borderline_only: bool) -> None:
     hook.publish_service(
         name,
         version,
@@ -129,8 +141,6 @@ def publish_if_absent(
         operation_id=body["operationId"],
         description=body["description"],
     )
-    log.info("Published web service '%s' version '%s'", name, version)
-    return f"{name}/{version}"
 
 
 #: P(manual) between these: a car the model cannot call either way.
