@@ -32,6 +32,17 @@ class RecordValidationError(MLServerError, ValueError):
     """Input records do not fit the service's declared inputs; raised before anything is sent."""
 
 
+class ModelObjectError(MLServerConfigError, ValueError):
+    """A model object to publish is not in the form its service's runtime loads (an R service's: RDS bytes).
+
+    :param object_name: The object's name (the variable the service code uses).
+    """
+
+    def __init__(self, message: str, object_name: str) -> None:
+        super().__init__(message)
+        self.object_name = object_name
+
+
 class AmbiguousStartError(MLServerError):
     """Starting a batch failed in a way that leaves unknown whether the server started an execution.
 

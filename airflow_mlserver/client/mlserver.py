@@ -24,6 +24,7 @@ from airflow_mlserver.client.calls import Calls, artifact_spec, batch_spec
 from airflow_mlserver.client.errors import MLServerConnectionError
 from airflow_mlserver.client.models import BatchStatus, RecordResult, ServiceDefinition, WebService
 from airflow_mlserver.client.protocol import CHUNK_SIZE, Flow, RetryPolicy
+from airflow_mlserver.client.publishing import encode_model_objects, publish_with_objects
 from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.client.streaming import BatchAnswerParser
@@ -121,10 +122,25 @@ class MLServerClient:
         return self.run(self.calls.get_service(name, version))
 
     def publish_service(
-        self, name: str, version: str | None, definition: ServiceDefinition, replace: bool = False
+        self,
+        name: str,
+        version: str | None,
+        definition: ServiceDefinition,
+        replace: bool = False,
+        model_objects: Mapping[str, Any] | None = None,
     ) -> WebService:
-        """Publish a web service (``version=None``: the server picks one); ``replace`` updates an existing one."""
-        return self.run(self.calls.publish_service(name, version, definition, replace))
+        """Publish a web service (``version=None``: the server picks one); ``replace`` updates an existing one.
+
+        ``model_objects`` (``{variable name: object}``) travel through a session and a snapshot, and are
+        variables of that name when the service code runs: a Python service's are serialized with dill, an R
+        service's must be RDS, as bytes or the path of an ``.rds`` file (else
+        :class:`~airflow_mlserver.client.errors.ModelObjectError`, before anything is sent). See
+        :mod:`~airflow_mlserver.client.publishing`.
+        """
+        if not model_objects:
+            return self.run(self.calls.publish_service(name, version, definition, replace))
+        objects = encode_model_objects(definition.runtime_type, model_objects)
+        return self.run(publish_with_objects(self.calls, name, version, definition, objects, replace))
 
     def delete_service(self, name: str, version: str, missing_ok: bool = False) -> bool:
         """Delete a web service version; answer False when it was not there and ``missing_ok``."""

@@ -56,12 +56,13 @@ class Spec:
     :param path: The path below the server's base URL (quoted).
     :param what: What the call does, for messages ("get batch execution 'x'").
     :param params: Query parameters.
-    :param body: The JSON body, encoded.
+    :param body: The body, encoded (JSON unless ``content_type`` says otherwise).
     :param idempotent: Whether the request may be resent when unknown whether the server acted.
     :param read: How to read a success answer: whole JSON, a batch answer's head, all of it, or a stream.
     :param authenticated: Whether to send the bearer token.
     :param scope: What a 404 means: which thing was not found.
     :param subject: The thing named in a not-found message ("Web service 'x' version '1'").
+    :param content_type: The body's media type (a model object's bytes are ``application/octet-stream``).
     """
 
     method: str
@@ -74,6 +75,7 @@ class Spec:
     authenticated: bool = True
     scope: Scope = "none"
     subject: str = ""
+    content_type: str = "application/json"
 
     @property
     def label(self) -> str:

@@ -181,8 +181,16 @@ class MLServerHook(BaseHook):
         runtime_type: str = "Python",
         snapshot_id: str | None = None,
         replace: bool = False,
+        model_objects: Mapping[str, Any] | None = None,
     ) -> WebService:
         """Publish a web service (``version=None``: the server picks one); ``replace`` updates an existing one.
+
+        ``model_objects`` (``{variable name: object}``) are variables of that name when the service code runs.
+        A Python service's are serialized with dill; an R service's (``runtime_type="R"``) are RDS, what R's
+        ``saveRDS`` writes, as bytes or the path of an ``.rds`` file (anything else raises
+        :class:`~airflow_mlserver.exceptions.ModelObjectError` before a request is sent). They travel as a real
+        server expects: a session of the service's runtime, each object uploaded to it, a snapshot, the
+        publish with that snapshot, then the session closed and the snapshot deleted.
 
         The other parameters are those of :class:`~airflow_mlserver.client.models.ServiceDefinition`.
         """
@@ -197,7 +205,7 @@ class MLServerHook(BaseHook):
             runtime_type,
             snapshot_id,
         )
-        return self.get_conn().publish_service(name, version, definition, replace)
+        return self.get_conn().publish_service(name, version, definition, replace, model_objects)
 
     def delete_service(self, name: str, version: str, missing_ok: bool = False) -> bool:
         """Delete a web service version; answer False when it was not there and ``missing_ok``."""

@@ -1,8 +1,10 @@
-"""Sessions, workspace objects and snapshots: as much as Microsoft's Python client needs to publish.
+"""Sessions, workspace objects and snapshots: as much as a client needs to publish with model objects.
 
-The client creates a session, uploads each model object (dill bytes) to its workspace, takes a
-snapshot, publishes with that snapshot id, then deletes the session and the snapshot right away. A
-published service therefore keeps its own copy of the snapshot's objects (see ``Store.put_service``).
+The client creates a session, uploads each model object to its workspace, takes a snapshot, publishes with
+that snapshot id, then deletes the session and the snapshot right away. A published service therefore keeps
+its own copy of the snapshot's objects (see ``Store.put_service``). A Python session's objects are dill bytes
+(as Microsoft's Python client sends them); an R session's are RDS bytes (what R's ``saveRDS`` writes), kept
+as sent: the service's runtime loads each one as the variable it is named after.
 """
 
 from __future__ import annotations
@@ -22,6 +24,18 @@ from airflow_mlserver.server.errors import ApiError, bad_request
 router = APIRouter()
 
 _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: An R variable name that is also a plain file name: letters, digits, dots and underscores, starting with a
+#: letter or with a dot and a letter (so never ``.`` or ``..``).
+_R_OBJECT_NAME = re.compile(r"^(?:[A-Za-z]|\.[A-Za-z])[A-Za-z0-9._]{0,127}$")
+#: How an RDS file starts: compressed (gzip, saveRDS's default; bzip2; xz), or a serialization header
+#: (``X\n`` XDR, ``A\n`` ASCII, ``B\n`` native binary).
+_RDS_STARTS = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"X\n", b"A\n", b"B\n")
+_RUNTIMES = {"python": "Python", "r": "R"}
+#: For messages, per runtime: what an object's name must be, and how its bytes are serialized.
+_OBJECT_WORDS = {
+    "Python": ("a Python variable name", "dill-serialized"),
+    "R": ("an R variable name (letters, digits, '.' and '_', starting with a letter)", "RDS (saveRDS)"),
+}
 
 
 def _session(ctx: ServerContext, session_id: str) -> dict[str, Any]:
@@ -38,16 +52,23 @@ async def create_session(request: Request) -> Response:
     body = parse_json(raw, "a CreateSessionRequest") if raw else {}
     if not isinstance(body, dict):
         raise bad_request("The request body must be a CreateSessionRequest object.")
-    runtime = optional_text(body, "runtimeType") or "Python"
-    if runtime.lower() != "python":
-        raise bad_request(
-            f"runtimeType {quoted(runtime)} is not supported by the local server: use 'Python'."
-        )
+    given = optional_text(body, "runtimeType") or "Python"
+    runtime = _RUNTIMES.get(given.lower())
+    if runtime is None:
+        raise bad_request(f"Unknown runtimeType {quoted(given)}: use 'Python' or 'R'.")
     snapshot_id = optional_text(body, "snapshotId")
-    if snapshot_id and ctx.store.get_snapshot(snapshot_id) is None:
-        raise bad_request(
-            f"Snapshot {quoted(snapshot_id)} not found: list the snapshots with GET /snapshots."
-        )
+    if snapshot_id:
+        snapshot = ctx.store.get_snapshot(snapshot_id)
+        if snapshot is None:
+            raise bad_request(
+                f"Snapshot {quoted(snapshot_id)} not found: list the snapshots with GET /snapshots."
+            )
+        taken_in = snapshot.get("runtimeType", "Python")
+        if taken_in != runtime:
+            raise bad_request(
+                f"Snapshot {quoted(snapshot_id)} holds {taken_in} objects: start a session of runtimeType "
+                f"{taken_in!r} from it, not {runtime!r}."
+            )
     name = optional_text(body, "name") or ""
     session_id = str(uuid.uuid4())
     ctx.store.put_session(
@@ -55,7 +76,7 @@ async def create_session(request: Request) -> Response:
             "id": session_id,
             "name": name,
             "owner": current_user(request),
-            "runtimeType": "Python",
+            "runtimeType": runtime,
         }
     )
     if snapshot_id:
@@ -93,22 +114,36 @@ async def list_workspace(request: Request, session_id: str) -> list[str]:
 @router.post("/sessions/{session_id}/workspace/{object_name}")
 async def upload_object(request: Request, session_id: str, object_name: str) -> Response:
     ctx: ServerContext = request.app.state.ctx
-    _session(ctx, session_id)
-    if not _OBJECT_NAME.match(object_name):
-        raise bad_request(f"Invalid workspace object name {quoted(object_name)}: use a Python variable name.")
+    runtime = _session(ctx, session_id).get("runtimeType", "Python")
+    if not _object_name_rule(runtime).match(object_name):
+        raise bad_request(
+            f"Invalid workspace object name {quoted(object_name)}: use {_OBJECT_WORDS[runtime][0]}."
+        )
     body = await request.body()
     if not body:
-        raise bad_request(f"Workspace object {quoted(object_name)} is empty: send its dill-serialized bytes.")
+        raise bad_request(
+            f"Workspace object {quoted(object_name)} is empty: send its {_OBJECT_WORDS[runtime][1]} bytes."
+        )
+    if runtime == "R" and not body.startswith(_RDS_STARTS):
+        raise bad_request(
+            f"Workspace object {quoted(object_name)} of R session {quoted(session_id)} is not RDS (it starts "
+            f"with {body[:8]!r}): send what R's saveRDS writes."
+        )
     (ctx.store.session_dir(session_id) / object_name).write_bytes(body)
     return Response(status_code=200)
+
+
+def _object_name_rule(runtime: str) -> re.Pattern[str]:
+    """The names a session's objects may have: variable names of its runtime."""
+    return _R_OBJECT_NAME if runtime == "R" else _OBJECT_NAME
 
 
 @router.delete("/sessions/{session_id}/workspace/{object_name}")
 async def delete_object(request: Request, session_id: str, object_name: str) -> Response:
     ctx: ServerContext = request.app.state.ctx
-    _session(ctx, session_id)
+    runtime = _session(ctx, session_id).get("runtimeType", "Python")
     path = ctx.store.session_dir(session_id) / object_name
-    if not _OBJECT_NAME.match(object_name) or not path.is_file():
+    if not _object_name_rule(runtime).match(object_name) or not path.is_file():
         raise ApiError(
             404, f"Workspace object {quoted(object_name)} not found in session {quoted(session_id)}."
         )
@@ -127,6 +162,7 @@ async def create_snapshot(request: Request, session_id: str) -> Response:
             "name": session.get("name") or "",
             "owner": current_user(request),
             "creationTime": time.strftime("%Y-%m-%d", time.gmtime()),
+            "runtimeType": session.get("runtimeType", "Python"),
         },
         session_id,
     )
