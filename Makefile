@@ -8,8 +8,13 @@ CHROMIUM := /usr/bin/chromium
 # The Celery deployment test starts Debian's PostgreSQL (any installed major version) and Redis servers itself.
 POSTGRES := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres) /usr/lib/postgresql/15/bin/postgres)
 REDIS    := /usr/bin/redis-server
+# R services run in the local server's workers with R embedded by rpy2 (the `r` extra, built against Debian's R:
+# r-base-dev brings its headers and compiler; fonts-dejavu-core the font of png() drawings).
+RSCRIPT  := /usr/bin/Rscript
+R_PACKAGES := r-base-core r-base-dev fonts-dejavu-core
+R_STAMP  := $(VENV)/.r-installed
 
-.PHONY: demo demo-ui test lint typecheck pytest bench serve clean
+.PHONY: demo demo-ui test lint typecheck pytest bench serve clean r-optional
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,10 +38,30 @@ $(POSTGRES) $(REDIS) &:
 		exit 1; \
 	fi
 
-demo: $(STAMP)
+$(RSCRIPT):
+	@if [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(R_PACKAGES); \
+	else \
+		echo "The R services' tests need Debian's R: run 'sudo apt-get install -y $(R_PACKAGES)', then make test again." >&2; \
+		exit 1; \
+	fi
+
+$(R_STAMP): $(STAMP) $(RSCRIPT)
+	$(BIN)/python -m pip install --quiet -e '.[r]'
+	touch $(R_STAMP)
+
+# The demo runs its R example when R is there or can be installed (as root); otherwise it says so and goes on.
+r-optional: $(STAMP)
+	@if [ -x $(RSCRIPT) ] || [ "$$(id -u)" = 0 ]; then \
+		$(MAKE) --no-print-directory $(R_STAMP); \
+	else \
+		echo "make demo: the R example is skipped: R is not installed (run 'sudo apt-get install -y $(R_PACKAGES)' to include it)."; \
+	fi
+
+demo: $(STAMP) r-optional
 	$(BIN)/python dags_examples/demo.py
 
-demo-ui: $(STAMP)
+demo-ui: $(STAMP) r-optional
 	$(BIN)/python dags_examples/demo.py --ui
 
 test: lint typecheck pytest
@@ -48,10 +73,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) $(CHROMIUM) $(POSTGRES) $(REDIS)
+pytest: $(STAMP) $(R_STAMP) $(CHROMIUM) $(POSTGRES) $(REDIS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) r-optional
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 serve: $(STAMP)
