@@ -1,8 +1,8 @@
 """What every execution is built from, request-response or batch: the record check, the worker job, the answer.
 
-A job is what a worker process needs to run one execution of a service (see ``runtime.Runtime.run``);
-a worker's result becomes the contract's consume answer (section 3), which is also each record's
-result in a batch (section 4).
+A job is what a worker process needs to run one execution of a service (see ``runtime.Runtime.run``); a batch
+sends a group of records with one job as their service part (``runtime.Group``). A worker's result becomes the
+contract's consume answer (section 3, :func:`answer`), which is also each record's result in a batch (section 4).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.server.errors import bad_request
-from airflow_mlserver.server.runtime import Job, Outcome
+from airflow_mlserver.server.runtime import Job, answer
 from airflow_mlserver.server.store import Store
 
 
@@ -47,10 +47,12 @@ def build_job(
     service: dict[str, Any],
     revision: str,
     inputs: dict[str, Any],
-    workdir: Path,
-    artifacts_only: bool = False,
+    workdir: Path | None = None,
 ) -> Job:
-    """What a worker needs to run one execution of ``service`` (see ``runtime.Runtime.run``)."""
+    """What a worker needs to run one execution of ``service`` (see ``runtime.Runtime.run``).
+
+    Without ``inputs`` and ``workdir`` (``{}`` and None) it is the service part of a batch's groups.
+    """
     name, version = service["name"], service["version"]
     return Job(
         key=f"{name}\x00{version}\x00{revision}",
@@ -62,18 +64,8 @@ def build_job(
         input_types=[(p["name"], p["type"]) for p in service.get("inputParameterDefinitions", [])],
         output_names=[p["name"] for p in service.get("outputParameterDefinitions", [])],
         output_files=service.get("outputFileNames", []),
-        workdir=str(workdir),
-        artifacts_only=artifacts_only,
+        workdir="" if workdir is None else str(workdir),
     )
 
 
-def answer(outcome: Outcome, files: dict[str, str]) -> dict[str, Any]:
-    """A worker's outcome in the consume-answer shape of the contract."""
-    return {
-        "success": outcome.success,
-        "errorMessage": outcome.error_message,
-        "consoleOutput": outcome.console_output,
-        "changedFiles": outcome.changed_files,
-        "outputParameters": outcome.outputs,
-        "outputFiles": files,
-    }
+__all__ = ["answer", "build_job", "check_record"]

@@ -1,9 +1,16 @@
-"""What runs inside a worker process: the Python runtime of a published service.
+"""What runs inside a worker process: a published service's runtime, one record or one group of records at a time.
 
-A worker keeps one namespace per service revision: the service's model objects (its snapshot) are
-loaded and its ``initCode`` run once, the first time that worker runs the service. Each execution
-then gets a shallow copy of that namespace with the inputs bound as variables, runs ``code`` in a
-fresh working folder, and reads each declared output back by name.
+A worker keeps one loaded service per service revision: its model objects (its snapshot) are loaded and its
+``initCode`` run once, the first time that worker runs the service. Where a runtime plugs in: :func:`load_service`
+chooses the loaded-service class; any class with ``evaluate(job) -> (error, console output, outputs)`` (see
+:class:`LoadedService`) runs there, and everything around a record (its working folder, its artifacts, its answer)
+is :class:`Runtime`'s, the same for every runtime.
+
+Each record runs in the worker's own scratch folder, emptied after each record: a record that writes no file
+touches no other folder, and only a record's declared output files are moved into the record's folder (made
+then). A batch arrives in groups (:class:`Group`): the service part is sent once per group, and each record's
+result goes back as soon as it is known (:class:`RecordDone`, its answer already JSON), so the server holds a
+per-record timeout and can stop a group between two records (the shared ``stop`` flag of :func:`worker_main`).
 
 This module imports only the standard library (and the pure-data table of parameter types) at import time
 so that workers start fast; numpy, pandas and dill are imported when a service needs them.
@@ -13,18 +20,20 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import io
+import json
 import math
 import os
 import shutil
+import stat
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from airflow_mlserver.client.parameters import PARAMETER_TYPES, Binding
 from airflow_mlserver.client.quoting import quoted
-from airflow_mlserver.server.files import regular_files
 
 
 @dataclass(frozen=True)
@@ -40,8 +49,7 @@ class Job:
     :param input_types: Each declared input's name and type, in declared order.
     :param output_names: The declared outputs, read back from the code's variables.
     :param output_files: Files the code may write that are returned (``outputFileNames``).
-    :param workdir: The execution's fresh working folder.
-    :param artifacts_only: Keep only the declared output files in ``workdir`` (a batch record's artifacts).
+    :param workdir: The execution's own folder, made only when it keeps a declared output file.
     """
 
     key: str
@@ -54,7 +62,37 @@ class Job:
     output_names: list[str]
     output_files: list[str]
     workdir: str
-    artifacts_only: bool = False
+
+
+class GroupRecord(NamedTuple):
+    """One record of a group: its index in the batch, its inputs as stored (JSON text), the folder of its artifacts."""
+
+    record_index: int
+    inputs: str
+    workdir: str
+
+
+@dataclass(frozen=True)
+class Group:
+    """Records of one batch execution for one worker: ``job`` is the service part (its inputs and workdir unused)."""
+
+    job: Job
+    records: list[GroupRecord]
+
+
+class RecordDone(NamedTuple):
+    """One record of a group has run: its result as the JSON text of its answer (``init_error``: it could not)."""
+
+    record_index: int
+    success: bool
+    result: str
+    init_error: str = ""
+
+
+class GroupEnd(NamedTuple):
+    """The worker is done with a group: it ran ``ran`` records (fewer when it was told to stop)."""
+
+    ran: int
 
 
 @dataclass(frozen=True)
@@ -68,6 +106,23 @@ class Outcome:
     outputs: dict[str, Any] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
     init_failed: bool = False
+
+
+def answer(outcome: Outcome, files: dict[str, str]) -> dict[str, Any]:
+    """An outcome in the consume-answer shape of the contract (also each batch record's result)."""
+    return {
+        "success": outcome.success,
+        "errorMessage": outcome.error_message,
+        "consoleOutput": outcome.console_output,
+        "changedFiles": outcome.changed_files,
+        "outputParameters": outcome.outputs,
+        "outputFiles": files,
+    }
+
+
+def answer_text(outcome: Outcome) -> str:
+    """A batch record's result as stored: its answer as compact JSON (artifacts are read through the files routes)."""
+    return json.dumps(answer(outcome, {}), separators=(",", ":"))
 
 
 class InputError(ValueError):
@@ -130,8 +185,16 @@ def encode_output(value: Any) -> Any:
     return str(value)
 
 
+class LoadedService(Protocol):
+    """A service revision loaded in a worker, whatever its runtime (built by :func:`load_service`)."""
+
+    def evaluate(self, job: Job) -> tuple[str, str, dict[str, Any]]:
+        """Run ``code`` for one record in the current working folder: (error, console output, outputs)."""
+        ...
+
+
 class _ServiceRuntime:
-    """One service revision loaded in this worker: its namespace after ``initCode`` and compiled code."""
+    """One Python service revision loaded in this worker: its namespace after ``initCode`` and compiled code."""
 
     def __init__(self, job: Job) -> None:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
@@ -152,6 +215,34 @@ class _ServiceRuntime:
             finally:
                 os.chdir(cwd)
 
+    def evaluate(self, job: Job) -> tuple[str, str, dict[str, Any]]:
+        """Run ``code`` on a shallow copy of the namespace with the inputs bound as variables."""
+        env = dict(self.namespace)
+        console = io.StringIO()
+        outputs: dict[str, Any] = {}
+        try:
+            for name, kind in job.input_types:
+                try:
+                    env[name] = bind_input(kind, job.inputs.get(name))
+                except InputError as exc:
+                    raise InputError(f"input '{name}' ({kind}): {exc}") from None
+            with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+                exec(self.code, env)
+            for name in job.output_names:
+                if name not in env:
+                    raise NameError(f"the service code did not set its output '{name}'")
+                outputs[name] = encode_output(env[name])
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return _format_error(exc), console.getvalue(), {}
+        return "", console.getvalue(), outputs
+
+
+def load_service(job: Job) -> LoadedService:
+    """Load a service revision in this worker: the one place a runtime is chosen."""
+    return _ServiceRuntime(job)
+
 
 def _format_error(exc: BaseException) -> str:
     """The error text of a failed execution: the exception and the frames of the service's own code."""
@@ -161,76 +252,122 @@ def _format_error(exc: BaseException) -> str:
     return head + ("\n" + "\n".join(lines) if lines else "")
 
 
+class _Flag(Protocol):
+    """A shared byte the server sets to stop a group between two records (a ``multiprocessing`` RawValue)."""
+
+    value: int
+
+
 class Runtime:
-    """The state of one worker process: a cache of loaded service revisions.
+    """The state of one worker process: a cache of loaded service revisions and a scratch folder.
 
     :param home: The worker's own folder, where it returns after each execution.
     """
 
     def __init__(self, home: str) -> None:
         self.home = home
-        self._services: dict[str, _ServiceRuntime] = {}
+        self.scratch = Path(home) / "workers" / str(os.getpid())
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir(parents=True)
+        self._services: dict[str, LoadedService] = {}
 
-    def run(self, job: Job) -> Outcome:
+    def _service(self, job: Job) -> LoadedService | str:
+        """The loaded service of ``job``'s revision, or why ``initCode`` (or loading its objects) failed."""
         service = self._services.get(job.key)
         if service is None:
             try:
-                service = _ServiceRuntime(job)
+                service = load_service(job)
             except BaseException as exc:
-                error = f"initCode failed: {_format_error(exc)}"
-                return Outcome(success=False, error_message=error, init_failed=True)
+                return f"initCode failed: {_format_error(exc)}"
             self._services[job.key] = service
+        return service
+
+    def run(self, job: Job) -> Outcome:
+        """Run one execution (a request-response call)."""
+        service = self._service(job)
+        if isinstance(service, str):
+            return Outcome(success=False, error_message=service, init_failed=True)
         return self._execute(service, job)
 
-    def _execute(self, service: _ServiceRuntime, job: Job) -> Outcome:
-        workdir = Path(job.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        env = dict(service.namespace)
-        console = io.StringIO()
-        error = ""
-        outputs: dict[str, Any] = {}
+    def run_group(self, group: Group, send: Any, stop: _Flag) -> None:
+        """Run a group's records in order, sending each one's :class:`RecordDone`, then :class:`GroupEnd`.
+
+        Before each record the ``stop`` flag is read: set (a cancel, a shutdown), the rest is left unrun.
+        """
+        service = self._service(group.job)
+        if isinstance(service, str):
+            send(RecordDone(group.records[0].record_index, False, "", init_error=service))
+            send(GroupEnd(0))
+            return
+        ran = 0
+        for record in group.records:
+            if stop.value:
+                break
+            job = dataclasses.replace(group.job, inputs=json.loads(record.inputs), workdir=record.workdir)
+            outcome = self._execute(service, job)
+            send(RecordDone(record.record_index, outcome.success, answer_text(outcome)))
+            ran += 1
+        send(GroupEnd(ran))
+
+    def _execute(self, service: LoadedService, job: Job) -> Outcome:
+        os.chdir(self.scratch)
         try:
-            for name, kind in job.input_types:
-                try:
-                    env[name] = bind_input(kind, job.inputs.get(name))
-                except InputError as exc:
-                    raise InputError(f"input '{name}' ({kind}): {exc}") from None
-            os.chdir(workdir)
-            with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
-                exec(service.code, env)
-            for name in job.output_names:
-                if name not in env:
-                    raise NameError(f"the service code did not set its output '{name}'")
-                outputs[name] = encode_output(env[name])
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            error = _format_error(exc)
+            error, console, outputs = service.evaluate(job)
         finally:
             os.chdir(self.home)
-        changed = sorted(p.name for p in workdir.iterdir() if p.is_file())
-        regular = set(regular_files(workdir, workdir))  # a link, even to a file, is not an artifact
-        files = [f for f in job.output_files if f in regular]
-        if job.artifacts_only:
-            # batch records keep only their declared output files: they are the record's artifacts
-            keep = set(files)
-            for path in workdir.iterdir():
-                if path.name not in keep:
-                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            if not keep:
-                workdir.rmdir()
+        changed, files = self._collect(job)
         return Outcome(
             success=not error,
             error_message=error,
-            console_output=console.getvalue(),
+            console_output=console,
             changed_files=changed,
             outputs=outputs if not error else {},
             artifacts=files,
         )
 
+    def _collect(self, job: Job) -> tuple[list[str], list[str]]:
+        """The files a record left in the scratch folder, and its declared output files, moved to its folder.
 
-def worker_main(conn: Any, home: str) -> None:
-    """Entry point of a worker process: answer jobs from ``conn`` until told to stop."""
+        The scratch folder is emptied (or made again, if the code removed it or swapped it for a link).
+        """
+        scratch = self.scratch
+        try:
+            mode: int | None = os.lstat(scratch).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is None or not stat.S_ISDIR(mode):
+            if mode is not None:
+                os.unlink(scratch)
+            scratch.mkdir(parents=True)
+            return [], []
+        with os.scandir(scratch) as found:
+            entries = list(found)
+        if not entries:
+            return [], []
+        changed = sorted(e.name for e in entries if e.is_file())
+        regular = {e.name for e in entries if e.is_file(follow_symlinks=False)}  # a link is not an artifact
+        files = [f for f in job.output_files if f in regular]
+        if files:
+            workdir = Path(job.workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            for name in files:
+                shutil.move(scratch / name, workdir / name)
+        for entry in entries:
+            if entry.name in files:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        return changed, files
+
+
+def worker_main(conn: Any, home: str, stop: _Flag) -> None:
+    """Entry point of a worker process: answer jobs and groups from ``conn`` until told to stop.
+
+    ``stop`` is a byte shared with the server: set while a group runs, the group ends before its next record.
+    """
     import signal
 
     # The server owns its workers' lifetime: a signal sent to the whole process group (Ctrl-C, a service
@@ -241,9 +378,15 @@ def worker_main(conn: Any, home: str) -> None:
     runtime = Runtime(home)
     while True:
         try:
-            job = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        if job is None:
+        if message is None:
             return
-        conn.send(runtime.run(job))
+        try:
+            if isinstance(message, Group):
+                runtime.run_group(message, conn.send, stop)
+            else:
+                conn.send(runtime.run(message))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            return  # the server is gone: nobody reads what this worker runs any more

@@ -6,10 +6,12 @@ Layout of ``data_dir``::
     sessions/<id>/<object>           workspace objects (dill bytes), as the client uploaded them
     snapshots/<id>/<object>          a snapshot's copy of its session's objects
     services/<name>/<version>/objects/<object>   a published service's own copy of its objects
-    executions/<id>/<index>/         working folder (and artifacts) of each batch record
+    executions/<id>/<index>/         artifacts of each batch record (made only for a record that has some)
+    workers/<pid>/                   each worker process's scratch folder, where every execution runs
 
-Every finished record is committed with its result before it counts as completed, so stopping the
-server loses no finished record; a record without a result runs again after a restart.
+Every finished record is committed with its result before it counts as completed (a batch commits its
+records a group at a time, one transaction each), so stopping the server loses no committed record; a
+record without a result runs again after a restart.
 
 All writes go through one connection owned by the event loop's thread; long reads (a results list)
 open their own read-only connection so that they can stream from another thread (WAL mode).
@@ -266,34 +268,35 @@ class Store:
             (state, finished, error, execution_id, *sorted(FINISHED)),
         )
 
-    def pending_indexes(self, execution_id: str, after: int, limit: int) -> list[int]:
+    def pending_records(self, execution_id: str, after: int, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` records after index ``after`` that have no result yet: (index, input as JSON text)."""
         rows = self._all(
-            "SELECT idx FROM records WHERE execution_id=? AND idx>? AND result IS NULL ORDER BY idx LIMIT ?",
+            "SELECT idx, input FROM records WHERE execution_id=? AND idx>? AND result IS NULL ORDER BY idx LIMIT ?",
             (execution_id, after, limit),
         )
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
-    def get_input(self, execution_id: str, index: int) -> dict[str, Any]:
-        row = self._one("SELECT input FROM records WHERE execution_id=? AND idx=?", (execution_id, index))
-        if row is None:
-            raise KeyError(index)
-        value: dict[str, Any] = json.loads(row[0])
-        return value
+    def save_results(self, execution_id: str, results: list[tuple[int, bool, str]]) -> None:
+        """Store records' results, each (index, success, result as JSON text), in one transaction.
 
-    def save_result(self, execution_id: str, index: int, result: dict[str, Any]) -> None:
-        """Store a record's result once: a second result for the same record is ignored."""
-        text = json.dumps(result, separators=(",", ":"))
+        A record's result is stored once: a second result for the same record is ignored (and not counted).
+        """
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                changed = self._db.execute(
-                    "UPDATE records SET result=? WHERE execution_id=? AND idx=? AND result IS NULL",
-                    (text, execution_id, index),
-                ).rowcount
-                if changed:
+                counts = []
+                for success in (True, False):
+                    counts.append(
+                        self._db.executemany(
+                            "UPDATE records SET result=? WHERE execution_id=? AND idx=? AND result IS NULL",
+                            ((text, execution_id, index) for index, ok, text in results if ok is success),
+                        ).rowcount
+                    )
+                succeeded, failed = counts
+                if succeeded or failed:
                     self._db.execute(
-                        "UPDATE executions SET completed=completed+1, failed=failed+? WHERE id=?",
-                        (0 if result.get("success") else 1, execution_id),
+                        "UPDATE executions SET completed=completed+?, failed=failed+? WHERE id=?",
+                        (succeeded + failed, failed, execution_id),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
