@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -25,6 +27,7 @@ DAG_IDS = {
     "mlserver_batch_scoring",
     "mlserver_external_batch_sensor",
     "mlserver_large_scoring",
+    "mlserver_r_manual_transmission",
     "mlserver_scores_report",
 }
 PUBLIC = (
@@ -175,3 +178,31 @@ def test_large_scoring_in_chunks_reruns_deterministically_and_feeds_the_report(e
     assert rerun["counts"]["skipped"] == len(borderline) and rerun["counts"]["copied"] == 0
     out = _dags_test(env, "mlserver_scores_report")
     assert "records             2000" in out or "records  2000" in out or "2000" in out
+
+
+def test_r_manual_transmission_end_to_end(examples_env: Any) -> None:
+    """The R seed: an R service with its glm model (RDS), its check value, CSV and TSV batches, PNG artifacts."""
+    if shutil.which("Rscript") is None or importlib.util.find_spec("rpy2") is None:
+        pytest.fail("R or rpy2 is missing: `make test` installs both (Debian's r-base-core, rpy2 in .venv).")
+    env, server, storage = examples_env
+    out = _dags_test(env, "mlserver_r_manual_transmission")
+    assert "manualTransmission(120, 2.8) = 0.6418125\n" in out  # the seed's value, to 7 digits
+    assert "Scored 32 cars from mtcars.csv and from mtcars.tsv, the same answers" in out
+    service = Api(server).get("/services/mtService/v1.0.0").json()[0]
+    assert (service["runtimeType"], service["outputFileNames"]) == ("R", ["Histogram.png"])
+    for fmt in ("csv", "tsv"):
+        (results,) = storage.glob(f"r/*/mtcars-{fmt}.parquet")
+        frame = pd.read_parquet(results)
+        assert len(frame) == 32 and frame["success"].all()
+        assert (
+            abs(frame.set_index("model").loc["Volvo 142E", "answer"] - 0.5857) < 1e-4
+        )  # as R's glm predicts
+        (manifest,) = storage.glob(f"r/*/artifacts-{fmt}/manifest.json")
+        pngs = sorted(manifest.parent.glob("*/Histogram.png"), key=lambda p: int(p.parent.name))
+        assert [int(p.parent.name) for p in pngs] == list(range(32))  # one per record
+        assert {p.name for p in manifest.parent.rglob("*") if p.is_file()} == {
+            "Histogram.png",
+            "manifest.json",
+        }
+        for png in pngs:
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

@@ -12,9 +12,13 @@ that every answer of the server is compared with what the same code computes her
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import io
 import os
+import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,9 +32,16 @@ from azureml.common.http_client import HttpException
 from azureml.deploy import DeployClient
 from azureml.deploy.server import MLServer
 
+from airflow_mlserver.client.mlserver import MLServerClient
+from airflow_mlserver.client.models import ServiceDefinition
+from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
 from tests.msclient_shim import patched_client
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "dags_examples"
+sys.path.insert(0, str(EXAMPLES))  # the R example's service code, as its DAG publishes it
+import mtcars_r_service  # noqa: E402
 
 # The seed's model: logistic regression am ~ hp + wt on mtcars (R's glm coefficients). A plain dict:
 # dill sends it by value, so the server's workers load it without importing anything from the tests.
@@ -282,3 +293,51 @@ def test_bearer_token_auth(mlserver: LocalMLServer, tx_name: str) -> None:
     assert svc.manualTransmission(120, 2.8).output("answer")["probability"][0] == pytest.approx(
         0.6418, abs=1e-3
     )
+
+
+def test_batch_of_an_r_service(client: Any, mlserver: LocalMLServer, tmp_path: Path) -> None:
+    """The R seed's service (glm model as RDS, published with this provider's client) consumed in batch by
+    Microsoft's client, from records read as the seed reads them (``mtcars.tsv``, tab-separated)."""
+    rscript = shutil.which("Rscript")
+    if rscript is None or importlib.util.find_spec("rpy2") is None:
+        pytest.fail("R or rpy2 is missing: `make test` installs both (Debian's r-base-core, rpy2 in .venv).")
+    records = pd.read_csv(EXAMPLES / "data" / "mtcars.tsv", sep="\t")[["hp", "wt"]].head(6).astype(float)
+    model, expected = tmp_path / "carsModel.rds", tmp_path / "expected.txt"
+    fit = (  # the seed's model, and what it predicts for the records, computed by R here
+        "m <- glm(formula = am ~ hp + wt, data = mtcars, family = binomial); saveRDS(m, file = a[[1]]); "
+        "r <- read.csv(a[[2]], sep = '\\t')[1:6, c('hp', 'wt')]; "
+        "writeLines(sprintf('%.15g', predict(m, r, type = 'response')), a[[3]])"
+    )
+    subprocess.run(
+        [rscript, "--vanilla", "-e", f"a <- commandArgs(TRUE); {fit}", str(model),
+         str(EXAMPLES / "data" / "mtcars.tsv"), str(expected)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    answers = [float(line) for line in expected.read_text().split()]
+    name = f"mtService{uuid.uuid4().hex[:8]}"
+    settings = ConnectionSettings("ml", mlserver.url, mlserver.username, mlserver.password)
+    with MLServerClient(settings) as ours:
+        ours.publish_service(
+            name,
+            "v1.0.0",
+            ServiceDefinition(
+                mtcars_r_service.CODE, {"hp": "numeric", "wt": "numeric"}, {"answer": "numeric"},
+                mtcars_r_service.INIT_CODE, ["Histogram.png"], "manualTransmission", runtime_type="R",
+            ),
+            model_objects={"carsModel": model},
+        )  # fmt: skip
+    try:
+        svc = client.get_service(name, version="v1.0.0")
+        assert svc.capabilities()["runtime"] == "R"
+        assert svc.manualTransmission(120, 2.8).output("answer") == pytest.approx(0.6418125, abs=5e-8)
+        batch = svc.batch(records, parallel_count=3).start()
+        results = wait_complete(batch)
+        assert results.total_item_count == results.completed_item_count == len(records)
+        for i, answer in enumerate(answers):
+            record = results.execution(i)
+            assert record.error == ""
+            assert record.output("answer") == pytest.approx(answer, rel=1e-12)
+            assert batch.list_artifacts(i) == ["Histogram.png"]
+            assert batch.artifact(i, "Histogram.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        assert client.delete_service(name, version="v1.0.0") is True
