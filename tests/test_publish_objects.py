@@ -6,6 +6,8 @@ rpy2 are required, not optional: ``make test`` installs both.
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +16,12 @@ from pathlib import Path
 import dill
 import pytest
 
+from airflow_mlserver.client.auth import Auth
+from airflow_mlserver.client.calls import Calls
+from airflow_mlserver.client.models import ServiceDefinition
+from airflow_mlserver.client.protocol import Answer, Wire
+from airflow_mlserver.client.publishing import publish_with_objects
+from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.exceptions import MLServerApiError, ModelObjectError
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.server.process import LocalMLServer
@@ -204,3 +212,52 @@ def test_hook_publishes_an_r_service_with_an_rds_model(
     answer = hook.consume("RWithModel", "1.0", {"hp": 120, "wt": 2.8}).outputs["answer"]
     assert round(answer, 7) != 0.6418125
     assert hook.delete_service("RWithModel", "1.0")
+
+
+def test_publish_flow_sends_each_step_and_only_logs_a_failed_clean_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With no socket: the requests in order, their bodies and content types; a failed delete is a warning."""
+    settings = ConnectionSettings(conn_id="ml", base_url="http://ml:12800", access_token="tok")
+    calls = Calls(Auth(settings, logging.getLogger("test-publish")), logging.getLogger("test-publish"))
+    definition = ServiceDefinition(R_CODE, {"hp": "numeric"}, {"answer": "numeric"}, runtime_type="R")
+    flow = publish_with_objects(calls, "svc", "1", definition, {"carsModel": b"X\n\x00"}, replace=False)
+    published = {"name": "svc", "version": "1", "runtimeType": "R", "snapshotId": "snap"}
+    answers = [
+        Answer(201, {}, value={"sessionId": "sess"}),
+        Answer(200, {}),
+        Answer(201, {}, value={"snapshotId": "snap"}),
+        Answer(201, {}, value="/api/svc/1"),
+        Answer(200, {}, value=[published]),
+        Answer(200, {}),
+        Answer(500, {}, error_message="disk full"),
+    ]
+    sent: list[tuple[str, str, str, bytes | None]] = []
+    wire = flow.send(None)
+    with caplog.at_level(logging.WARNING, logger="test-publish"):
+        try:
+            for answer in answers:
+                assert isinstance(wire, Wire)
+                spec = wire.spec
+                sent.append((spec.method, spec.path, wire.headers.get("Content-Type", ""), spec.body))
+                wire = flow.send(answer)
+            raise AssertionError("the flow asked for more than the answers given")
+        except StopIteration as done:
+            service = done.value
+    json_type, octets = "application/json", "application/octet-stream"
+    assert [s[:3] for s in sent] == [
+        ("POST", "/sessions", json_type),
+        ("POST", "/sessions/sess/workspace/carsModel", octets),
+        ("POST", "/sessions/sess/snapshot", json_type),
+        ("POST", "/services/svc/1", json_type),
+        ("GET", "/services/svc/1", ""),
+        ("DELETE", "/sessions/sess", ""),
+        ("DELETE", "/snapshots/snap", ""),
+    ]
+    assert json.loads(sent[0][3] or b"") == {"runtimeType": "R"}
+    assert sent[1][3] == b"X\n\x00"
+    assert json.loads(sent[3][3] or b"")["snapshotId"] == "snap"
+    assert (service.name, service.runtime_type) == ("svc", "R")
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("Could not delete snapshot 'snap' after publishing (Could not delete snapshot")
+    assert warning.endswith("; it stays on the server")
