@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,6 +150,38 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class ResultColumns:
+    """The names of a results table's columns after the inputs: an input column of the same name turns
+    ``y`` into ``output_y``, ``success`` into ``output_success``, and so on.
+
+    :param outputs: The column of each declared output, by output name, in declaration order.
+    """
+
+    outputs: dict[str, str]
+    success: str
+    error_message: str
+    attempts: str
+
+    @classmethod
+    def after(cls, inputs: Sequence[str], service: WebService) -> ResultColumns:
+        """The result columns that follow ``record`` and the input columns ``inputs``."""
+        taken = {"record", *inputs}
+
+        def unique(name: str) -> str:
+            chosen = name if name not in taken else f"output_{name}"
+            taken.add(chosen)
+            return chosen
+
+        outputs = {o.name: unique(o.name) for o in service.outputs}
+        return cls(outputs, unique("success"), unique("error_message"), unique("attempts"))
+
+
+def _output_values(results: Sequence[RecordResult], name: str, column: Column) -> list[Any]:
+    values = [r.outputs.get(name) if r.success else None for r in results]
+    return [_json_text(v) for v in values] if column is Column.JSON else values
+
+
 def results_frame(
     inputs: pd.DataFrame,
     results: Sequence[RecordResult],
@@ -163,23 +196,35 @@ def results_frame(
     """
     if len(results) != len(inputs):
         raise ValueError(f"{len(results)} results for {len(inputs)} input records")
+    names = ResultColumns.after([str(c) for c in inputs.columns], service)
     frame = inputs.reset_index(drop=True).copy()
     frame.insert(0, "record", range(offset, offset + len(inputs)))
     for output in service.outputs:
-        values = [r.outputs.get(output.name) if r.success else None for r in results]
-        if result_column(output.type) is Column.JSON:
-            values = [_json_text(v) for v in values]
-        frame[_unique(frame, output.name)] = values
-    frame[_unique(frame, "success")] = [r.success for r in results]
-    frame[_unique(frame, "error_message")] = [r.error_message or None for r in results]
+        frame[names.outputs[output.name]] = _output_values(results, output.name, result_column(output.type))
+    frame[names.success] = [r.success for r in results]
+    frame[names.error_message] = [r.error_message or None for r in results]
     if attempts is not None:
-        frame[_unique(frame, "attempts")] = list(attempts)
+        frame[names.attempts] = list(attempts)
     return frame
 
 
-def _unique(frame: pd.DataFrame, name: str) -> str:
-    """``name``, or ``output_<name>`` when an input column already has that name."""
-    return name if name not in frame.columns else f"output_{name}"
+def patch_results(
+    frame: pd.DataFrame, rows: Sequence[int], results: Sequence[RecordResult], service: WebService
+) -> None:
+    """Put ``results`` in place of the outcomes of rows ``rows`` of a results table (as :func:`results_frame`
+    makes it, without ``attempts``; its index 0, 1, ...), in place."""
+    if not rows:
+        return
+    inputs = frame.columns[1 : len(frame.columns) - len(service.outputs) - 2]
+    names = ResultColumns.after([str(c) for c in inputs], service)
+    positions = list(rows)
+    for output in service.outputs:
+        column = names.outputs[output.name]
+        frame[column] = frame[column].astype(object)  # a patched value may be None where the column has none
+        values = _output_values(results, output.name, result_column(output.type))
+        frame.loc[positions, column] = values
+    frame.loc[positions, names.success] = [r.success for r in results]
+    frame.loc[positions, names.error_message] = [r.error_message or None for r in results]
 
 
 def results_schema(first: pd.DataFrame, service: WebService) -> pa.Schema:

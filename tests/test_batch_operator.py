@@ -22,6 +22,10 @@ SLOW = "import time\ntime.sleep(1)\ny = x\nlabel = name\n"
 COLUMNS = ["record", "x", "name", "y", "label", "success", "error_message"]
 
 
+#: Sleeps ``x`` seconds per record: chunks of very different durations.
+NAPPER = "import time\ntime.sleep(x)\ny = x\nlabel = name\n"
+
+
 #: Fails a record named ``flaky...`` at its first attempt only (a marker file in a folder of the test's), and a
 #: negative ``x`` at every attempt.
 FLAKY = """import os
@@ -46,6 +50,7 @@ def services(api: Api, tmp_path_factory: pytest.TempPathFactory) -> None:
     )
     markers = str(tmp_path_factory.mktemp("flaky-markers"))
     api.publish("flaky", "v1", FLAKY.format(markers=markers), {"x": "numeric", "name": "character"}, outputs)
+    api.publish("napper", "v1", NAPPER, {"x": "numeric", "name": "character"}, outputs)
 
 
 @pytest.fixture
@@ -744,3 +749,74 @@ def test_batch_state_keeps_the_rescore_rounds_and_reads_the_older_form() -> None
     for run in ([], [0], [0, 1, 2], [4, 6, 7, 8, 20]):
         assert numbers(ranges(run)) == run
     assert ranges(range(5, 9)) == "5-8"
+
+
+def _staged_chunks(log: str) -> list[int]:
+    """The chunk numbers (1-based) the log says were staged, in the order they were."""
+    return [int(n) for n in re.findall(r"Staged the results of chunk (\d+) of \d+", log)]
+
+
+@pytest.mark.parametrize("dag_id", ["mlserver_test_pipeline", "mlserver_test_pipeline_in_worker"])
+def test_the_next_chunk_starts_when_the_first_running_one_finishes(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str], dag_id: str
+) -> None:
+    """Two at a time, chunk 1 sleeps 10 s and chunks 2 to 5 0.1 s: 3, 4 and 5 run while chunk 1 still runs,
+    and their results are staged before chunk 1's; the output is in input order all the same."""
+    frame = pd.DataFrame({"x": [10.0] + [0.1] * 4, "name": [f"n{i}" for i in range(5)]})
+    before = set(api.get("/api/napper/v1/batch").json())
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        dag_id, service="napper", records=_write(frame, tmp_path / "in.parquet"), output=str(out)
+    )
+    assert dagrun.state == "success"
+    stored = _stored_batch(dagrun)
+    starts = [datetime.fromisoformat(stored["executions_started"][str(i)]).timestamp() for i in range(5)]
+    assert starts == sorted(starts)
+    assert starts[4] - starts[0] < 10  # chunk 1 cannot have finished yet: its one record sleeps 10 s
+    assert stored["written"] == "0-4"
+    summary = _summary(dagrun)
+    assert set(api.get("/api/napper/v1/batch").json()) - before == set(summary["execution_ids"])  # one each
+    results = pd.read_parquet(out)
+    assert list(results.columns) == COLUMNS
+    assert results["record"].tolist() == list(range(5))
+    assert (
+        results["y"].tolist() == frame["x"].tolist() and results["label"].tolist() == frame["name"].tolist()
+    )
+    assert results["success"].all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet", "results.parquet"]  # parts removed
+    staged = _staged_chunks(capfd.readouterr().out)
+    assert sorted(staged) == [1, 2, 3, 4, 5] and staged[-1] == 1  # chunk 1 last, after the others
+
+
+def test_a_retry_after_a_lost_worker_scores_each_chunk_once_and_writes_everything(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The first try is lost mid-way (a chunk staged, others complete or running); the retry reattaches, stages
+    only what is not staged yet, and the output has every record once, in order."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    frame = pd.DataFrame({"x": [0.3, 0.1, 0.5, 0.1, 0.2, 0.1], "name": [f"n{i}" for i in range(6)]})
+    before = set(api.get("/api/napper/v1/batch").json())
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        "mlserver_test_lost_midway",
+        service="napper",
+        records=_write(frame, tmp_path / "in.csv"),
+        output=str(out),
+    )
+    assert dagrun.state == "success"
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id=dagrun.dag_id, run_id=dagrun.run_id).one()
+        assert ti.try_number == 2
+    summary = _summary(dagrun)
+    assert len(set(summary["execution_ids"])) == 6
+    assert set(api.get("/api/napper/v1/batch").json()) - before == set(summary["execution_ids"])
+    results = pd.read_parquet(out)
+    assert results["record"].tolist() == list(range(6))
+    assert results["y"].tolist() == frame["x"].tolist() and results["success"].all()
+    log = capfd.readouterr().out
+    assert "RuntimeError: the worker was lost" in log
+    assert "Found the executions of an earlier try" in log
+    assert sorted(_staged_chunks(log)) == [1, 2, 3, 4, 5, 6]  # each chunk staged once, across both tries
+    assert not (tmp_path / ".results.parquet.parts").exists()

@@ -46,7 +46,12 @@ def services(api: Api) -> None:
 
 def test_serialized_kwargs_hold_no_secret_and_recreate_the_trigger(mlserver: LocalMLServer) -> None:
     trigger = _trigger(
-        ["a", "b"], deadline=123.0, labels={"a": "chunk 1 of 2"}, started={"a": 100.0}, map_index=3
+        ["a", "b"],
+        deadline=123.0,
+        labels={"a": "chunk 1 of 2"},
+        started={"a": 100.0},
+        map_index=3,
+        until="first",
     )
     path, kwargs = trigger.serialize()
     assert path == "airflow_mlserver.triggers.batch.MLServerBatchTrigger"
@@ -60,6 +65,34 @@ def test_one_complete_event_for_several_executions(api: Api, mlserver_conn: str,
     assert event["status"] == "complete"
     assert set(event["executions"]) == set(ids)
     assert all(e["completed"] == 3 for e in event["executions"].values())
+
+
+def test_until_first_ends_the_wait_as_soon_as_one_execution_is_complete(
+    api: Api, mlserver_conn: str, services: None
+) -> None:
+    slow = api.start_batch("trig", "v1", [{"x": 30.0}], 1)
+    quick = api.start_batch("trig", "v1", [{"x": 0.1}], 1)
+    started = time.monotonic()
+    (event,) = _events(_trigger([slow, quick], until="first"))
+    assert (event["status"], event["complete"]) == ("complete", [quick])
+    assert event["message"].startswith(
+        "1 of 2 batch execution(s) of web service 'trig' version 'v1' complete"
+    )
+    assert time.monotonic() - started < 20
+    assert api.status("trig", "v1", slow)["state"] == "Running"  # the other one still runs
+    api.delete(f"/api/trig/v1/batch/{slow}")
+
+
+def test_the_waiting_rule_for_every_execution_and_for_the_first() -> None:
+    from airflow_mlserver.triggers.waiting import ALL, FIRST, wait_over
+
+    running, complete, failed = _status("Running", 5), _status("Complete", 1000), _status("Failed", 5)
+    assert [wait_over([running, complete], until) for until in (ALL, FIRST)] == [False, True]
+    assert [wait_over([complete, complete], until) for until in (ALL, FIRST)] == [True, True]
+    assert [wait_over([running, running], until) for until in (ALL, FIRST)] == [False, False]
+    assert [wait_over([running, failed], until) for until in (ALL, FIRST)] == [True, True]
+    with pytest.raises(ValueError, match="until must be 'all' or 'first', not 'any'"):
+        wait_over([running], "any")
 
 
 def test_failed_event_when_an_execution_fails(api: Api, mlserver_conn: str, services: None) -> None:

@@ -8,12 +8,20 @@ How a run goes:
    ``max_active_executions`` run at once; each start is stored as an intent before it is sent and its id right
    after it answers, before any waiting (:mod:`~airflow_mlserver.operators.batch_starts`).
 3. While executions run the task defers to :class:`~airflow_mlserver.triggers.batch.MLServerBatchTrigger`
-   (or polls in the worker when ``deferrable=False``), then starts the next chunks, until all are complete;
-   then up to ``rescore_failed_records`` rounds send the failed records again
-   (:mod:`~airflow_mlserver.operators.batch_rounds`).
-4. Results are read back chunk by chunk and written to ``output_path`` in input order, each record's latest
-   outcome; the task fails when more than ``max_failed_records`` records failed, and returns a small summary
-   (and logs it as a sentence).
+   (or polls in the worker when ``deferrable=False``) until the FIRST of them finishes, so the pipeline never
+   drains: it then starts the next chunk(s) at once, stages the result rows of each newly complete chunk as a
+   part file next to the output (:mod:`~airflow_mlserver.operators.batch_parts`) while the others run, and
+   waits again, until every chunk is complete; then up to ``rescore_failed_records`` rounds send the failed
+   records again (:mod:`~airflow_mlserver.operators.batch_rounds`).
+4. A final pass reads the parts in chunk order, puts each rescored record's latest outcome in place (rescore
+   rounds come after every chunk is complete, so their few results are read then), and writes ``output_path``
+   in input order; the task fails when more than ``max_failed_records`` records failed, and returns a small
+   summary (and logs it as a sentence). Without ``output_path`` nothing is staged: the final pass reads the
+   results from the server to count them.
+
+Nothing is kept on the operator across a deferral: which chunks run, which are staged (``written``) and the
+rounds live in the task-state store, the rows in the part files. Memory is bounded by a chunk or two (the
+input is read chunk by chunk, results decoded one record at a time), whatever the input's size.
 
 The log lines are :mod:`~airflow_mlserver.triggers.progress`'s; a mapped task's lines name its map index.
 
@@ -60,10 +68,17 @@ from airflow_mlserver.operators.arguments import (
     uri,
     whole_number,
 )
-from airflow_mlserver.operators.batch_results import batch_summary, write_results
-from airflow_mlserver.operators.batch_rounds import labels, latest_outcomes, plan_next_round, round_frames
+from airflow_mlserver.operators.batch_parts import StagedParts
+from airflow_mlserver.operators.batch_results import batch_summary, check_failures, write_results
+from airflow_mlserver.operators.batch_rounds import (
+    check_deadline,
+    labels,
+    latest_outcomes,
+    plan_next_round,
+    wave_frames,
+)
 from airflow_mlserver.operators.batch_starts import settle_intent, start_execution
-from airflow_mlserver.operators.batch_state import BatchState, Round
+from airflow_mlserver.operators.batch_state import BatchState
 from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, storage_path
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
@@ -78,8 +93,8 @@ from airflow_mlserver.triggers.waiting import (
     CANCELED,
     COMPLETE,
     FAILED,
+    FIRST,
     TIMEOUT,
-    deadline_passed,
     ended,
     ended_message,
     outcome,
@@ -236,6 +251,10 @@ class MLServerBatchOperator(BaseOperator):
     def _chunk_size(self) -> int:
         return self.chunk_size or 2**62
 
+    def _parts(self, service: WebService) -> StagedParts:
+        output = storage_path(self.output_path, self.output_conn_id) if self.output_path else None
+        return StagedParts(output, service, keep_extra_columns=self.extra_columns != "ignore")
+
     @staticmethod
     def _map_index(context: Context) -> int | None:
         """The task instance's map index (-1 or None when the task is not mapped)."""
@@ -308,12 +327,18 @@ class MLServerBatchOperator(BaseOperator):
                     del executions[index]
                 else:
                     statuses[index] = status
-            self._check_deadline(service, state, round_, statuses)
+            check_deadline(hook, service, state, round_, statuses, self.batch_timeout)
             running = [i for i, s in statuses.items() if outcome(s) != COMPLETE]
             missing = [i for i in range(round_.parts) if i not in executions]
             to_start = missing[: max(0, self.max_active_executions - len(running))]
-            frames = self._frames(self._chunk_size()) if to_start else iter(())
-            for index, frame in round_frames(frames, state, round_, to_start):
+            parts = self._parts(service)
+            to_write = parts.unstaged(state, round_, statuses)
+            staged = []  # complete chunks' records, staged once the next chunks are started
+            frames = self._frames(self._chunk_size()) if to_start or to_write else iter(())
+            for index, offset, frame in wave_frames(frames, state, round_, to_start, to_write):
+                if index in to_write:
+                    staged.append((index, offset, frame))
+                    continue
                 records = prepare_records(frame, service, self.extra_columns)
                 execution_id = start_execution(
                     hook, service, state, round_, context, index, records, self.parallel_count
@@ -327,6 +352,7 @@ class MLServerBatchOperator(BaseOperator):
                 )
                 running.append(index)
             context["ti"].xcom_push(key=EXECUTIONS_XCOM_KEY, value=state.execution_ids())
+            parts.stage(hook, state, context, staged, label_of, self.log, prefix)
             if not running:
                 rescoring = plan_next_round(
                     hook, service, state, statuses, self.rescore_failed_records, self.chunk_size
@@ -359,10 +385,11 @@ class MLServerBatchOperator(BaseOperator):
                         labels=names,
                         started=started,
                         map_index=self._map_index(context),
+                        until=FIRST,
                     ),
                     method_name="execute_complete",
                 )
-            # not deferrable: wait in the worker, by the trigger's rule (until all finished or one ended)
+            # not deferrable: wait in the worker, by the trigger's rule (until the first finished)
             polled = wait_for_executions(
                 hook,
                 service.name,
@@ -371,6 +398,7 @@ class MLServerBatchOperator(BaseOperator):
                 self.poll_interval,
                 state.deadline,
                 ProgressLog(self.log, names, started, prefix),
+                until=FIRST,
             )
             for status in polled:
                 if ended(status):  # as the trigger's failed or canceled event
@@ -378,24 +406,6 @@ class MLServerBatchOperator(BaseOperator):
                         f"{ended_message(status.execution_id, service.name, service.version, status)}. Look at "
                         "the execution on the server; a retry of this task starts the failed chunk again."
                     )
-
-    def _check_deadline(
-        self, service: WebService, state: BatchState, round_: Round, statuses: dict[int, BatchStatus]
-    ) -> None:
-        """Past the deadline: cancel what still runs and fail, unless every part of the round has finished."""
-        if not deadline_passed(state.deadline):
-            return
-        unfinished = [s for s in statuses.values() if not s.is_finished]
-        for status in unfinished:
-            self.hook.cancel_batch(service.name, service.version, status.execution_id)
-        if unfinished or len(statuses) < round_.parts:
-            done = sum(s.completed for s in statuses.values())
-            raise MLServerBatchTimeoutError(
-                f"The batch on web service '{service.name}' version '{service.version}' did not finish within its "
-                f"timeout of {self.batch_timeout:g} s ({done} records done); canceled "
-                f"{', '.join(s.execution_id for s in unfinished) or 'nothing (no execution was running)'}. "
-                "Raise timeout, parallel_count or max_active_executions, or score fewer records per run."
-            )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after the trigger: fail on anything but ``complete``, else go on with the next chunks."""
@@ -429,6 +439,7 @@ class MLServerBatchOperator(BaseOperator):
 
         ``prefix`` starts the last log line (a mapped task's map index).
         """
+        parts = self._parts(service)
         writer = None
         if self.output_path:
             path = storage_path(self.output_path, self.output_conn_id)
@@ -437,15 +448,15 @@ class MLServerBatchOperator(BaseOperator):
         scored = write_results(
             self.hook,
             service,
-            state.executions,
-            self._frames(self._chunk_size()),
+            state,
+            lambda: self._frames(self._chunk_size()),
             writer,
-            keep_extra_columns=self.extra_columns != "ignore",
+            parts,
             keep_rows=self.return_results,
             rescored=rescored,
             attempts=attempts if self.rescore_failed_records else None,
         )
-        total, failed = scored.total, scored.failed
+        parts.remove()  # the output is in place: the staged parts are not needed any more
         output_uri = str(writer.path) if writer is not None else None
         summary = batch_summary(service, state, scored, rescored, output_uri)
         if rescored:
@@ -454,14 +465,7 @@ class MLServerBatchOperator(BaseOperator):
             self.log.info(
                 "%sRescored %s in %s: %s", prefix, counted(len(rescored), "record"), rounds_run, recovered
             )
-        if failed > self.max_failed_records:
-            rounds = f", after {counted(len(state.rescores), 'round')} of rescoring" if state.rescores else ""
-            raise MLServerBatchFailedError(
-                f"{failed} of {total} records failed{rounds} (max_failed_records={self.max_failed_records}); first "
-                "failures: "
-                + "; ".join(scored.failures)
-                + (f". Results are in {output_uri}." if output_uri else ".")
-            )
+        check_failures(scored, state, self.max_failed_records, output_uri)
         self._lineage_service = (
             service.name,
             service.version,

@@ -1,25 +1,31 @@
-"""The batch operator's results: read back chunk by chunk and written in input order, failures counted.
+"""The batch operator's results: written in input order, each record's latest outcome, failures counted.
 
-Memory stays bounded by a chunk (and the records rescored): each chunk's input records are read again (the
-same chunks as at the start) and joined with its execution's results, streamed from the server one record at a
-time; a record that was rescored gets its latest result instead.
+Memory stays bounded by a chunk (and the records rescored). Each chunk's result rows are its staged part file
+(:mod:`~airflow_mlserver.operators.batch_parts`, written while later chunks still ran) or, without an output
+or where a part is missing, its input records read again (the same chunks as at the start) joined with its
+execution's results, streamed from the server one record at a time; a record that was rescored gets its latest
+result in place.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlserver.exceptions import MLServerBatchFailedError
 from airflow_mlserver.operators.batch_state import BatchState, ranges
-from airflow_mlserver.tables import ResultsWriter, results_frame
+from airflow_mlserver.tables import ResultColumns, ResultsWriter, patch_results
+from airflow_mlserver.triggers.progress import counted
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from airflow_mlserver.client.models import RecordResult, WebService
     from airflow_mlserver.hooks.mlserver import MLServerHook
+    from airflow_mlserver.operators.batch_parts import StagedParts
 
 #: The failures a failed task names in its message.
 MAX_FAILURES_SHOWN = 5
@@ -41,14 +47,13 @@ class Scored:
     rows: list[dict[str, Any]] | None = field(default_factory=list)
     chunks: list[range] = field(default_factory=list)
 
-    def add(self, results: Sequence[RecordResult], chunk: pd.DataFrame, keep_rows: bool) -> None:
-        """Count one chunk's results (its records numbered from :attr:`total`), keep its rows if asked."""
-        for position, result in enumerate(results):
-            if not result.success:
-                self.failed += 1
-                if len(self.failures) < MAX_FAILURES_SHOWN:
-                    reason = (result.error_message or "failed").splitlines()[0]
-                    self.failures.append(f"record {self.total + position}: {reason}")
+    def add(self, chunk: pd.DataFrame, names: ResultColumns, keep_rows: bool) -> None:
+        """Count one chunk's result rows (its records numbered from :attr:`total`), keep them if asked."""
+        failed = chunk.index[~chunk[names.success].astype(bool)]
+        self.failed += len(failed)
+        for position in failed[: MAX_FAILURES_SHOWN - len(self.failures)]:
+            reason = (chunk[names.error_message].iloc[position] or "failed").splitlines()[0]
+            self.failures.append(f"record {self.total + position}: {reason}")
         self.chunks.append(range(self.total, self.total + len(chunk)))
         self.total += len(chunk)
         if keep_rows and self.rows is not None:
@@ -59,45 +64,61 @@ class Scored:
                 self.rows.extend({str(k): v for k, v in row.items()} for row in rows)
 
 
+class _Chunks:
+    """The input's chunks, read on first need and only as far as asked (a missing part needs its records)."""
+
+    def __init__(self, frames: Callable[[], Iterator[pd.DataFrame]]) -> None:
+        self._open, self._next = frames, 0
+        self._frames: Iterator[pd.DataFrame] | None = None
+
+    def get(self, index: int) -> pd.DataFrame:
+        if self._frames is None:
+            self._frames = self._open()
+        while True:
+            frame = next(self._frames)
+            self._next += 1
+            if self._next > index:
+                return frame
+
+
 def write_results(
     hook: MLServerHook,
     service: WebService,
-    executions: dict[int, str],
-    frames: Iterable[pd.DataFrame],
+    state: BatchState,
+    frames: Callable[[], Iterator[pd.DataFrame]],
     writer: ResultsWriter | None,
-    keep_extra_columns: bool,
+    parts: StagedParts,
     keep_rows: bool,
     rescored: Mapping[int, RecordResult],
     attempts: Mapping[int, int] | None,
 ) -> Scored:
-    """Join each chunk's input records (``frames``) with its records' latest results; write and count them.
+    """Each chunk's result rows in input order with its records' latest outcomes: written and counted.
 
-    :param executions: The execution of each chunk, by chunk number.
+    :param frames: Opens the input records, chunk by chunk (read only for chunks without a staged part).
     :param writer: Where the result rows go (committed here, aborted on any error), or None to write none.
-    :param keep_extra_columns: Keep input columns the service does not declare in the results.
+    :param parts: The staged parts (read when ``writer`` is given) and how result rows are built.
     :param keep_rows: Keep the result rows for ``return_results``.
     :param rescored: The latest result of each record that was sent again, by record number.
     :param attempts: How many times each record was scored, when more than once; None for no ``attempts`` column.
     """
-    declared = {i.name for i in service.inputs}
-    scored = Scored()
+    scored, inputs, patched = Scored(), _Chunks(frames), sorted(rescored)
     try:
-        for index, frame in enumerate(frames):
-            offset = scored.total
-            results = [
-                rescored.get(offset + position, result)
-                for position, result in enumerate(
-                    hook.iter_batch_results(service.name, service.version, executions[index])
-                )
-            ]
-            inputs = frame if keep_extra_columns else frame[[c for c in frame.columns if c in declared]]
-            counts = (
-                None if attempts is None else [attempts.get(n, 1) for n in range(offset, offset + len(frame))]
+        for index in range(state.chunks):
+            execution_id, offset = state.executions[index], scored.total
+            rows = parts.read(index, execution_id) if writer is not None else None
+            if rows is None:
+                rows = parts.build(hook, execution_id, offset, inputs.get(index))
+            end = offset + len(rows)
+            numbers = patched[bisect_left(patched, offset) : bisect_left(patched, end)]
+            patch_results(rows, [n - offset for n in numbers], [rescored[n] for n in numbers], service)
+            names = ResultColumns.after(
+                [str(c) for c in rows.columns[1 : -len(service.outputs) - 2]], service
             )
-            chunk = results_frame(inputs, results, service, offset, counts)
+            if attempts is not None:
+                rows[names.attempts] = [attempts.get(n, 1) for n in range(offset, end)]
             if writer is not None:
-                writer.write(chunk)
-            scored.add(results, chunk, keep_rows)
+                writer.write(rows)
+            scored.add(rows, names, keep_rows)
         if writer is not None:
             writer.commit()
     except BaseException:
@@ -105,6 +126,17 @@ def write_results(
             writer.abort()
         raise
     return scored
+
+
+def check_failures(scored: Scored, state: BatchState, max_failed: int, output_uri: str | None) -> None:
+    """Fail the task when more than ``max_failed`` records failed (after the last round of rescoring)."""
+    if scored.failed <= max_failed:
+        return
+    rounds = f", after {counted(len(state.rescores), 'round')} of rescoring" if state.rescores else ""
+    raise MLServerBatchFailedError(
+        f"{scored.failed} of {scored.total} records failed{rounds} (max_failed_records={max_failed}); first "
+        "failures: " + "; ".join(scored.failures) + (f". Results are in {output_uri}." if output_uri else ".")
+    )
 
 
 def executions_summary(state: BatchState, chunks: Sequence[range]) -> list[dict[str, Any]]:

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from airflow_mlserver.exceptions import MLServerBatchTimeoutError
 from airflow_mlserver.operators.batch_state import BatchState, RescoreRound, Round, ranges
 from airflow_mlserver.triggers.progress import chunk_label
+from airflow_mlserver.triggers.waiting import deadline_passed
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus, RecordResult, WebService
@@ -117,6 +119,32 @@ def round_frames(
             yield index, frame
 
 
+def wave_frames(
+    frames: Iterable[pd.DataFrame],
+    state: BatchState,
+    round_: Round,
+    starts: Sequence[int],
+    stages: Sequence[int],
+) -> Iterator[tuple[int, int, pd.DataFrame]]:
+    """The input records of the parts to start (``starts``) and of the chunks to stage (``stages``, round 0
+    only), each with the record number of its first record (0 in a rescore round), from one pass over
+    ``frames`` that reads no further than the last one asked for.
+
+    :param frames: The input records, chunk by chunk (the chunks of round 0), in input order.
+    """
+    if round_.number > 0:
+        yield from ((i, 0, f) for i, f in round_frames(frames, state, round_, starts))
+        return
+    wanted = sorted({*starts, *stages})
+    offset = 0
+    for index, frame in enumerate(frames):
+        if not wanted or index > wanted[-1]:
+            return
+        if index in wanted:
+            yield index, offset, frame
+        offset += len(frame)
+
+
 def part_frames(
     frames: Iterable[pd.DataFrame], parts: Mapping[int, Sequence[int]]
 ) -> dict[int, pd.DataFrame]:
@@ -153,3 +181,30 @@ def latest_outcomes(
             for record, result in zip(rescore.part_records(part), results, strict=True):
                 latest[record], attempts[record] = result, number + 1
     return latest, attempts
+
+
+def check_deadline(
+    hook: MLServerHook,
+    service: WebService,
+    state: BatchState,
+    round_: Round,
+    statuses: Mapping[int, BatchStatus],
+    timeout: float | None,
+) -> None:
+    """Past the deadline: cancel what still runs and fail, unless every part of the round has finished.
+
+    :param timeout: The task's ``timeout`` in seconds, named in the error.
+    """
+    if not deadline_passed(state.deadline):
+        return
+    unfinished = [s for s in statuses.values() if not s.is_finished]
+    for status in unfinished:
+        hook.cancel_batch(service.name, service.version, status.execution_id)
+    if unfinished or len(statuses) < round_.parts:
+        done = sum(s.completed for s in statuses.values())
+        raise MLServerBatchTimeoutError(
+            f"The batch on web service '{service.name}' version '{service.version}' did not finish within its "
+            f"timeout of {timeout or 0:g} s ({done} records done); canceled "
+            f"{', '.join(s.execution_id for s in unfinished) or 'nothing (no execution was running)'}. "
+            "Raise timeout, parallel_count or max_active_executions, or score fewer records per run."
+        )

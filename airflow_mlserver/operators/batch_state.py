@@ -12,17 +12,19 @@ try started. The stored form is a JSON-like dict under the key ``mlserver_batch`
      "rescores": [{"records": ["3,5,10-12"], "executions": {"0": "<execution id>"},
                    "executions_started": {"0": "2026-11-30T12:05:00.000+00:00"}}],
      "intent": {"round": 1, "part": 0, "records": 5, "before": ["<execution id>", "..."],
-                "at": "2026-11-30T12:05:00.000+00:00"}}
+                "at": "2026-11-30T12:05:00.000+00:00"},
+     "written": "0-1"}
 
 ``deadline`` is None for no timeout. The chunks are round 0; each entry of ``rescores`` is one round of
 rescoring failed records (round 1, 2, ...): the record numbers each of its executions ("parts") carries, as
 ranges of 0-based record numbers of the whole input, and the executions started. ``intent`` is the start being
 sent, written before it is sent and cleared when its execution id is stored (None in between starts): a try
 that finds one does not know whether the server started that execution, and reconciles (see
-:class:`StartIntent`). Earlier versions of this provider stored ``started`` and ``deadline`` as Unix
-timestamps (floats) and no ``executions_started``, ``rescores`` nor ``intent``: those forms are still read, so
-a retry of a task an older version started reattaches. In memory every time is a Unix timestamp, as
-``time.time()`` gives.
+:class:`StartIntent`). ``written`` are the chunks whose result rows are already staged next to the output (as
+ranges; see :mod:`~airflow_mlserver.operators.batch_parts`). Earlier versions of this provider stored
+``started`` and ``deadline`` as Unix timestamps (floats) and no ``executions_started``, ``rescores``, ``intent``
+nor ``written``: those forms are still read, so a retry of a task an older version started reattaches. In
+memory every time is a Unix timestamp, as ``time.time()`` gives.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ class BatchState:
         one can say how long it has waited; missing for chunks an older version started.
     :param rescores: The rounds of rescoring failed records, in order (round 1 first).
     :param intent: The start being sent, if any (see :class:`StartIntent`).
+    :param written: The chunks whose result rows are staged (their part files written), ascending.
     """
 
     service: str
@@ -150,6 +153,7 @@ class BatchState:
     executions_started: dict[int, float] = field(default_factory=dict)
     rescores: list[RescoreRound] = field(default_factory=list)
     intent: StartIntent | None = None
+    written: list[int] = field(default_factory=list)
 
     @classmethod
     def load(cls, context: Context) -> BatchState | None:
@@ -183,6 +187,7 @@ class BatchState:
             },
             rescores=[RescoreRound.from_stored(r) for r in value.get("rescores", [])],
             intent=None if intent is None else StartIntent.from_stored(intent),
+            written=numbers(str(value.get("written", ""))),
         )
 
     def to_stored(self) -> dict[str, Any]:
@@ -196,6 +201,7 @@ class BatchState:
             "deadline": None if self.deadline is None else _iso(self.deadline),
             "rescores": [r.to_stored() for r in self.rescores],
             "intent": None if self.intent is None else self.intent.to_stored(),
+            "written": ranges(self.written),
         }
 
     def round(self, number: int) -> Round:

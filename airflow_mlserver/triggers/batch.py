@@ -3,7 +3,8 @@
 The trigger only observes. It polls the cheap status (``showPartialResults=false``) of each execution it
 watches, logs progress once a minute (:class:`~airflow_mlserver.triggers.progress.ProgressLog`: a pending
 execution says how long it has waited, a mapped task names its map index), and yields exactly one event:
-``complete`` when every execution is complete, ``failed`` or ``canceled`` as soon as one is, ``timeout`` once
+``complete`` when every execution is complete (or, with ``until="first"``, as soon as one is: its
+``complete`` list names those that are), ``failed`` or ``canceled`` as soon as one is, ``timeout`` once
 the deadline (computed once, before deferring, and passed in as a timestamp so that it holds across triggerer
 restarts) has passed, or ``error`` when an execution is unknown to the server. While the server cannot be read
 it keeps polling with backoff and logs the state as unknown, never as failed. What counts as complete, failed
@@ -33,6 +34,7 @@ from airflow_mlserver.exceptions import (
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.triggers.progress import PROGRESS_INTERVAL, ProgressLog, duration, map_prefix
 from airflow_mlserver.triggers.waiting import (
+    ALL,
     COMPLETE,
     ERROR,
     TIMEOUT,
@@ -40,6 +42,7 @@ from airflow_mlserver.triggers.waiting import (
     ended_message,
     outcome,
     sleep_time,
+    wait_over,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +66,8 @@ class MLServerBatchTrigger(BaseTrigger):
     :param started: When each execution was started (Unix timestamps), for how long a pending one has waited;
         the trigger's own start for those not given.
     :param map_index: The task instance's map index, named in every log line of a mapped task.
+    :param until: ``"all"`` (default) to wait until every execution is complete, ``"first"`` to end the wait as
+        soon as one is (the batch operator then starts its next chunk).
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class MLServerBatchTrigger(BaseTrigger):
         labels: dict[str, str] | None = None,
         started: dict[str, float] | None = None,
         map_index: int | None = None,
+        until: str = ALL,
     ) -> None:
         super().__init__()
         self.mlserver_conn_id = mlserver_conn_id
@@ -91,6 +97,7 @@ class MLServerBatchTrigger(BaseTrigger):
         self.labels = dict(labels or {})
         self.started = dict(started or {})
         self.map_index = map_index
+        self.until = until
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -107,6 +114,7 @@ class MLServerBatchTrigger(BaseTrigger):
                 "labels": self.labels,
                 "started": self.started,
                 "map_index": self.map_index,
+                "until": self.until,
             },
         )
 
@@ -178,12 +186,14 @@ class MLServerBatchTrigger(BaseTrigger):
                     exc,
                     duration(backoff),
                 )
-            if not pending:
+            if len(statuses) == len(self.execution_ids) and wait_over(list(statuses.values()), self.until):
+                complete = [e for e in self.execution_ids if e not in pending]
                 yield self._event(
                     COMPLETE,
-                    f"{len(self.execution_ids)} batch execution(s) of web service '{self.service_name}' version "
-                    f"'{self.service_version}' complete",
+                    f"{len(complete)} of {len(self.execution_ids)} batch execution(s) of web service "
+                    f"'{self.service_name}' version '{self.service_version}' complete",
                     statuses,
+                    complete=complete,
                 )
                 return
             if statuses and unknown_since is None:  # while unreadable, the warning above says so

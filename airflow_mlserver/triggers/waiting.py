@@ -1,7 +1,10 @@
 """The one rule for waiting on batch executions, shared by the trigger, the operators and the sensor.
 
 An execution has finished once it is complete, failed or canceled; a state the provider does not know counts
-as running. A failed or canceled execution ends a wait at once: the batch cannot complete any more. A
+as running. A failed or canceled execution ends a wait at once: the batch cannot complete any more. A wait
+lasts ``until`` every execution has finished (:data:`ALL`, the sensor's and the artifacts operator's wait), or
+until the first of them has finished (:data:`FIRST`: the batch operator, which then starts its next chunk at
+once so that ``max_active_executions`` stay busy); :func:`wait_over` is that rule. A
 deadline is an absolute Unix timestamp (so that it holds across retries and triggerer restarts): once it has
 passed the wait ends, and no sleep runs past it.
 
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
 
 # Outcomes of a wait (the trigger's event carries one as its "status").
 COMPLETE, FAILED, CANCELED, TIMEOUT, ERROR = "complete", "failed", "canceled", "timeout", "error"
+# How long a wait lasts: until every execution has finished, or until the first one has.
+ALL, FIRST = "all", "first"
 
 
 def outcome(status: BatchStatus) -> str | None:
@@ -54,6 +59,17 @@ def ended_message(execution_id: str, service_name: str, service_version: str, st
     )
 
 
+def wait_over(statuses: Sequence[BatchStatus], until: str) -> bool:
+    """Whether a wait on these executions ends: at once when one failed or was canceled, else when every one
+    (``until`` :data:`ALL`) or any one (:data:`FIRST`) has finished."""
+    if until not in (ALL, FIRST):
+        raise ValueError(f"until must be {ALL!r} or {FIRST!r}, not {until!r}")
+    if any(ended(s) for s in statuses):
+        return True
+    finished = [s.is_finished for s in statuses]
+    return all(finished) if until == ALL else any(finished)
+
+
 def deadline_passed(deadline: float | None) -> bool:
     """Whether the deadline (a Unix timestamp; None for none) has passed."""
     return deadline is not None and time.time() >= deadline
@@ -72,8 +88,10 @@ def wait_for_executions(
     poll_interval: float,
     deadline: float | None,
     on_poll: Callable[[list[BatchStatus]], None],
+    until: str = ALL,
 ) -> list[BatchStatus]:
-    """Poll in this thread until every execution finished, one failed or was canceled, or the deadline passed.
+    """Poll in this thread until :func:`wait_over` (every execution finished, or the first with ``until``
+    :data:`FIRST`; one failed or was canceled) or the deadline passed.
 
     Answers the last statuses, in the order of ``execution_ids``; what to raise is the caller's. ``on_poll``
     sees the statuses of each round that goes on waiting: a
@@ -81,11 +99,7 @@ def wait_for_executions(
     """
     while True:
         statuses = [hook.get_batch(service_name, service_version, e) for e in execution_ids]
-        if (
-            all(s.is_finished for s in statuses)
-            or any(ended(s) for s in statuses)
-            or deadline_passed(deadline)
-        ):
+        if wait_over(statuses, until) or deadline_passed(deadline):
             return statuses
         on_poll(statuses)
         time.sleep(sleep_time(poll_interval, deadline))

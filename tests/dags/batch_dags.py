@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
 from airflow.sdk import DAG
 
 from airflow_mlserver.operators.batch import MLServerBatchOperator
+from airflow_mlserver.operators.batch_state import BatchState
 from airflow_mlserver.sensors.batch import MLServerBatchSensor
 
 PARAMS = {"service": "scorer", "version": "v1", "records": "", "output": "", "execution_id": "", "before": [],
@@ -129,6 +130,30 @@ rescore_retry = _batch(
     rescore_failed_records=1,
     pre_execute=_store_rescore_round,
 )
+
+pipelined = _batch("mlserver_test_pipeline", deferrable=True, chunk_size=1, max_active_executions=2)
+pipelined_in_worker = _batch(
+    "mlserver_test_pipeline_in_worker", deferrable=False, chunk_size=1, max_active_executions=2
+)
+
+
+class _LostMidway(MLServerBatchOperator):
+    """Its first try stops when it resumes after a chunk's results were staged, as a lost worker would: some
+    chunks complete (one staged), others running."""
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        state = BatchState.load(context)
+        if context["ti"].try_number == 1 and state is not None and state.written:
+            raise RuntimeError("the worker was lost")
+        return super().execute_complete(context, event)
+
+
+with DAG("mlserver_test_lost_midway", **COMMON) as lost_midway:  # type: ignore[arg-type]
+    _LostMidway(
+        task_id="score", service_name="{{ params.service }}", service_version="{{ params.version }}",
+        records="{{ params.records }}", output_path="{{ params.output }}", poll_interval=0.3, deferrable=True,
+        chunk_size=1, max_active_executions=2, retries=1, retry_delay=timedelta(0),
+    )  # fmt: skip
 
 with DAG("mlserver_test_mapped", **COMMON) as mapped:  # type: ignore[arg-type]
     MLServerBatchOperator.partial(

@@ -1,0 +1,131 @@
+"""The batch operator's staged results: each chunk's result rows written as soon as its execution is complete.
+
+While other chunks still run, a complete chunk's input records are joined with its execution's results
+(streamed from the server one record at a time) and written as one Parquet part file in a staging folder next
+to the output, ``.<output name>.parts/chunk-000003-<execution id>.parquet``, under a temporary name and then
+renamed, so a part file is always whole. The chunk's number then goes into the task-state store's ``written``
+list. Parts are named by execution as well as chunk, so a part left by an earlier, cleared run of the same
+output is never taken for this run's.
+
+The final pass (:func:`~airflow_mlserver.operators.batch_results.write_results`) reads the parts in chunk
+order, puts each rescored record's latest outcome in place, and writes the output; then the folder is removed.
+A part that is missing (a crash between the rename and the store, a folder removed by hand) is built again
+from the server's results: nothing is ever scored twice, and every step is bounded by a chunk.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from airflow_mlserver.tables import results_frame, results_schema
+from airflow_mlserver.triggers.progress import InfoLog, counted
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_mlserver.client.models import BatchStatus, WebService
+    from airflow_mlserver.hooks.mlserver import MLServerHook
+    from airflow_mlserver.operators.batch_state import BatchState, Round
+
+
+class StagedParts:
+    """The staging folder of one output: where each complete chunk's result rows wait for the final pass.
+
+    :param output: The output's ``ObjectStoragePath``; the folder is its sibling ``.<name>.parts``. None for no
+        output: nothing is staged, result rows are only built.
+    :param service: The service, whose declared outputs fix the result columns.
+    :param keep_extra_columns: Keep input columns the service does not declare (``extra_columns="keep"``).
+    """
+
+    def __init__(self, output: Any, service: WebService, keep_extra_columns: bool) -> None:
+        self.folder = None if output is None else output.parent / f".{output.name}.parts"
+        self.service = service
+        self.keep_extra_columns = keep_extra_columns
+
+    def path(self, chunk: int, execution_id: str) -> Any:
+        """The part file of chunk ``chunk`` as execution ``execution_id`` scored it."""
+        if self.folder is None:
+            raise ValueError("no output, so no part files")
+        return self.folder / f"chunk-{chunk:06d}-{execution_id}.parquet"
+
+    def inputs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The input columns that go into the results."""
+        if self.keep_extra_columns:
+            return frame
+        declared = {i.name for i in self.service.inputs}
+        return frame[[c for c in frame.columns if c in declared]]
+
+    def build(self, hook: MLServerHook, execution_id: str, offset: int, frame: pd.DataFrame) -> pd.DataFrame:
+        """A chunk's result rows (no ``attempts``): its input records joined with its execution's results.
+
+        :param offset: The record number of the chunk's first record in the whole input.
+        """
+        results = list(hook.iter_batch_results(self.service.name, self.service.version, execution_id))
+        return results_frame(self.inputs(frame), results, self.service, offset)
+
+    def write(
+        self, hook: MLServerHook, chunk: int, execution_id: str, offset: int, frame: pd.DataFrame
+    ) -> int:
+        """Write chunk ``chunk``'s part file (whole, or not at all); answer its row count."""
+        target = self.path(chunk, execution_id)
+        rows = self.build(hook, execution_id, offset, frame)
+        table = pa.Table.from_pandas(
+            rows, schema=results_schema(rows, self.service), preserve_index=False, safe=False
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with tmp.open("wb") as handle:
+                pq.write_table(table, handle)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return len(rows)
+
+    def unstaged(self, state: BatchState, round_: Round, statuses: Mapping[int, BatchStatus]) -> list[int]:
+        """The chunks of ``round_`` that are complete and not staged yet, ascending (none without output, and
+        none in a rescore round: those results are read by the final pass)."""
+        if self.folder is None or round_.number != 0:
+            return []
+        return [i for i, s in sorted(statuses.items()) if s.is_complete and i not in state.written]
+
+    def stage(
+        self,
+        hook: MLServerHook,
+        state: BatchState,
+        context: Context,
+        chunks: Sequence[tuple[int, int, pd.DataFrame]],
+        labels: Mapping[int, str],
+        log: InfoLog,
+        prefix: str,
+    ) -> None:
+        """Write the part file of each of ``chunks`` (number, first record's number, input records) and store
+        it as ``written``; ``prefix`` starts each log line."""
+        for chunk, offset, frame in chunks:
+            rows = self.write(hook, chunk, state.executions[chunk], offset, frame)
+            state.written = sorted({*state.written, chunk})
+            state.save(context)  # a crash before this line writes the part again, from the same results
+            log.info("%sStaged the results of %s (%s)", prefix, labels[chunk], counted(rows, "record"))
+
+    def read(self, chunk: int, execution_id: str) -> pd.DataFrame | None:
+        """Chunk ``chunk``'s result rows from its part file, or None when there is none."""
+        path = None if self.folder is None else self.path(chunk, execution_id)
+        if path is None or not path.exists():
+            return None
+        with path.open("rb") as handle:
+            frame: pd.DataFrame = pq.read_table(handle).to_pandas()
+        return frame
+
+    def remove(self) -> None:
+        """Remove the folder and every part in it (once the output is in place)."""
+        if self.folder is not None and self.folder.exists():
+            for part in self.folder.iterdir():
+                part.unlink()
+            self.folder.rmdir()
