@@ -8,13 +8,14 @@ import sys
 import time
 import traceback
 
-from bench import artifacts, hook, operator, server
+from bench import artifacts, hook, operator, server, server_r
 from bench.common import Benchmark, BenchResult, Figure
 
 BENCHMARKS: dict[str, Benchmark] = {
     "server.latency": server.bench_latency,
     "server.batch": server.bench_batch,
     "server.scaling": server.bench_scaling,
+    "server.batch_r": server_r.bench_batch_r,
     "hook.poll": hook.bench_poll,
     "hook.results": hook.bench_results,
     "artifacts.copy": artifacts.bench_copy,
