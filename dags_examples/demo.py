@@ -128,9 +128,9 @@ def _dags_test(dag_id: str, env: dict[str, str], log: Path) -> bool:
 def _r_missing() -> str:
     """Why the R example cannot run here (R or rpy2 missing, and what to install), or "" when it can."""
     if shutil.which("Rscript") is None:
-        return "R is missing: install Debian's r-base-core (and rpy2 in this virtualenv); make test installs both."
+        return "R is not installed: run 'sudo apt-get install -y r-base-core r-base-dev fonts-dejavu-core'."
     if importlib.util.find_spec("rpy2") is None:
-        return "rpy2 is missing: pip install rpy2 in this virtualenv (make test installs it)."
+        return "rpy2 is not installed: run pip install -e '.[r]' (make demo does it when R is there)."
     return ""
 
 

@@ -183,7 +183,9 @@ def test_large_scoring_in_chunks_reruns_deterministically_and_feeds_the_report(e
 def test_r_manual_transmission_end_to_end(examples_env: Any) -> None:
     """The R seed: an R service with its glm model (RDS), its check value, CSV and TSV batches, PNG artifacts."""
     if shutil.which("Rscript") is None or importlib.util.find_spec("rpy2") is None:
-        pytest.fail("R or rpy2 is missing: `make test` installs both (Debian's r-base-core, rpy2 in .venv).")
+        pytest.fail(
+            "R or rpy2 is missing: `make test` installs both (Debian's r-base-core, the r extra's rpy2)."
+        )
     env, server, storage = examples_env
     out = _dags_test(env, "mlserver_r_manual_transmission")
     assert "manualTransmission(120, 2.8) = 0.6418125\n" in out  # the seed's value, to 7 digits

@@ -300,7 +300,9 @@ def test_batch_of_an_r_service(client: Any, mlserver: LocalMLServer, tmp_path: P
     Microsoft's client, from records read as the seed reads them (``mtcars.tsv``, tab-separated)."""
     rscript = shutil.which("Rscript")
     if rscript is None or importlib.util.find_spec("rpy2") is None:
-        pytest.fail("R or rpy2 is missing: `make test` installs both (Debian's r-base-core, rpy2 in .venv).")
+        pytest.fail(
+            "R or rpy2 is missing: `make test` installs both (Debian's r-base-core, the r extra's rpy2)."
+        )
     records = pd.read_csv(EXAMPLES / "data" / "mtcars.tsv", sep="\t")[["hp", "wt"]].head(6).astype(float)
     model, expected = tmp_path / "carsModel.rds", tmp_path / "expected.txt"
     fit = (  # the seed's model, and what it predicts for the records, computed by R here

@@ -58,7 +58,7 @@ def rpy2_present() -> None:
         import rpy2  # noqa: F401
     except ImportError:
         pytest.fail(
-            "rpy2 is missing from the virtualenv: `make test` installs it (the local server runs R with it)."
+            "rpy2 is missing: `make test` installs it (the r extra; the local server runs R with it)."
         )
 
 
