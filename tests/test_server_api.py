@@ -324,8 +324,23 @@ def test_publish_syntax_error(api: Api) -> None:
 
 
 def test_publish_r_runtime(api: Api) -> None:
-    assert _message(api.post("/services/rsvc/v1", json={"code": "y <- x", "runtimeType": "R"}), 400) == (
-        "runtimeType 'R' is not supported by the local server: publish a Python service."
+    """R code is not checked as Python, and its parameters follow R's names; other runtimes are refused."""
+    body = {
+        "code": "my.y <- x + 1",
+        "runtimeType": "r",
+        "inputParameterDefinitions": [{"name": "x", "type": "numeric"}],
+        "outputParameterDefinitions": [{"name": "my.y", "type": "numeric"}],
+    }
+    api.delete("/services/rsvc/v1")
+    assert api.post("/services/rsvc/v1", json=body).status_code == 201
+    assert api.get("/services/rsvc/v1").json()[0]["runtimeType"] == "R"
+    assert api.delete("/services/rsvc/v1").status_code == 200
+    reserved = {**body, "inputParameterDefinitions": [{"name": "TRUE", "type": "logical"}]}
+    assert _message(api.post("/services/rsvc/v1", json=reserved), 400) == (
+        "'inputParameterDefinitions[0]': 'TRUE' is not a valid R variable name."
+    )
+    assert _message(api.post("/services/rsvc/v1", json={"code": "y <- x", "runtimeType": "Julia"}), 400) == (
+        "Unknown runtimeType 'Julia': use 'Python' or 'R'."
     )
 
 

@@ -65,6 +65,7 @@ def build_job(
         output_names=[p["name"] for p in service.get("outputParameterDefinitions", [])],
         output_files=service.get("outputFileNames", []),
         workdir="" if workdir is None else str(workdir),
+        runtime_type=service.get("runtimeType", "Python"),
     )
 
 

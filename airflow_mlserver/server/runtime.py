@@ -50,6 +50,7 @@ class Job:
     :param output_names: The declared outputs, read back from the code's variables.
     :param output_files: Files the code may write that are returned (``outputFileNames``).
     :param workdir: The execution's own folder, made only when it keeps a declared output file.
+    :param runtime_type: The service's ``runtimeType``: ``Python`` or ``R`` (see :func:`load_service`).
     """
 
     key: str
@@ -62,6 +63,7 @@ class Job:
     output_names: list[str]
     output_files: list[str]
     workdir: str
+    runtime_type: str = "Python"
 
 
 class GroupRecord(NamedTuple):
@@ -241,6 +243,10 @@ class _ServiceRuntime:
 
 def load_service(job: Job) -> LoadedService:
     """Load a service revision in this worker: the one place a runtime is chosen."""
+    if job.runtime_type == "R":  # imported (and R started) by a worker's first R service
+        from airflow_mlserver.server.runtime_r import RServiceRuntime
+
+        return RServiceRuntime(job)
     return _ServiceRuntime(job)
 
 

@@ -69,7 +69,8 @@ list(
     data.frame(columns, check.names = FALSE, stringsAsFactors = FALSE),
     error = function(e) structure(conditionMessage(e), class = "mlserver_error")
   ),
-  text = function(x) {
+  text = function(box) {  # boxed in a list: a call or a symbol passed bare would be evaluated
+    x <- box[[1L]]
     if (inherits(x, c("Date", "POSIXt"))) as.character(x)
     else paste(utils::capture.output(print(x)), collapse = "\n")
   },
@@ -128,8 +129,17 @@ class _R:
 
     @classmethod
     def get(cls) -> _R:
+        """This worker's R, started by the first R service it runs."""
         if cls._instance is None:
-            cls._instance = _R()
+            try:
+                cls._instance = _R()
+            except ImportError as exc:
+                raise RError(
+                    f"R services need R and rpy2 where the server runs ({exc}): install R (Debian: apt-get "
+                    "install r-base-core r-base-dev), then pip install 'airflow-mlserver[r]'."
+                ) from None
+            except Exception as exc:  # rpy2 found no R library, or R did not start
+                raise RError(f"R could not be started in the worker: {type(exc).__name__}: {exc}") from None
         return cls._instance
 
     def _write(self, text: str) -> None:
@@ -273,7 +283,7 @@ def _elements(x: Any, r: _R) -> list[Any]:
         labels = list(x.do_slot("levels"))
         return [None if type(code) is not int else labels[code - 1] for code in x]
     if "Date" in classes or "POSIXct" in classes:
-        return [_scalar(v) for v in r.call("text", x)]
+        return [_scalar(v) for v in r.call("text", r.ri.ListSexpVector([x]))]
     return [_scalar(v) for v in x]
 
 
@@ -297,7 +307,7 @@ def encode(x: Any, r: _R) -> Any:
             return dict(zip(names, values, strict=True))
         return values
     if x.typeof not in _ATOMIC:
-        return str(r.call("text", x)[0])
+        return str(r.call("text", r.ri.ListSexpVector([x]))[0])
     values = _elements(x, r)
     dims = list(x.do_slot("dim")) if "dim" in list(x.list_attrs()) else []
     if len(dims) == 2 and "factor" not in classes:
@@ -323,7 +333,8 @@ def _atomic_types(ri: Any) -> set[int]:
 class RServiceRuntime:
     """One R service revision loaded in this worker: its environment after ``initCode`` and parsed code.
 
-    Raises :class:`RError` when the model objects cannot be read or ``initCode`` fails (R's message).
+    Raises :class:`RError` when R cannot start, the model objects cannot be read or ``initCode`` fails (R's
+    message). ``code`` that is not valid R fails each record, with R's parse error.
     """
 
     def __init__(self, job: Job) -> None:
@@ -344,11 +355,17 @@ class RServiceRuntime:
             ri.StrSexpVector(init),
             ri.StrSexpVector([job.scratch_dir]),
         )
-        self.code = r.call("parse", ri.StrSexpVector([job.code]))
+        try:
+            self.code: Any = r.call("parse", ri.StrSexpVector([job.code]))
+            self.invalid = ""
+        except RError as exc:  # every record fails with it; the service itself loaded fine
+            self.code, self.invalid = ri.NULL, str(exc)
 
     def evaluate(self, job: Job) -> tuple[str, str, dict[str, Any]]:
         """Run ``code`` for one record in the current working folder: (error, console output, outputs)."""
         r, ri = self.r, self.r.ri
+        if self.invalid:
+            return self.invalid, "", {}
         r.console = []
         try:
             env = r.call("record", self.env)

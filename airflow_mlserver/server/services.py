@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keyword
+import re
 import time
 import uuid
 from typing import Any
@@ -37,7 +38,37 @@ _EDITABLE = (
 )
 
 
-def _check_parameters(field: str, value: Any) -> list[dict[str, str]]:
+#: The runtimes a service may run in, by their name in any case.
+_RUNTIMES = {"python": "Python", "r": "R"}
+#: An R variable name: letters, digits, '.' and '_', starting with a letter or a dot and a letter.
+_R_NAME = re.compile(r"^(?:[A-Za-z]|\.[A-Za-z])[A-Za-z0-9._]*$")
+_R_RESERVED = frozenset(
+    (
+        *("if", "else", "repeat", "while", "function", "for", "in", "next", "break"),
+        *(
+            "TRUE",
+            "FALSE",
+            "NULL",
+            "Inf",
+            "NaN",
+            "NA",
+            "NA_integer_",
+            "NA_real_",
+            "NA_character_",
+            "NA_complex_",
+        ),
+    )
+)
+
+
+def _valid_name(name: str, runtime: str) -> bool:
+    """Whether ``name`` can be a variable of the service's code (a Python or an R name)."""
+    if runtime == "R":
+        return bool(_R_NAME.match(name)) and name not in _R_RESERVED
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _check_parameters(field: str, value: Any, runtime: str) -> list[dict[str, str]]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -52,8 +83,8 @@ def _check_parameters(field: str, value: Any) -> list[dict[str, str]]:
         ):
             raise bad_request(f"'{field}[{i}]' must be an object with string 'name' and 'type'.")
         name, kind = item["name"], item["type"]
-        if not name.isidentifier() or keyword.iskeyword(name):
-            raise bad_request(f"'{field}[{i}]': {quoted(name)} is not a valid Python variable name.")
+        if not _valid_name(name, runtime):
+            raise bad_request(f"'{field}[{i}]': {quoted(name)} is not a valid {runtime} variable name.")
         if kind not in PARAMETER_TYPES:
             raise bad_request(
                 f"'{field}[{i}]': unknown type {quoted(kind)} for {quoted(name)}; use one of "
@@ -80,35 +111,37 @@ def _check_file_names(value: Any) -> list[str]:
     return list(value)
 
 
-def _validate(body: dict[str, Any], partial: bool) -> dict[str, Any]:
-    """The fields of a publish (or patch) request, checked; raises a 400 naming the first problem."""
+def _validate(body: dict[str, Any], partial: bool, stored_runtime: str = "Python") -> dict[str, Any]:
+    """The fields of a publish (or patch) request, checked; raises a 400 naming the first problem.
+
+    ``stored_runtime`` is the runtime of the service a patch changes (when the patch does not set one).
+    """
     clean: dict[str, Any] = {}
+    runtime = optional_text(body, "runtimeType")
+    if runtime is not None or not partial:
+        given = runtime or "Python"
+        runtime = _RUNTIMES.get(given.lower())
+        if runtime is None:
+            raise bad_request(f"Unknown runtimeType {quoted(given)}: use 'Python' or 'R'.")
+        clean["runtimeType"] = runtime
+    runtime = runtime or stored_runtime
     if not partial or body.get("code") is not None:
         code = body.get("code")
         if not isinstance(code, str) or not code.strip():
-            raise bad_request("'code' is required: the Python code the service runs.")
+            raise bad_request(f"'code' is required: the {runtime} code the service runs.")
         clean["code"] = code
     for key in ("initCode", "description", "operationId", "snapshotId"):
         text = optional_text(body, key)
         if text is not None:
             clean[key] = text
-    runtime = optional_text(body, "runtimeType")
-    if runtime is not None or not partial:
-        runtime = runtime or "Python"
-        if runtime.lower() == "r":
-            raise bad_request(
-                "runtimeType 'R' is not supported by the local server: publish a Python service."
-            )
-        if runtime.lower() != "python":
-            raise bad_request(f"Unknown runtimeType {quoted(runtime)}: use 'Python'.")
-        clean["runtimeType"] = "Python"
     for key in ("inputParameterDefinitions", "outputParameterDefinitions"):
         if not partial or body.get(key) is not None:
-            clean[key] = _check_parameters(key, body.get(key))
+            clean[key] = _check_parameters(key, body.get(key), runtime)
     if not partial or body.get("outputFileNames") is not None:
         clean["outputFileNames"] = _check_file_names(body.get("outputFileNames"))
     for key, value in clean.items():
-        if key in ("code", "initCode") and value:
+        # R code is parsed by the worker that first runs it (the server process does not load R)
+        if key in ("code", "initCode") and value and runtime == "Python":
             try:
                 compile(value, f"<{key}>", "exec")
             except SyntaxError as exc:
@@ -137,12 +170,19 @@ def public(service: dict[str, Any], user: str) -> dict[str, Any]:
     return out
 
 
-def _snapshot_objects(ctx: ServerContext, snapshot_id: str | None) -> Any:
+def _snapshot_objects(ctx: ServerContext, snapshot_id: str | None, runtime: str) -> Any:
     if not snapshot_id:
         return None
-    if ctx.store.get_snapshot(snapshot_id) is None:
+    snapshot = ctx.store.get_snapshot(snapshot_id)
+    if snapshot is None:
         raise bad_request(
             f"Snapshot {quoted(snapshot_id)} not found: take one with POST /sessions/{{id}}/snapshot."
+        )
+    taken_in = snapshot.get("runtimeType", "Python")
+    if taken_in != runtime:
+        raise bad_request(
+            f"Snapshot {quoted(snapshot_id)} holds {taken_in} objects: a {runtime} service cannot load them; "
+            f"take the snapshot in a {runtime} session."
         )
     return ctx.store.snapshot_dir(snapshot_id)
 
@@ -157,7 +197,7 @@ async def _publish(request: Request, name: str, version: str) -> Response:
         raise ApiError(
             403, f"Web service {quoted(name)} version {quoted(version)} already exists: update it with PATCH."
         )
-    objects = _snapshot_objects(ctx, clean.get("snapshotId"))
+    objects = _snapshot_objects(ctx, clean.get("snapshotId"), clean["runtimeType"])
     service = {
         "name": name,
         "version": version,
@@ -220,8 +260,10 @@ async def patch_version(request: Request, name: str, version: str) -> Response:
     ctx: ServerContext = request.app.state.ctx
     service = _owned(ctx, request, name, version)
     body = await read_json(request, dict, "a PatchWebServiceRequest object")
-    clean = _validate(body, partial=True)
-    objects = _snapshot_objects(ctx, clean.get("snapshotId"))
+    clean = _validate(body, partial=True, stored_runtime=service.get("runtimeType", "Python"))
+    objects = _snapshot_objects(
+        ctx, clean.get("snapshotId"), clean.get("runtimeType", service.get("runtimeType", "Python"))
+    )
     service.update({k: v for k, v in clean.items() if k in _EDITABLE})
     ctx.store.put_service(service, objects)
     return JSONResponse(f"/api/{name}/{version}", status_code=200)
