@@ -1,10 +1,15 @@
 """Incremental readers of answer bodies, fed chunk by chunk by the sync and the async transport alike.
 
 The batch answer ``{"state": ..., "totalItemCount": ..., "batchExecutionResults": [...]}`` can hold
-100,000 results. :class:`BatchAnswerParser` reads it as it arrives: head fields into a dict, then one result
-at a time, so memory stays bounded by one result, and a status poll can stop reading as soon as the head
-fields are in (constant bytes whatever the batch size). It uses the C JSON decoder on each value
-(``raw_decode``), never a byte-by-byte loop in Python.
+100,000 results. :class:`BatchAnswerParser` reads it as it arrives: head fields into a dict, then the results
+completed by each chunk, so memory stays bounded by a chunk (or one result larger than a chunk), and a status
+poll can stop reading as soon as the head fields are in (constant bytes whatever the batch size).
+
+Results are decoded by msgspec's C decoder, all those a chunk completes in one call, into :class:`WireRecord`
+(the record model, type-checked in C). Where that cannot be done (a result cut by the chunk's end, a value
+msgspec refuses such as ``NaN``, a result of the wrong shape, nesting too deep) the standard library's C
+decoder reads one value at a time (``raw_decode``), which decides what is valid and words every error. Never
+a byte-by-byte loop in Python.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import codecs
 import json
 import re
 from typing import Any
+
+import msgspec
 
 from airflow_mlserver.client.errors import MalformedResponseError
 from airflow_mlserver.client.quoting import MESSAGE_LIMIT, quoted, shortened
@@ -25,7 +32,31 @@ MAX_VALUE_CHARS = 256 * 1024 * 1024
 #: Error bodies are read up to this many bytes.
 MAX_ERROR_BYTES = 64 * 1024
 
+#: Decoding attempts of the results from the cursor to a candidate end before one value at a time is read.
+_BULK_TRIES = 2
+#: ``}`` examined (from the buffer's end) for a result's end before one value at a time is read.
+_BULK_CANDIDATES = 32
+
 _WS = re.compile(r"[ \t\n\r]*")
+
+
+class WireRecord(msgspec.Struct, rename="camel", gc=False):
+    """One result of a batch answer as the server sends it (``errorMessage``, ...), checked by the C decoder.
+
+    It accepts exactly what :meth:`~airflow_mlserver.client.models.RecordResult.from_api` accepts (a missing
+    or null optional field is ``None``), so a result the decoder refuses is read again as plain JSON, for
+    ``from_api`` to word the error.
+    """
+
+    success: bool
+    error_message: str | None = None
+    console_output: str | None = None
+    output_parameters: dict[str, Any] | None = None
+    output_files: dict[str, str] | None = None
+    changed_files: list[str] | None = None
+
+
+_RECORDS = msgspec.json.Decoder(list[WireRecord])
 
 
 def _malformed(what: str, why: str, sample: str) -> MalformedResponseError:
@@ -95,7 +126,10 @@ class ErrorBodyReader:
 
 
 class BatchAnswerParser:
-    """Incremental parser of a batch answer object: head fields, then results one by one.
+    """Incremental parser of a batch answer object: head fields, then results as chunks complete them.
+
+    Each result is a :class:`WireRecord`, or the plain JSON value when it does not fit that model (it is then
+    malformed, or holds a value only the standard library reads, such as ``NaN``).
 
     :param what: What the answer answers, for error messages (e.g. ``GET /api/s/1/batch/x``).
     :param head_only: Stop once the head fields are in and the results list begins (a status poll).
@@ -117,6 +151,7 @@ class BatchAnswerParser:
         self._state = "start"
         self._key = ""
         self._retry_at = 0
+        self._slow_until = 0  # the results before this position are read one value at a time
         self._eof = False
 
     # -- feeding --------------------------------------------------------------------------------------------
@@ -135,7 +170,9 @@ class BatchAnswerParser:
             return []
         out = self._run()
         if self._pos:
-            self._buf, self._pos = self._buf[self._pos :], 0
+            self._buf = self._buf[self._pos :]
+            self._slow_until -= self._pos
+            self._pos = 0
         return out
 
     def close(self) -> list[Any]:
@@ -252,12 +289,16 @@ class BatchAnswerParser:
                     self._pos += 1
                     self._state = "after_value"
                     continue
-                ok, item = self._value()
-                if not ok:
-                    break
-                self.results_count += 1
+                items = self._results() if self._pos >= self._slow_until else None
+                if items is None:
+                    ok, item = self._value()
+                    if not ok:
+                        break
+                    items = [item]
+                first = self.results_count
+                self.results_count += len(items)
                 if self.results_count > self.skip and not self.head_only:
-                    out.append(item)
+                    out.extend(items[max(0, self.skip - first) :])
                 self._state = "after_item"
             elif state == "after_item":
                 char = self._expect(",]")
@@ -265,6 +306,38 @@ class BatchAnswerParser:
                     break
                 self._state = "item" if char == "," else "after_value"
         return out
+
+    def _results(self) -> list[Any] | None:
+        """The results from the cursor to the last one the buffer completes, in one C call; None if it can't.
+
+        A ``}`` followed by ``,`` or ``]`` may end a result (or an object inside one, or sit in a string):
+        decoding ``[`` + the text up to it + ``]`` succeeds only if it does end a result, since the JSON read
+        from the cursor (a result's start) on is the same whatever follows. After a failure the results up
+        to the buffer's current end are read one value at a time, so that failures cost at most a few
+        decodings of each byte.
+        """
+        buf, start = self._buf, self._pos
+        end, tries = len(buf), 0
+        for _ in range(_BULK_CANDIDATES):
+            cut = buf.rfind("}", start, end)
+            if cut < 0:
+                break
+            end = cut
+            after = _WS.match(buf, cut + 1).end()  # type: ignore[union-attr]
+            if after < len(buf) and buf[after] not in ",]":
+                continue
+            try:
+                items: list[Any] = _RECORDS.decode("[" + buf[start : cut + 1] + "]")
+            except (msgspec.MsgspecError, RecursionError, ValueError):
+                tries += 1
+                if tries >= _BULK_TRIES:
+                    break
+                continue
+            self._pos = cut + 1
+            self._retry_at = 0
+            return items
+        self._slow_until = len(buf)
+        return None
 
     def _finish_object(self) -> None:
         self.done = True
