@@ -149,14 +149,22 @@ class _R:
     def call(self, name: str, *args: Any) -> Any:
         """Call one of the helpers; raise :class:`RError` with R's message if it caught an R error."""
         result = self.fn[name](*args)
-        if "mlserver_error" in _classes(result):
+        # only an error is character (and classed), but for text's: reading the type costs less than the class
+        if result.typeof == self.ri.RTYPES.STRSXP and name != "text" and "mlserver_error" in _classes(result):
             raise RError(result[0])
         return result
 
 
 def _classes(x: Any) -> list[str]:
-    rclass = getattr(x, "rclass", None)
-    return list(rclass) if rclass is not None else []
+    """The class attribute of an R value (rpy2's ``rclass`` would ask R, many times slower)."""
+    return _attribute(x, "class")
+
+
+def _attribute(x: Any, name: str) -> list[Any]:
+    try:
+        return list(x.do_slot(name))
+    except (LookupError, AttributeError):
+        return []
 
 
 # -- JSON inputs -> R values -----------------------------------------------------------------------------
@@ -309,7 +317,7 @@ def encode(x: Any, r: _R) -> Any:
     if x.typeof not in _ATOMIC:
         return str(r.call("text", r.ri.ListSexpVector([x]))[0])
     values = _elements(x, r)
-    dims = list(x.do_slot("dim")) if "dim" in list(x.list_attrs()) else []
+    dims = _attribute(x, "dim")
     if len(dims) == 2 and "factor" not in classes:
         nrow, ncol = dims
         return [[values[i + j * nrow] for j in range(ncol)] for i in range(nrow)]
@@ -347,6 +355,8 @@ class RServiceRuntime:
         init = [job.init_code] if job.init_code else []
         if init:
             Path(job.scratch_dir).mkdir(parents=True, exist_ok=True)
+        self.output_names = list(job.output_names)
+        self._names = ri.StrSexpVector(self.output_names)
         r.console = None  # initCode's own output is not any execution's console output
         self.env = r.call(
             "load",
@@ -374,7 +384,9 @@ class RServiceRuntime:
                     env[name] = bind(kind, job.inputs.get(name), r)
                 except InputError as exc:
                     raise InputError(f"input '{name}' ({kind}): {exc}") from None
-            names = ri.StrSexpVector(job.output_names)
+            names = (
+                self._names if job.output_names == self.output_names else ri.StrSexpVector(job.output_names)
+            )
             values = r.call("run", self.code, env, names, self.env)
             outputs = {name: encode(v, r) for name, v in zip(job.output_names, values, strict=True)}
             return "", "".join(r.console), outputs
