@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from bench.common import Api, BenchResult, Figure, client_peak_mib, running_server
+from bench.common import Api, BenchResult, Figure, client_peak_mib, quiet_request_logs, running_server
 
 NAME, VERSION = "bench_artifacts", "1.0"
 MIB = 1024 * 1024
@@ -246,6 +246,7 @@ def _moto() -> Iterator[tuple[str, Any]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
+    quiet_request_logs()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import sys
@@ -50,9 +51,22 @@ Benchmark = Callable[[bool], BenchResult]
 
 
 def client_peak_mib() -> float:
-    """Peak RSS of this (client) process so far; ``ru_maxrss`` is KiB on Linux, bytes on macOS."""
+    """Peak RSS of this process so far: its own ``VmHWM`` on Linux.
+
+    ``ru_maxrss`` is not used where /proc is: it survives ``exec``, so a child process started by a large
+    parent reports the parent's peak. Elsewhere it is the fallback (KiB on Linux, bytes on macOS).
+    """
+    reading = _status_kib(os.getpid())
+    if reading is not None and reading[0]:
+        return reading[0] / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def quiet_request_logs() -> None:
+    """Keep in-process test servers (moto's, on werkzeug) from logging every request into the benchmark output."""
+    for name in ("werkzeug", "moto"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def percentile(values: list[float], q: float) -> float:

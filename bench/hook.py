@@ -3,7 +3,9 @@
 * ``hook.poll``: bytes read and time per status poll (``get_batch(partial=False)``) on running and on
   finished executions of 10 to 100,000 records; must not grow with the batch size.
 * ``hook.results``: fetching and decoding every result of a 100,000-record execution with
-  ``iter_batch_results``, against Microsoft's Python client on the same server, each side in its own process.
+  ``iter_batch_results``, against Microsoft's Python client on the same server, each side in its own process
+  (target: the hook at least 3x faster); and the hook's memory growth on the 10,000-record execution too
+  (target: no larger, within a few MiB, on ten times the records).
 
 Both use the same finished executions, made once per run (see :func:`_prepared`): the 100,000-record batch
 alone takes about a minute to run.
@@ -36,6 +38,8 @@ SLEEPY = "sleepy"
 SLEEPY_CODE = "import time\ntime.sleep(5)\ny = x"
 CONN_ID = "bench_hook"
 FLAT_TARGET = 1.5  # largest / smallest batch, per poll: above this the poll cost grows with the batch
+RESULTS_TARGET = 3.0  # MS client time / hook time for all results of the largest batch
+GROWTH_SLACK_MIB = 4.0  # the hook's memory growth on the largest batch may exceed the middle one's by this
 POLLS = 30
 POLL_BUDGET_S = 6.0  # at most this long per (size, state), whatever POLLS says
 SIDE_TIMEOUT_S = 240.0
@@ -211,7 +215,8 @@ def _side(which: str, server: LocalMLServer, execution_id: str, expected: int) -
 
 def bench_results(quick: bool) -> BenchResult:
     """Fetch and decode all results of the largest batch: ``iter_batch_results`` vs Microsoft's client."""
-    size = _sizes(quick)[-1]
+    sizes = _sizes(quick)
+    size, smaller = sizes[-1], sizes[-2]
     started = time.perf_counter()
     result = BenchResult("hook.results")
     prep = _prepared(quick)
@@ -219,23 +224,41 @@ def bench_results(quick: bool) -> BenchResult:
         execution_id = prep.finished[size]
         hook_side = _side("hook", server, execution_id, size)
         ms_side = _side("msclient", server, execution_id, size)
+        hook_small = _side("hook", server, prep.finished[smaller], smaller)
         sampler.sample()
         peak = sampler.peak_mib
     if hook_side["checksum"] != ms_side["checksum"]:
         raise RuntimeError(f"the two sides decoded different outputs: {hook_side} vs {ms_side}")
     hook_s, ms_s = hook_side["seconds"], ms_side["seconds"]
     hook_grow = hook_side["peak_mib"] - hook_side["base_mib"]
+    small_grow = hook_small["peak_mib"] - hook_small["base_mib"]
     ms_grow = ms_side["peak_mib"] - ms_side["base_mib"]
+    speedup = ms_s / hook_s
+    flat = hook_grow <= small_grow + GROWTH_SLACK_MIB
     result.figures = [
         Figure(f"hook, {size:,} results", hook_s, "s", f"{size / hook_s:,.0f} rec/s"),
         Figure(f"MS client, {size:,} results", ms_s, "s", f"{size / ms_s:,.0f} rec/s"),
-        Figure("MS client time / hook time", ms_s / hook_s, "x"),
+        Figure(
+            "MS client time / hook time",
+            speedup,
+            "x",
+            f"target >= {RESULTS_TARGET:g}",
+            "PASS" if speedup >= RESULTS_TARGET else "MISS",
+        ),
         Figure("hook process peak RSS", hook_side["peak_mib"], "MiB", f"+{hook_grow:,.1f} MiB during fetch"),
+        Figure(
+            f"hook growth, {smaller:,} -> {size:,} results",
+            hook_grow - small_grow,
+            "MiB",
+            f"+{small_grow:,.1f} -> +{hook_grow:,.1f} MiB; target <= {GROWTH_SLACK_MIB:g}",
+            "PASS" if flat else "MISS",
+        ),
         Figure("MS client process peak RSS", ms_side["peak_mib"], "MiB", f"+{ms_grow:,.1f} MiB during fetch"),
     ]
     result.notes.append(
         "each side runs in its own process (python -m bench.hook_side), one after the other; timed: hook "
-        "iter_batch_results; MS client svc.get_batch + batch.results() + execution(i).outputs for every i"
+        "iter_batch_results; MS client svc.get_batch + batch.results() + execution(i).outputs for every i; "
+        f"the hook also reads the {smaller:,}-record execution ({hook_small['seconds']:.2f} s), for its memory"
     )
     result.notes.append(
         "peak RSS = VmHWM of that process (Linux); '+' = growth from after imports and login to the end"

@@ -15,15 +15,9 @@ import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from bench.common import _status_kib
+from bench.common import client_peak_mib
 
 CONN_ID = "bench_hook_side"
-
-
-def client_peak_mib() -> float:
-    """VmHWM of this process: unlike ``ru_maxrss`` it starts afresh at exec (not the forking parent's peak)."""
-    reading = _status_kib(os.getpid())
-    return reading[0] / 1024 if reading else float("nan")
 
 
 def _hook(url: str, password: str, name: str, version: str, execution_id: str) -> dict[str, Any]:
