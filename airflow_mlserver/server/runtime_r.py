@@ -43,7 +43,10 @@ list(
       env
     }, error = function(e) .describe(e))
   },
-  run = function(exprs, env, outputs, service) {
+  run = function(exprs, service, outputs, names, ...) {
+    env <- new.env(parent = service)
+    inputs <- list(...)
+    for (i in seq_along(names)) assign(names[[i]], inputs[[i]], envir = env)
     tryCatch({
       withCallingHandlers(
         eval(exprs, env),
@@ -61,10 +64,10 @@ list(
           stop(sprintf("the service code did not set its output '%s'", outputs[[i]]), call. = FALSE)
         values[i] <- list(get(outputs[[i]], envir = where, inherits = FALSE))
       }
-      values
+      # which values are plain vectors (no attributes): Python reads those without asking for any
+      list(values, vapply(values, function(v) !is.null(v) && is.atomic(v) && is.null(attributes(v)), NA))
     }, error = function(e) .describe(e))
   },
-  record = function(service) new.env(parent = service),
   frame = function(columns) tryCatch(
     data.frame(columns, check.names = FALSE, stringsAsFactors = FALSE),
     error = function(e) structure(conditionMessage(e), class = "mlserver_error")
@@ -337,6 +340,17 @@ def _atomic_types(ri: Any) -> set[int]:
     return {t.LGLSXP, t.INTSXP, t.REALSXP, t.STRSXP}
 
 
+def _plain(x: Any) -> Any:
+    """A vector without attributes as JSON: what :func:`encode` gives, without asking R for attributes."""
+    values = [_scalar(v) for v in x]
+    return values[0] if len(values) == 1 else values
+
+
+def _strings(names: list[str] | list[tuple[str, str]], ri: Any) -> Any:
+    """A character vector of names (of ``(name, type)`` pairs: their names)."""
+    return ri.StrSexpVector([n if isinstance(n, str) else n[0] for n in names])
+
+
 # -- one service revision in this worker ------------------------------------------------------------------
 class RServiceRuntime:
     """One R service revision loaded in this worker: its environment after ``initCode`` and parsed code.
@@ -355,8 +369,8 @@ class RServiceRuntime:
         init = [job.init_code] if job.init_code else []
         if init:
             Path(job.scratch_dir).mkdir(parents=True, exist_ok=True)
-        self.output_names = list(job.output_names)
-        self._names = ri.StrSexpVector(self.output_names)
+        self.output_names, self.input_types = list(job.output_names), list(job.input_types)
+        self._outputs, self._inputs = _strings(self.output_names, ri), _strings(self.input_types, ri)
         r.console = None  # initCode's own output is not any execution's console output
         self.env = r.call(
             "load",
@@ -378,19 +392,25 @@ class RServiceRuntime:
             return self.invalid, "", {}
         r.console = []
         try:
-            env = r.call("record", self.env)
+            inputs = []
             for name, kind in job.input_types:
                 try:
-                    env[name] = bind(kind, job.inputs.get(name), r)
+                    inputs.append(bind(kind, job.inputs.get(name), r))
                 except InputError as exc:
                     raise InputError(f"input '{name}' ({kind}): {exc}") from None
-            names = (
-                self._names if job.output_names == self.output_names else ri.StrSexpVector(job.output_names)
+            outputs_r = (
+                self._outputs if job.output_names == self.output_names else _strings(job.output_names, ri)
             )
-            values = r.call("run", self.code, env, names, self.env)
-            outputs = {name: encode(v, r) for name, v in zip(job.output_names, values, strict=True)}
+            inputs_r = self._inputs if job.input_types == self.input_types else _strings(job.input_types, ri)
+            values, plain = r.call("run", self.code, self.env, outputs_r, inputs_r, *inputs)
+            outputs = {
+                name: _plain(v) if is_plain else encode(v, r)
+                for name, v, is_plain in zip(job.output_names, values, plain, strict=True)
+            }
             return "", "".join(r.console), outputs
         except (RError, InputError) as exc:
             return (f"InputError: {exc}" if isinstance(exc, InputError) else str(exc)), "".join(r.console), {}
+        except Exception as exc:  # a value rpy2 cannot read: the record fails, the worker goes on
+            return f"{type(exc).__name__}: {exc}", "".join(r.console), {}
         finally:
             r.console = None
