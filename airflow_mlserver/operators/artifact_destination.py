@@ -86,20 +86,27 @@ class Destination:
     fs: AbstractFileSystem
     root: str
     mode: WriteMode
+    protocol: str
 
     @classmethod
     def open(cls, dest: Any, conn_id: str | None) -> Destination:
         """Read ``dest`` (see :func:`destination_path`) and open its store."""
         path = destination_path(dest, conn_id)
-        return cls(path, path.fs, path.path.rstrip("/"), write_mode(path.protocol))
+        protocol = path.protocol or "file"
+        return cls(path, path.fs, path.path.rstrip("/"), write_mode(protocol), protocol)
 
     @property
     def uri(self) -> str:
         return destination_uri(self.path)
 
     def uri_of(self, path: str) -> str:
-        """The URI of ``path``, a path in this destination's store (for manifests and logs)."""
-        return destination_uri(ObjectStoragePath(f"{self.path.protocol or 'file'}://{path}"))
+        """The URI of ``path``, a path in this destination's store (for manifests and logs).
+
+        Spelled as :func:`destination_uri` spells a path's, without building one (it runs once per artifact).
+        """
+        if self.protocol in LOCAL_PROTOCOLS and not path.startswith("/"):
+            path = "/" + path
+        return f"{self.protocol}://{path}"
 
     def existing_sizes(self, template: str, field_sets: list[dict[str, Any]]) -> dict[str, int]:
         """Sizes of the files already below the common folders of ``template`` (one listing per folder).

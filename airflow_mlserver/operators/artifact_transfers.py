@@ -1,8 +1,9 @@
 """The HTTP side of the artifacts operator: listing records' artifacts and copying each one into its store.
 
 A :class:`Transfers` runs in the operator's thread pool: each thread gets its own hook (a hook holds one
-``requests`` session and one token), and each artifact streams from the server into the store in chunks
-(:func:`~airflow_mlserver.operators.artifact_writes.write_stream`), with a broken transfer started over.
+``requests`` session and one token) and its own two chunk buffers, and each artifact streams from the server
+into the store in chunks (:func:`~airflow_mlserver.operators.artifact_writes.write_stream`), with a broken
+transfer started over.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from airflow_mlserver.operators.artifact_manifest import (
     STATUS_SKIPPED,
     ArtifactEntry,
 )
-from airflow_mlserver.operators.artifact_writes import write_stream
+from airflow_mlserver.operators.artifact_writes import ChunkBuffers, write_stream
 
 if TYPE_CHECKING:
     from airflow_mlserver.operators.artifact_destination import Destination
@@ -91,8 +92,15 @@ class Transfers:
                 self._hooks.append(hook)
         return hook
 
+    def buffers(self) -> ChunkBuffers:
+        """This thread's chunk buffers, reused by each of its copies."""
+        buffers: ChunkBuffers | None = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = ChunkBuffers(self.chunk_size)
+        return buffers
+
     def close(self) -> None:
-        """Close every thread's hook."""
+        """Close every thread's hook (and let go of the buffers)."""
         with self._lock:
             hooks, self._hooks = self._hooks, []
         for hook in hooks:
@@ -134,7 +142,7 @@ class Transfers:
                                 entry.sha256 = known.sha256
                             return entry
                     written, digest = write_stream(
-                        dest.fs, dest.mode, item.path, source, self.chunk_size, announced
+                        dest.fs, dest.mode, item.path, source, self.buffers(), announced
                     )
                 entry.status, entry.bytes, entry.sha256, entry.error = STATUS_COPIED, written, digest, None
                 return entry

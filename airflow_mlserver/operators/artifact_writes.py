@@ -1,10 +1,12 @@
 """Writes that never leave a destination half-written, one strategy per kind of store.
 
-``rename`` (local file systems): the file is written under a temporary name beside its place and renamed into
-it. ``commit`` (S3, GCS, Azure Blob, ...: an upload becomes visible only once complete): an unfinished upload is
-aborted. ``direct`` (any other store): the written size is checked and the object deleted on failure. In every
-mode the bytes written are checked against the bytes read (and the size the server announced), and a SHA-256
-of the content is computed while it streams, in fixed-size chunks so that memory stays bounded.
+``rename`` (local file systems): the file is written under a temporary name beside its place, its size checked,
+and renamed into it. ``commit`` (S3, GCS, Azure Blob, ...: an upload becomes visible only once complete): an
+unfinished upload is aborted; the size is not read back, since the store checks each upload request's length
+itself (one request less per object). ``direct`` (any other store): the written size is read back and checked,
+and the object deleted on failure. In every mode the bytes read are checked against the size the server
+announced, and a SHA-256 of the content is computed while it streams, in fixed-size chunks through
+:class:`ChunkBuffers` (reused from one artifact to the next) so that memory stays bounded.
 """
 
 from __future__ import annotations
@@ -70,22 +72,36 @@ def _remove(fs: AbstractFileSystem, path: str) -> None:
 
 #: Hashing runs beside the copy (hashlib releases the GIL on large buffers), overlapping reads and writes.
 _HASHERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mlserver-artifacts-sha256")
+#: Chunks smaller than this are hashed in place: a hand-off to a helper thread would cost more.
+_HASH_ASIDE_BYTES = 65536
 
 
-def _copy_into(f: Any, source: IO[bytes], chunk_size: int) -> tuple[int, str]:
+class ChunkBuffers:
+    """The two ``size``-byte buffers a copy reads into, kept by a transfer thread for all its artifacts.
+
+    Allocating (and zeroing) two fresh chunk-sized buffers for each artifact costs about as much as hashing
+    a 1 MiB file, so a thread allocates them once.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.views = (memoryview(bytearray(size)), memoryview(bytearray(size)))
+
+
+def _copy_into(f: Any, source: IO[bytes], buffers: ChunkBuffers, announced: int | None) -> tuple[int, str]:
     """Copy ``source`` into ``f`` in chunks; answer (bytes, sha256).
 
     Two buffers alternate: while one chunk is hashed (in a helper thread) and written, the next is read into
-    the other buffer, so hashing costs no wall time on a large file.
+    the other buffer, so hashing costs no wall time on a large file. The last chunk (by the announced size),
+    which has no next read to overlap, is hashed in place.
     """
-    buffers = (memoryview(bytearray(chunk_size)), memoryview(bytearray(chunk_size)))
     digest = hashlib.sha256()
     total = 0
     pending: Future[None] | None = None
     turn = 0
     try:
         while True:
-            view = buffers[turn]
+            view = buffers.views[turn]
             n = source.readinto(view)  # type: ignore[attr-defined]
             if pending is not None:
                 pending.result()  # the other buffer's hash is done: it may be reused next round
@@ -93,11 +109,13 @@ def _copy_into(f: Any, source: IO[bytes], chunk_size: int) -> tuple[int, str]:
             if not n:
                 break
             data = view[:n]
-            pending = _HASHERS.submit(digest.update, data) if n >= 65536 else None
-            if pending is None:
+            total += n
+            last = announced is not None and total >= announced
+            if n >= _HASH_ASIDE_BYTES and not last:
+                pending = _HASHERS.submit(digest.update, data)
+            else:
                 digest.update(data)
             f.write(data)
-            total += n
             turn ^= 1
     finally:
         if pending is not None:
@@ -110,7 +128,7 @@ def write_stream(
     mode: WriteMode,
     path: str,
     source: IO[bytes],
-    chunk_size: int,
+    buffers: ChunkBuffers,
     announced: int | None,
 ) -> tuple[int, str]:
     """Stream ``source`` to ``path`` so that ``path`` is either complete or untouched; (bytes, sha256)."""
@@ -133,7 +151,7 @@ def write_stream(
         temp = f"{parent}/.{path.rsplit('/', 1)[-1][:180]}.{uuid.uuid4().hex[:12]}.part"
         try:
             with fs.open(temp, "wb") as f:
-                written, digest = _copy_into(f, source, chunk_size)
+                written, digest = _copy_into(f, source, buffers, announced)
             check(written, fs.size(temp))
             fs.mv(temp, path)
         except BaseException:
@@ -142,7 +160,7 @@ def write_stream(
         return written, digest
     f = fs.open(path, "wb", block_size=UPLOAD_BLOCK_SIZE)
     try:
-        written, digest = _copy_into(f, source, chunk_size)
+        written, digest = _copy_into(f, source, buffers, announced)
         check(written, None)
     except BaseException:
         _discard(f)
@@ -151,7 +169,8 @@ def write_stream(
         raise
     try:
         f.close()
-        check(written, fs.size(path))
+        if mode == "direct":  # a commit store checked each upload's length: no request to read it back
+            check(written, fs.size(path))
     except BaseException:
         _remove(fs, path)
         raise
@@ -160,4 +179,5 @@ def write_stream(
 
 def write_bytes(fs: AbstractFileSystem, mode: WriteMode, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` as :func:`write_stream` does: complete or untouched."""
-    write_stream(fs, mode, path, io.BytesIO(data), max(4096, min(len(data), DEFAULT_CHUNK_SIZE)), len(data))
+    buffers = ChunkBuffers(max(4096, min(len(data), DEFAULT_CHUNK_SIZE)))
+    write_stream(fs, mode, path, io.BytesIO(data), buffers, len(data))
