@@ -118,6 +118,17 @@ def test_results_are_checked_records_from_the_bulk_decoder() -> None:
     assert all(type(item) is WireRecord for item in items)
 
 
+def test_results_holding_objects_are_still_read_in_bulk_across_chunks() -> None:
+    frame = [{"a": i, "b": "x"} for i in range(20)]  # a data frame output: objects inside every result
+    records = [{"success": True, "outputParameters": {"frame": frame, "i": i}} for i in range(2000)]
+    body = answer(records)
+    parser = BatchAnswerParser("GET /b")
+    items = [item for chunk in chunked(body, 64 * 1024) for item in parser.feed(chunk)] + parser.close()
+    assert [RecordResult.from_api(item, i) for i, item in enumerate(items)] == expected(body)
+    bulk = sum(type(item) is WireRecord for item in items)
+    assert bulk > 0.95 * len(items), f"{bulk} of {len(items)} read in bulk"
+
+
 @pytest.mark.parametrize("skip", [0, 1, 3, 6, 7, 20])
 def test_skip_drops_the_first_results_at_every_split(skip: int) -> None:
     body = answer(RECORDS)

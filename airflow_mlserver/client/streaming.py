@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -152,6 +153,7 @@ class BatchAnswerParser:
         self._key = ""
         self._retry_at = 0
         self._slow_until = 0  # the results before this position are read one value at a time
+        self._opening: str | None = None  # how the first result begins, up to its first field name
         self._eof = False
 
     # -- feeding --------------------------------------------------------------------------------------------
@@ -310,26 +312,23 @@ class BatchAnswerParser:
     def _results(self) -> list[Any] | None:
         """The results from the cursor to the last one the buffer completes, in one C call; None if it can't.
 
-        A ``}`` followed by ``,`` or ``]`` may end a result (or an object inside one, or sit in a string):
-        decoding ``[`` + the text up to it + ``]`` succeeds only if it does end a result, since the JSON read
-        from the cursor (a result's start) on is the same whatever follows. After a failure the results up
-        to the buffer's current end are read one value at a time, so that failures cost at most a few
-        decodings of each byte.
+        Decoding ``[`` + the text from the cursor (a result's start) to a candidate end + ``]`` succeeds only
+        if the candidate does end a result, since the JSON read from the cursor on is the same whatever
+        follows. After a failure the results up to the buffer's current end are read one value at a time, so
+        that failures cost at most a few decodings of each byte.
         """
         buf, start = self._buf, self._pos
-        end, tries = len(buf), 0
-        for _ in range(_BULK_CANDIDATES):
-            cut = buf.rfind("}", start, end)
-            if cut < 0:
-                break
-            end = cut
-            after = _WS.match(buf, cut + 1).end()  # type: ignore[union-attr]
-            if after < len(buf) and buf[after] not in ",]":
+        if self._opening is None and buf.startswith("{", start):
+            colon = buf.find(":", start, start + 100)
+            self._opening = buf[start : colon + 1] if colon > 0 else ""
+        tries, tried = 0, -1
+        for cut in self._ends(buf, start):
+            if cut == tried:
                 continue
             try:
                 items: list[Any] = _RECORDS.decode("[" + buf[start : cut + 1] + "]")
             except (msgspec.MsgspecError, RecursionError, ValueError):
-                tries += 1
+                tries, tried = tries + 1, cut
                 if tries >= _BULK_TRIES:
                     break
                 continue
@@ -338,6 +337,28 @@ class BatchAnswerParser:
             return items
         self._slow_until = len(buf)
         return None
+
+    def _ends(self, buf: str, start: int) -> Iterator[int]:
+        """Where the last result in the buffer may end, likeliest first.
+
+        First the last ``}`` before the buffer's last result start: the opening of the first result up to
+        its first field name (e.g. ``{"success":``), which an object inside a result, such as a data frame's
+        row, does not share. Then the last ``}`` followed by ``,`` or ``]``, which may also end such an
+        inner object, or sit in a string.
+        """
+        if self._opening:
+            found = buf.rfind(self._opening, start + 1)
+            if found > 0 and (cut := buf.rfind("}", start, found)) >= 0:
+                yield cut
+        end = len(buf)
+        for _ in range(_BULK_CANDIDATES):
+            cut = buf.rfind("}", start, end)
+            if cut < 0:
+                return
+            end = cut
+            after = _WS.match(buf, cut + 1).end()  # type: ignore[union-attr]
+            if after == len(buf) or buf[after] in ",]":
+                yield cut
 
     def _finish_object(self) -> None:
         self.done = True
