@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 
-from bench import artifacts, hook, operator, server, server_r
+from bench import artifacts, hook, operator, scale, server, server_r
 from bench.common import Benchmark, BenchResult, Figure
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "artifacts.copy": artifacts.bench_copy,
     "operator.overhead": operator.bench_overhead,
     "operator.triggers": operator.bench_triggers,
+    "operator.scale": scale.bench_scale,
 }
 
 
@@ -110,7 +111,7 @@ def print_summary(results: list[BenchResult], quick: bool, seconds: float) -> No
         print(line(row))
     print(rule)
     print(
-        "server peak = sum of VmHWM of the server process and its workers; client peak = ru_maxrss of this process"
+        "server peak = sum of VmHWM of the server process and its workers; client peak = VmHWM of this process"
     )
 
 

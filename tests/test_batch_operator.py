@@ -796,7 +796,8 @@ def test_a_retry_after_a_lost_worker_scores_each_chunk_once_and_writes_everythin
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
-    frame = pd.DataFrame({"x": [0.3, 0.1, 0.5, 0.1, 0.2, 0.1], "name": [f"n{i}" for i in range(6)]})
+    # chunk 1 is staged while 2 and 3 run for 3 s: the task waits again, and is lost when it resumes
+    frame = pd.DataFrame({"x": [0.1, 3.0, 3.0, 0.1, 0.2, 0.1], "name": [f"n{i}" for i in range(6)]})
     before = set(api.get("/api/napper/v1/batch").json())
     out = tmp_path / "results.parquet"
     dagrun = run_dag(

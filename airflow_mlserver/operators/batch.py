@@ -19,9 +19,8 @@ How a run goes:
    summary (and logs it as a sentence). Without ``output_path`` nothing is staged: the final pass reads the
    results from the server to count them.
 
-Nothing is kept on the operator across a deferral: which chunks run, which are staged (``written``) and the
-rounds live in the task-state store, the rows in the part files. Memory is bounded by a chunk or two (the
-input is read chunk by chunk, results decoded one record at a time), whatever the input's size.
+Nothing is kept on the operator across a deferral: the executions, the staged chunks (``written``) and the rounds
+live in the task-state store, the rows in the part files. Memory is bounded by a chunk or two, whatever the size.
 
 The log lines are :mod:`~airflow_mlserver.triggers.progress`'s; a mapped task's lines name its map index.
 
@@ -333,7 +332,7 @@ class MLServerBatchOperator(BaseOperator):
             to_start = missing[: max(0, self.max_active_executions - len(running))]
             parts = self._parts(service)
             to_write = parts.unstaged(state, round_, statuses)
-            staged = []  # complete chunks' records, staged once the next chunks are started
+            staged = []  # complete chunks' records, staged once the next chunks are started (then look again)
             frames = self._frames(self._chunk_size()) if to_start or to_write else iter(())
             for index, offset, frame in wave_frames(frames, state, round_, to_start, to_write):
                 if index in to_write:
@@ -353,6 +352,8 @@ class MLServerBatchOperator(BaseOperator):
                 running.append(index)
             context["ti"].xcom_push(key=EXECUTIONS_XCOM_KEY, value=state.execution_ids())
             parts.stage(hook, state, context, staged, label_of, self.log, prefix)
+            if staged and running:
+                continue
             if not running:
                 rescoring = plan_next_round(
                     hook, service, state, statuses, self.rescore_failed_records, self.chunk_size
@@ -466,10 +467,7 @@ class MLServerBatchOperator(BaseOperator):
                 "%sRescored %s in %s: %s", prefix, counted(len(rescored), "record"), rounds_run, recovered
             )
         check_failures(scored, state, self.max_failed_records, output_uri)
-        self._lineage_service = (
-            service.name,
-            service.version,
-        )  # read by the OpenLineage method, same process
+        self._lineage_service = (service.name, service.version)  # for the OpenLineage method, same process
         self.log.info("%s", scored_sentence(summary, prefix))
         if self.return_results:
             summary["results"] = scored.rows

@@ -1,0 +1,337 @@
+"""``operator.scale``: the batch operator on a large data set, against the server's own rate, and its memory.
+
+1,000,000 records (100,000 with ``--quick``) of a trivial service (``y = x``), Parquet in and out through
+``file://``, chunks of 100,000 (10,000), two executions at a time, deferrable, run with ``airflow dags test`` in
+a child process with its own ``AIRFLOW_HOME`` (the helpers of :mod:`bench.operator`). In the same run:
+
+* the server's raw rate: the same chunks started with raw HTTP two at a time (the next one as soon as one is
+  complete), each polled every 50 ms; measured before and after the task, both reported;
+* the task's end-to-end rate (TaskInstance start -> end from the DB, and ``airflow dags test``'s whole wall
+  time) and its ratio to the raw rate (target >= 0.9);
+* the peak RSS of the ``airflow dags test`` process tree (the sum of each process's own VmHWM, sampled) against
+  a DAG whose one task does nothing, run the same way (target: at most 150 MiB more);
+* the output read back: every record once, in order, the right values;
+* a timeline, from a watcher that lists the service's executions every 50 ms: the first start after the task's
+  start, the gap between a chunk finishing and the next start, and the time after the last chunk finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Api, BenchResult, Figure, TreeMemorySampler, client_peak_mib, running_server
+from bench.operator import ROOT, _airflow_env
+
+SERVICE, VERSION, CODE = "identity", "1.0", "y = x"
+SCALE_DAG, EMPTY_DAG = "bench_operator_scale", "bench_operator_empty"
+RATIO_TARGET = 0.9
+GROWTH_TARGET_MIB = 150.0
+POLL_S = 0.05
+PARALLEL = 10
+ACTIVE = 2
+
+DAGS = '''"""Written by bench/scale.py: the batch task at scale, and a task that does nothing."""
+from datetime import datetime
+
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+from airflow_mlserver.operators.batch import MLServerBatchOperator
+
+with DAG({scale!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    MLServerBatchOperator(
+        task_id="score",
+        service_name={service!r},
+        service_version={version!r},
+        records={records!r},
+        output_path={output!r},
+        chunk_size={chunk},
+        max_active_executions={active},
+        parallel_count={parallel},
+        deferrable=True,
+        poll_interval={poll},
+    )
+
+with DAG({empty!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    PythonOperator(task_id="score", python_callable=lambda: None)
+'''
+
+
+class _Executions:
+    """Watches the service's executions from the parent: when each was first seen and when it finished (50 ms)."""
+
+    def __init__(self, api: Api, known: set[str]) -> None:
+        self.api, self.known = api, set(known)
+        self.seen: dict[str, float] = {}
+        self.done: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-executions")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                now = time.time()
+                for execution_id in self.api.request("GET", f"/api/{SERVICE}/{VERSION}/batch").json():
+                    if execution_id not in self.known and execution_id not in self.seen:
+                        self.seen[execution_id] = now
+                for execution_id in [e for e in self.seen if e not in self.done]:
+                    status = self.api.status(SERVICE, VERSION, execution_id, partial=False)
+                    if str(status["state"]).lower() in ("complete", "failed", "canceled"):
+                        self.done[execution_id] = time.time()
+            time.sleep(POLL_S)
+
+    def __enter__(self) -> _Executions:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _raw_seconds(api: Api, size: int, chunk: int) -> float:
+    """The same chunks, raw HTTP, two at a time (the next started as soon as one is complete), 50 ms polls."""
+    starts = list(range(0, size, chunk))
+    running: list[str] = []
+    t0 = time.perf_counter()
+    while starts or running:
+        while starts and len(running) < ACTIVE:
+            first = starts.pop(0)
+            records = [{"x": float(i)} for i in range(first, min(first + chunk, size))]
+            running.append(api.start_batch(SERVICE, VERSION, records, PARALLEL))
+        time.sleep(POLL_S)
+        for execution_id in list(running):
+            status = api.status(SERVICE, VERSION, execution_id, partial=False)
+            state = str(status["state"]).lower()
+            if state in ("failed", "canceled"):
+                raise RuntimeError(f"raw execution {execution_id} ended {state}: {status}")
+            if state == "complete":
+                running.remove(execution_id)
+    return time.perf_counter() - t0
+
+
+def _airflow(args: list[str], env: dict[str, str], timeout: float) -> tuple[float, float]:
+    """Run ``airflow ARGS`` in a child, sampling its process tree; answer (wall seconds, peak RSS in MiB)."""
+    t0 = time.perf_counter()
+    with open(Path(env["AIRFLOW_HOME"]) / f"{args[0]}-{args[-1]}.log", "w") as log:
+        child = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), *args], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+        with TreeMemorySampler(child.pid, interval=0.05) as sampler:
+            code = child.wait(timeout)
+            seconds = time.perf_counter() - t0
+            sampler.sample()
+    if code != 0:
+        tail = (Path(env["AIRFLOW_HOME"]) / f"{args[0]}-{args[-1]}.log").read_text()[-3000:]
+        raise RuntimeError(f"airflow {' '.join(args)} exited {code}: {tail}")
+    return seconds, sampler.peak_mib or 0.0
+
+
+def _task_times(dag_id: str, env: dict[str, str]) -> dict[str, Any]:
+    """The task instance's state, start and end (epoch seconds), read from the child's DB by a child."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.scale", dag_id],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"reading the task instance failed: {(done.stderr or done.stdout)[-2000:]}")
+    answer: dict[str, Any] = json.loads(lines[-1])
+    return answer
+
+
+def _check_output(output: Path, size: int) -> None:
+    """Every record once, in order, ``y == x``, all succeeded."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(output, columns=["record", "x", "y", "success"])
+    numbers = pa.array(range(size), pa.int64())
+    if (
+        table.num_rows != size
+        or not pc.all(pc.equal(table["record"], numbers)).as_py()
+        or not pc.all(pc.equal(table["x"], pc.cast(numbers, pa.float64()))).as_py()
+        or not pc.all(pc.equal(table["y"], table["x"])).as_py()
+        or not pc.all(table["success"]).as_py()
+    ):
+        raise RuntimeError(f"the output {output} is not the {size:,} expected rows in order")
+
+
+def _timeline(watch: _Executions, ti: dict[str, Any]) -> list[str]:
+    """The first start after the task's start, the gaps between a chunk finishing and the next start, the end."""
+    starts = sorted(watch.seen.values())
+    ends = sorted(watch.done.values())
+    if not starts or not ends:
+        return []
+    gaps = []
+    for started in starts[ACTIVE:]:
+        freed = [e for e in ends if e <= started]
+        if freed:
+            gaps.append(started - freed[-1])
+    gap_text = ", ".join(f"{g:.2f}" for g in gaps)
+    return [
+        f"timeline: first chunk started {starts[0] - ti['start']:.2f} s after TI start; last chunk finished "
+        f"{ends[-1] - ti['start']:.2f} s after it; TI end {ti['end'] - ends[-1]:.2f} s after the last chunk "
+        "finished (the final pass writing the output)",
+        f"gap from a chunk finishing to the next start (s, in order): {gap_text or 'none'}"
+        + (f"; median {statistics.median(gaps):.2f}, max {max(gaps):.2f}" if gaps else ""),
+    ]
+
+
+def bench_scale(quick: bool) -> BenchResult:
+    """The batch operator at 1M records, Parquet in/out: end-to-end rate vs the server's raw rate, memory vs empty."""
+    size, chunk = (100_000, 10_000) if quick else (1_000_000, 100_000)
+    started = time.perf_counter()
+    result = BenchResult("operator.scale")
+    with (
+        tempfile.TemporaryDirectory(prefix="mlserver-bench-scale-") as tmp,
+        running_server(Path(tmp) / "data", workers=2) as (server, server_memory),
+        Api(server) as api,
+    ):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        base = Path(tmp)
+        api.publish(SERVICE, VERSION, CODE, {"x": "numeric"}, {"y": "numeric"})
+        api.wait_finished(SERVICE, VERSION, api.start_batch(SERVICE, VERSION, [{"x": 1.0}] * 20, PARALLEL))
+        pq.write_table(pa.table({"x": pa.array(range(size), pa.float64())}), base / "in.parquet")
+        dags, home, output = base / "dags", base / "airflow", base / "out.parquet"
+        dags.mkdir()
+        home.mkdir()
+        (dags / "bench_scale_dags.py").write_text(
+            DAGS.format(
+                scale=SCALE_DAG,
+                empty=EMPTY_DAG,
+                service=SERVICE,
+                version=VERSION,
+                records=f"file://{base / 'in.parquet'}",
+                output=str(output),
+                chunk=chunk,
+                active=ACTIVE,
+                parallel=PARALLEL,
+                poll=POLL_S,
+            )
+        )
+        env = _airflow_env(home, dags, server)
+        _airflow(["db", "migrate"], env, 600)
+        raw_before = _raw_seconds(api, size, chunk)
+        empty_wall, empty_peak = _airflow(["dags", "test", EMPTY_DAG], env, 600)
+        known = set(api.request("GET", f"/api/{SERVICE}/{VERSION}/batch").json())
+        with _Executions(api, known) as watch:
+            wall, peak = _airflow(["dags", "test", SCALE_DAG], env, 3600)
+        raw_after = _raw_seconds(api, size, chunk)
+        ti, empty_ti = _task_times(SCALE_DAG, env), _task_times(EMPTY_DAG, env)
+        if ti["state"] != "success":
+            raise RuntimeError(f"the batch task ended {ti['state']}: see {home}")
+        _check_output(output, size)
+        server_memory.sample()
+        server_peak = server_memory.peak_mib
+    raw_rate = size / statistics.mean([raw_before, raw_after])
+    task_seconds = ti["end"] - ti["start"]
+    ratio = size / task_seconds / raw_rate
+    growth = peak - empty_peak
+    empty_seconds = empty_ti["end"] - empty_ti["start"]
+    own = ti["operator_seconds"]
+    result.figures = [
+        Figure(
+            "server raw rate (mean of 2)",
+            raw_rate,
+            "rec/s",
+            f"before {raw_before:.1f} s, after {raw_after:.1f} s",
+        ),
+        Figure("task end-to-end rate (TI)", size / task_seconds, "rec/s", f"TI {task_seconds:.1f} s"),
+        Figure(
+            "task rate / raw rate",
+            ratio,
+            "x",
+            f"target >= {RATIO_TARGET:.2f}",
+            "PASS" if ratio >= RATIO_TARGET else "MISS",
+        ),
+        Figure(
+            "task rate less an empty task's TI",
+            size / (task_seconds - empty_seconds),
+            "rec/s",
+            f"x{size / (task_seconds - empty_seconds) / raw_rate:.2f} of raw; empty TI {empty_seconds:.1f} s",
+        ),
+        Figure(
+            "operator's own rate (execute -> end)",
+            size / own,
+            "rec/s",
+            f"x{size / own / raw_rate:.2f} of raw; duration_seconds {own:.1f} s",
+        ),
+        Figure("airflow dags test wall time", wall, "s", f"{size / wall:,.0f} rec/s incl. start-up"),
+        Figure(
+            "peak RSS, task tree", peak, "MiB", f"empty task {empty_peak:.0f} MiB (wall {empty_wall:.1f} s)"
+        ),
+        Figure(
+            "peak RSS growth over empty task",
+            growth,
+            "MiB",
+            f"target <= {GROWTH_TARGET_MIB:.0f}",
+            "PASS" if growth <= GROWTH_TARGET_MIB else "MISS",
+        ),
+        Figure("executions the task started", len(watch.seen), "", f"{-(-size // chunk)} chunks"),
+    ]
+    result.notes.append(
+        f"{size:,} records of y = x, Parquet in and out (file://), chunk_size {chunk:,}, max_active_executions "
+        f"{ACTIVE}, parallel_count {PARALLEL}, deferrable, poll_interval {POLL_S:g} s, 2 server workers; output "
+        "checked (every record once, in order, y == x)"
+    )
+    result.notes.extend(_timeline(watch, ti))
+    result.notes.append(
+        "peak RSS = sum of each process's own VmHWM in the `airflow dags test` tree, sampled every 50 ms; raw rate = "
+        "the same chunks with raw HTTP, 2 at a time, polled every 50 ms, before and after the task"
+    )
+    result.server_peak_mib = server_peak
+    result.client_peak_mib = client_peak_mib()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _ti_main(dag_id: str) -> int:
+    """In a child with the Airflow environment: the task instance of ``dag_id``'s latest run, as JSON."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = (
+            session.query(TaskInstance)
+            .filter_by(dag_id=dag_id, task_id="score")
+            .order_by(TaskInstance.start_date.desc())
+            .first()
+        )
+        row = (
+            None
+            if ti is None
+            else session.query(XComModel)
+            .filter_by(dag_id=dag_id, run_id=ti.run_id, task_id="score", key="return_value")
+            .one_or_none()
+        )
+        summary = None if row is None else XComModel.deserialize_value(row)
+        answer = {
+            "state": str(ti.state) if ti else None,
+            "start": ti.start_date.timestamp() if ti and ti.start_date else None,
+            "end": ti.end_date.timestamp() if ti and ti.end_date else None,
+            "operator_seconds": summary.get("duration_seconds") if isinstance(summary, dict) else None,
+        }
+    print(json.dumps(answer), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_ti_main(sys.argv[1]))
