@@ -2,9 +2,12 @@
 
 Processes, not threads: scoring is CPU-bound and must use every core. Each worker answers one job, or one
 group of batch records, at a time over a pipe; the server waits for it in a thread so the event loop stays
-free, one thread hop per group rather than per record. A group's records answer one by one as they finish,
-so the timeout holds for each record: a worker that runs past it, or dies, is killed and replaced, the record
-it was running fails, and the records of the group it had not reached go back to the caller, unrun.
+free, one thread hop and one answer per group rather than per record. The worker says which record of the
+group it is running in a shared number (``runtime.Flags``), so the timeout holds for each record: a worker
+that runs past it, or dies, is killed and replaced, the record it was running fails, and the group's other
+records without a result (those not reached, and those whose results died with the worker) go back to the
+caller, unrun. While a group runs, its thread wakes every :data:`WATCH_SECONDS` to time the running record
+and to pass a stop on to the worker, which reads it before each record.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
 
 from airflow_mlserver.server.runtime import (
+    Flags,
     Group,
-    GroupEnd,
+    GroupDone,
     GroupRecord,
     Job,
     Outcome,
@@ -35,15 +38,15 @@ from airflow_mlserver.server.runtime import (
 )
 
 _DIED = "the worker process running this execution died"
+#: How often a group's thread looks at the record running and at the stop request.
+WATCH_SECONDS = 0.02
 
 
 @dataclass
 class _Worker:
     process: BaseProcess
     conn: Connection
-    stop: (
-        Any  # a shared byte (multiprocessing RawValue): set, the worker ends its group before the next record
-    )
+    flags: Flags
 
 
 @dataclass
@@ -51,7 +54,7 @@ class GroupRun:
     """What came of a group: the records that ran (or failed on a timeout or a dead worker), those left unrun.
 
     ``init_error`` is set when the service could not be loaded (no record of the group ran); ``seconds`` is
-    the time the worker spent on the group.
+    the time its records took in the worker (or, when it timed out or died, the time it was given).
     """
 
     done: list[RecordDone] = field(default_factory=list)
@@ -80,11 +83,11 @@ class WorkerPool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        stop = self._ctx.RawValue("b", 0)
-        process = self._ctx.Process(target=worker_main, args=(child, self.home, stop), daemon=True)
+        flags = Flags(stop=self._ctx.RawValue("b", 0), position=self._ctx.RawValue("l", -1))
+        process = self._ctx.Process(target=worker_main, args=(child, self.home, flags), daemon=True)
         process.start()
         child.close()
-        worker = _Worker(process, parent, stop)
+        worker = _Worker(process, parent, flags)
         self._all.append(worker)
         return worker
 
@@ -163,43 +166,45 @@ class WorkerPool:
             self._idle.put_nowait(box[0])
 
     def _call_group(self, box: list[_Worker], group: Group, should_stop: Callable[[], bool]) -> GroupRun:
-        """In a thread: send ``group`` to ``box[0]`` and collect its records; a replaced worker goes in ``box``."""
+        """In a thread: send ``group`` to ``box[0]`` and wait for its answer; a replaced worker goes in ``box``."""
         worker = box[0]
+        flags = worker.flags
         records = group.records
-        run = GroupRun()
         started = time.perf_counter()
         failure = ""
+        running, since = -1, started
         try:
-            worker.stop.value = 0
+            flags.stop.value = 0
+            flags.position.value = -1
             worker.conn.send(group)
-            while True:
-                if not worker.conn.poll(self.timeout):
+            while not worker.conn.poll(WATCH_SECONDS):
+                now = time.perf_counter()
+                if flags.position.value != running:
+                    running, since = flags.position.value, now
+                elif now - since > self.timeout:
                     failure = self._timeout_message()
                     break
-                message = worker.conn.recv()
-                if isinstance(message, GroupEnd):
-                    run.unrun = records[len(run.done) :]
-                    run.seconds = time.perf_counter() - started
-                    return run
-                if message.init_error:
-                    run.init_error = message.init_error  # the worker ends the group (GroupEnd) right after
-                    continue
-                run.done.append(message)
-                if not worker.stop.value and should_stop():
-                    worker.stop.value = 1
+                if not flags.stop.value and should_stop():
+                    flags.stop.value = 1
+            else:
+                answer: GroupDone = worker.conn.recv()
+                if answer.init_error:
+                    return GroupRun([], records, answer.init_error, answer.seconds)
+                return GroupRun(answer.done, records[len(answer.done) :], "", answer.seconds)
         except (EOFError, OSError):
             failure = _DIED
-        position = len(run.done)
-        run.seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         if self.closing:
-            run.unrun = records[position:]  # shutting down: these records run again after a restart
-            return run
+            return GroupRun(
+                [], records, "", seconds
+            )  # shutting down: these records run again after a restart
+        culprit = max(0, flags.position.value)  # -1: it hung or died loading the service, on the first record
         box[0] = self._replace(worker)
-        if position < len(records):  # the record that was running when the worker timed out or died
-            failed = Outcome(success=False, error_message=failure)
-            run.done.append(RecordDone(records[position].record_index, False, answer_text(failed)))
-            run.unrun = records[position + 1 :]
-        return run
+        if culprit >= len(records):
+            return GroupRun([], records, "", seconds)
+        failed = Outcome(success=False, error_message=failure)
+        done = [RecordDone(records[culprit].record_index, False, answer_text(failed))]
+        return GroupRun(done, records[:culprit] + records[culprit + 1 :], "", seconds)
 
     def close(self) -> None:
         self.closing = True
