@@ -40,6 +40,7 @@ CONN_ID = "bench_hook"
 FLAT_TARGET = 1.5  # largest / smallest batch, per poll: above this the poll cost grows with the batch
 RESULTS_TARGET = 3.0  # MS client time / hook time for all results of the largest batch
 GROWTH_SLACK_MIB = 4.0  # the hook's memory growth on the largest batch may exceed the middle one's by this
+RESULTS_ORDER = ("hook", "msclient", "msclient", "hook")  # each side twice, alternating: the best time counts
 POLLS = 30
 POLL_BUDGET_S = 6.0  # at most this long per (size, state), whatever POLLS says
 SIDE_TIMEOUT_S = 240.0
@@ -222,12 +223,14 @@ def bench_results(quick: bool) -> BenchResult:
     prep = _prepared(quick)
     with _serve(prep) as (server, sampler):
         execution_id = prep.finished[size]
-        hook_side = _side("hook", server, execution_id, size)
-        ms_side = _side("msclient", server, execution_id, size)
+        runs = [(which, _side(which, server, execution_id, size)) for which in RESULTS_ORDER]
         hook_small = _side("hook", server, prep.finished[smaller], smaller)
         sampler.sample()
         peak = sampler.peak_mib
-    if hook_side["checksum"] != ms_side["checksum"]:
+    times = {which: [run["seconds"] for w, run in runs if w == which] for which in set(RESULTS_ORDER)}
+    hook_side = min((run for w, run in runs if w == "hook"), key=lambda run: run["seconds"])
+    ms_side = min((run for w, run in runs if w == "msclient"), key=lambda run: run["seconds"])
+    if len({run["checksum"] for _, run in runs}) != 1:
         raise RuntimeError(f"the two sides decoded different outputs: {hook_side} vs {ms_side}")
     hook_s, ms_s = hook_side["seconds"], ms_side["seconds"]
     hook_grow = hook_side["peak_mib"] - hook_side["base_mib"]
@@ -256,7 +259,10 @@ def bench_results(quick: bool) -> BenchResult:
         Figure("MS client process peak RSS", ms_side["peak_mib"], "MiB", f"+{ms_grow:,.1f} MiB during fetch"),
     ]
     result.notes.append(
-        "each side runs in its own process (python -m bench.hook_side), one after the other; timed: hook "
+        "each side runs in its own process (python -m bench.hook_side), one after the other, in the order "
+        f"{', '.join(RESULTS_ORDER)}; the best time of each counts (hook "
+        f"{', '.join(f'{t:.2f}' for t in times['hook'])} s; MS client "
+        f"{', '.join(f'{t:.2f}' for t in times['msclient'])} s); timed: hook "
         "iter_batch_results; MS client svc.get_batch + batch.results() + execution(i).outputs for every i; "
         f"the hook also reads the {smaller:,}-record execution ({hook_small['seconds']:.2f} s), for its memory"
     )
