@@ -8,9 +8,10 @@ at one record and at most doubling (up to :data:`GROUP_CAP`): a slow service run
 trivial one hundreds, and the server's cost per record (a thread hop, a pipe round trip, a commit) is paid
 per group.
 
-A cancel is seen between two records: the worker's thread reads each record's result as it comes and, once
-the execution is canceled, tells the worker to stop before its next record; lanes take no new group. Records
-that ran keep their result. A record that runs past the execution timeout fails alone; the records of its
+A cancel is seen between two records, not only between groups: while a group runs, its thread checks the
+cancel every few milliseconds (``workers.WATCH_SECONDS``) and raises the worker's stop flag, which the worker
+reads before each record; lanes take no new group. Records that ran keep their result (the worker answers
+with what it ran). A record that runs past the execution timeout fails alone; the records of its
 group it had not reached are sent again. An ``initCode`` failure fails the execution. An execution stays
 ``Pending`` until a worker takes its first group, as on a busy real server. On shutdown, lanes stop between
 records and commit what ran (for up to :data:`DRAIN_SECONDS`).
