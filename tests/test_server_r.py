@@ -36,8 +36,8 @@ answer <- manualTransmission(hp, wt)
 CARS_MODEL = "glm(formula = am ~ hp + wt, data = mtcars, family = binomial)"
 
 
-@pytest.fixture(autouse=True)
-def _r_installed() -> None:
+def require_r() -> None:
+    """Fail (never skip) the calling test when R or rpy2 is missing, in one line."""
     if shutil.which("Rscript") is None or importlib.util.find_spec("rpy2") is None:
         pytest.fail(
             "R services need Debian's R and rpy2 (the r extra): `make test` installs them.", pytrace=False
@@ -107,6 +107,7 @@ def assert_png(data: bytes) -> None:
 
 
 def test_seed_service_with_a_model_object_request_response_and_batch(api: Api, tmp_path: Path) -> None:
+    require_r()
     snapshot_id = r_snapshot(api, tmp_path, {"carsModel": CARS_MODEL})
     publish_r(
         api, "mtService", SEED_CODE, {"hp": "numeric", "wt": "numeric"}, {"answer": "numeric"},
@@ -155,6 +156,7 @@ classes <- vapply(list(i, n, s, b, v, m, d), function(x) class(x)[1], "")
 
 
 def test_the_seven_types_round_trip(api: Api) -> None:
+    require_r()
     outputs = {f"o_{k}": t for k, t in TYPES.items()} | {"classes": "vector"}
     publish_r(api, "rtypes", ROUND_TRIP_CODE, TYPES, outputs)
     record = {
@@ -202,6 +204,7 @@ def test_the_seven_types_round_trip(api: Api) -> None:
 
 
 def test_r_values_encoded_as_json(api: Api) -> None:
+    require_r()
     code = """
 f <- factor(c("lo", "hi", NA, "lo")); one <- factor("only"); when <- as.Date("2026-11-30")
 named <- list(a = 1L, b = list(2, "x")); unnamed <- list(1, "a"); missing <- c(1, NA, NaN, Inf)
@@ -223,6 +226,7 @@ square <- function(v) v^2
 
 
 def test_an_r_error_fails_its_record_and_the_batch_goes_on(api: Api) -> None:
+    require_r()
     code = "half <- function(v) if (v == 2) stop('no twos: ', v) else v / 2\ny <- half(x)\nif (x == 4) z <- undefined"
     publish_r(api, "rsometimes", code, {"x": "integer"}, {"y": "numeric"})
     results = api.wait(
@@ -239,6 +243,7 @@ def test_an_r_error_fails_its_record_and_the_batch_goes_on(api: Api) -> None:
 
 
 def test_init_code_runs_once_and_its_failure_fails_the_execution(api: Api) -> None:
+    require_r()
     publish_r(api, "rinit", "y <- x + offset", {"x": "numeric"}, {"y": "numeric"}, init_code="offset <- 10")
     assert consume(api, "rinit", {"x": 1})["outputParameters"] == {"y": 11}
     publish_r(api, "rbadinit", "y <- x", {"x": "numeric"}, {"y": "numeric"}, init_code="stop('no model')")
@@ -254,6 +259,7 @@ def test_init_code_runs_once_and_its_failure_fails_the_execution(api: Api) -> No
 
 
 def test_console_output_and_files(api: Api) -> None:
+    require_r()
     code = """
 print(c(a = 1, b = 2)); cat("to stdout\\n"); message("to stderr"); y <- log(-1)
 writeLines("kept", "kept.txt"); writeLines("not declared", "other.txt")
@@ -277,6 +283,7 @@ png("plot.png"); plot(mtcars$wt, mtcars$mpg); dev.off()
 
 
 def test_execution_timeout_replaces_the_worker_and_its_r(tmp_path: Path) -> None:
+    require_r()
     with LocalMLServer(tmp_path, workers=1, extra_args=["--execution-timeout", "3"]) as server:
         api = Api(server)
         publish_r(api, "rhang", "Sys.sleep(x); y <- x", {"x": "numeric"}, {"y": "numeric"})
@@ -288,6 +295,7 @@ def test_execution_timeout_replaces_the_worker_and_its_r(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stop", "crash"])
 def test_restart_mid_batch_loses_no_committed_record(tmp_path: Path, sig: int) -> None:
+    require_r()
     log = tmp_path / "ran.log"
     code = f'Sys.sleep(0.005)\ncat(sprintf("%d\\n", x), file = "{log}", append = TRUE)\ny <- x * 2L'
     server = LocalMLServer(tmp_path / "data", workers=2)
