@@ -44,9 +44,9 @@ _WS = re.compile(r"[ \t\n\r]*")
 class WireRecord(msgspec.Struct, rename="camel", gc=False):
     """One result of a batch answer as the server sends it (``errorMessage``, ...), checked by the C decoder.
 
-    It accepts exactly what :meth:`~airflow_mlserver.client.models.RecordResult.from_api` accepts (a missing
-    or null optional field is ``None``), so a result the decoder refuses is read again as plain JSON, for
-    ``from_api`` to word the error.
+    It accepts the records :meth:`~airflow_mlserver.client.models.RecordResult.from_api` accepts and nothing
+    else (a missing or null optional field is ``None``); a result it refuses is read again as plain JSON, for
+    ``from_api`` to read it or to word the error.
     """
 
     success: bool
@@ -159,7 +159,7 @@ class BatchAnswerParser:
     # -- feeding --------------------------------------------------------------------------------------------
 
     def feed(self, chunk: bytes) -> list[Any]:
-        """Take the next bytes; answer the results completed by them (raw JSON objects)."""
+        """Take the next bytes; answer the results completed by them (see the class for their type)."""
         self.bytes_read += len(chunk)
         try:
             text = self._utf8.decode(chunk)
