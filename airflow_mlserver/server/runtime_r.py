@@ -18,7 +18,10 @@ encoded as JSON (see :func:`encode`, and :func:`bind` for the inputs).
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,6 +120,7 @@ class _R:
 
         # rpy2 installs its own SIGINT handler; the worker ignores signals meant for the server's group
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        os.environ["TMPDIR"] = _session_tempdir()
         ri.initr_simple()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -156,6 +160,33 @@ class _R:
         if result.typeof == self.ri.RTYPES.STRSXP and name != "text" and "mlserver_error" in _classes(result):
             raise RError(result[0])
         return result
+
+
+def _session_tempdir() -> str:
+    """Where this worker's R keeps its session's temporary folder (``tempdir()``), removed with the worker.
+
+    R removes its temporary folder when it ends, but a worker never ends R (a process of ``multiprocessing``
+    exits without running exit handlers, and a timed-out one is killed): each worker's R gets a folder named
+    after its process, and each R start removes those of workers no longer running.
+    """
+    base = Path(tempfile.gettempdir())
+    for folder in base.glob("mlserver-r-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    mine = base / f"mlserver-r-{os.getpid()}"
+    mine.mkdir(exist_ok=True)
+    return str(mine)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _classes(x: Any) -> list[str]:
