@@ -27,7 +27,7 @@ from airflow_mlserver.server.context import (
 )
 from airflow_mlserver.server.errors import ApiError, bad_request
 from airflow_mlserver.server.files import open_regular_file, regular_files
-from airflow_mlserver.server.jobs import check_record
+from airflow_mlserver.server.jobs import record_texts
 from airflow_mlserver.server.store import FINISHED, Execution
 
 router = APIRouter()
@@ -95,9 +95,7 @@ async def start(request: Request, name: str, version: str) -> dict[str, Any]:
         raise bad_request("The request body must be a JSON list of input records, one object per record.")
     if not records:
         raise bad_request("The batch has no records: send at least one input record.")
-    for i, record in enumerate(records):
-        check_record(service, record, f"Record {i}")
-    texts = [json.dumps(r, separators=(",", ":")) for r in records]
+    texts = record_texts(service, records)
     del records
     execution = ctx.store.create_execution(name, version, texts, parallel, current_user(request))
     ctx.runner.launch(execution.id)
