@@ -138,3 +138,26 @@ def test_partial_results_show_committed_records_only_across_a_crash(tmp_path: Pa
     runs = collections.Counter(x for x, _ in _runs(log))
     assert set(runs) == set(range(3000))
     assert [x for x in seen if runs[x] != 1] == []
+
+
+def test_each_record_starts_in_an_empty_folder(api: Api) -> None:
+    """Records share their worker's scratch folder: what one leaves, removes or changes never reaches the next."""
+    code = (
+        "import os, shutil\n"
+        "found = ','.join(sorted(os.listdir('.')))\n"
+        "with open('left.txt', 'w') as f:\n"
+        "    f.write('x')\n"
+        "os.mkdir('sub')\n"
+        "if x % 3 == 1:\n"
+        "    shutil.rmtree(os.getcwd())\n"
+        "if x % 3 == 2:\n"
+        "    os.chdir('/')\n"
+    )
+    api.publish("clean_folder", "v1", code, {"x": "integer"}, {"found": "character"})
+    results = api.wait(
+        "clean_folder", "v1", api.start_batch("clean_folder", "v1", [{"x": i} for i in range(60)], 2)
+    )
+    assert results["completedItemCount"] == 60
+    assert [r["outputParameters"] for r in results["batchExecutionResults"]] == [{"found": ""}] * 60
+    changed = [r["changedFiles"] for r in results["batchExecutionResults"]]
+    assert changed == [[] if i % 3 == 1 else ["left.txt"] for i in range(60)]

@@ -308,13 +308,12 @@ class Runtime:
     removed through that descriptor, so a record that changed directory, or renamed or swapped its folder for a
     link, cannot send the next record, or the clean-up, elsewhere.
 
-    :param home: The worker's own folder, where it returns after each execution (its scratch folder is
-        ``workers/<pid>`` below it).
+    :param home: The worker's own folder, where it loads services (its scratch folder is ``workers/<pid>``
+        below it, where every execution runs).
     """
 
     def __init__(self, home: str) -> None:
         self.home = home
-        self.server_pid = os.getppid()
         self.scratch = Path(home) / "workers" / str(os.getpid())
         shutil.rmtree(self.scratch, ignore_errors=True)
         self._fd = self._open_scratch()
@@ -328,6 +327,9 @@ class Runtime:
         """The loaded service of ``job``'s revision, or why ``initCode`` (or loading its objects) failed."""
         service = self._services.get(job.key)
         if service is None:
+            os.chdir(
+                self.home
+            )  # out of a scratch folder the last record may have removed: loading reads the cwd
             try:
                 service = load_service(job)
             except BaseException as exc:
@@ -352,8 +354,8 @@ class Runtime:
         position = flags.position
         started = time.perf_counter()
         for i, record in enumerate(group.records):
-            if flags.stop.value or os.getppid() != self.server_pid:
-                break  # stopped, or the server is gone (killed): nobody would commit what runs now
+            if flags.stop.value:
+                break
             position.value = i
             job = record_job(group.job, json.loads(record.inputs), record.workdir)
             outcome = self._execute(service, job)
@@ -366,12 +368,7 @@ class Runtime:
             os.close(self._fd)
             self._fd = self._open_scratch()
         os.fchdir(self._fd)
-        try:
-            error, console, outputs = service.evaluate(job)
-        finally:
-            os.chdir(
-                self.home
-            )  # never left in a folder the code may remove (loading a service reads the cwd)
+        error, console, outputs = service.evaluate(job)
         changed, files = self._collect(job)
         return Outcome(
             success=not error,
