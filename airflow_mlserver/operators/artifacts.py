@@ -1,9 +1,9 @@
 """Copy the artifacts of batch executions' records from the Machine Learning Server into object storage.
 
 Each file streams from the HTTP answer to the destination in fixed-size chunks, so memory stays bounded
-(a few MiB per transfer) whatever the file size. A destination is never left half-written (see
-:mod:`~airflow_mlserver.operators.artifact_writes`), and the bytes written are always checked against the bytes
-read. The other concerns live beside this module: the executions and their record numbers in
+(a few MiB per transfer) whatever the file size. A destination is never left half-written, and what it holds
+is always checked against the bytes read (see :mod:`~airflow_mlserver.operators.artifact_writes`). The other
+concerns live beside this module: the executions and their record numbers in
 :mod:`~airflow_mlserver.operators.artifact_records`, names, paths and selections in
 :mod:`~airflow_mlserver.operators.artifact_names`, the destination in
 :mod:`~airflow_mlserver.operators.artifact_destination`, the manifest in
