@@ -78,8 +78,7 @@ class _Feed:
                 self._exhausted = True
                 return
             self._after = rows[-1][0]
-            folder = self.folder
-            self._page.extend(GroupRecord(i, text, f"{folder}/{i}") for i, text in rows)
+            self._page.extend(GroupRecord(i, text) for i, text in rows)
 
     def take(self, size: int) -> list[GroupRecord]:
         taken: list[GroupRecord] = []
@@ -175,7 +174,7 @@ class BatchRunner:
             if not started:
                 started = True
                 store.set_state(execution_id, RUNNING)
-            return Group(job, records)
+            return Group(job, records, feed.folder)
 
         def commit(run: GroupRun) -> None:
             size.measured(len(run.done) or 1, run.seconds)

@@ -70,19 +70,24 @@ class Job:
 
 
 class GroupRecord(NamedTuple):
-    """One record of a group: its index in the batch, its inputs as stored (JSON text), the folder of its artifacts."""
+    """One record of a group: its index in the batch and its inputs as stored (JSON text)."""
 
     record_index: int
     inputs: str
-    workdir: str
 
 
 @dataclass(frozen=True)
 class Group:
-    """Records of one batch execution for one worker: ``job`` is the service part (its inputs and workdir unused)."""
+    """Records of one batch execution for one worker.
+
+    :param job: The service part, sent once per group (its ``inputs`` and ``workdir`` unused).
+    :param records: The records, run in this order.
+    :param folder: The execution's folder: a record's artifacts go to ``<folder>/<index>``.
+    """
 
     job: Job
     records: list[GroupRecord]
+    folder: str
 
 
 class RecordDone(NamedTuple):
@@ -357,7 +362,7 @@ class Runtime:
             if flags.stop.value:
                 break
             position.value = i
-            job = record_job(group.job, json.loads(record.inputs), record.workdir)
+            job = record_job(group.job, json.loads(record.inputs), f"{group.folder}/{record.record_index}")
             outcome = self._execute(service, job)
             done.append(RecordDone(record.record_index, outcome.success, answer_text(outcome)))
         position.value = len(group.records)
