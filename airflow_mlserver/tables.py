@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -184,25 +184,38 @@ def _output_values(results: Sequence[RecordResult], name: str, column: Column) -
 
 def results_frame(
     inputs: pd.DataFrame,
-    results: Sequence[RecordResult],
+    results: Iterable[RecordResult],
     service: WebService,
     offset: int,
     attempts: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """One chunk's result rows: the input columns, each declared output, ``success``, ``error_message``.
 
+    ``results`` are read once, one at a time, into columns (a stream from the server is never held whole).
     ``record`` is the 0-based row number in the whole input (chunk offset + position in the chunk); with
     ``attempts`` (how many times each record was scored) an ``attempts`` column ends the rows.
     """
-    if len(results) != len(inputs):
-        raise ValueError(f"{len(results)} results for {len(inputs)} input records")
+    outputs: dict[str, list[Any]] = {o.name: [] for o in service.outputs}
+    success: list[bool] = []
+    errors: list[str | None] = []
+    for result in results:
+        ok = result.success
+        for name, values in outputs.items():
+            values.append(result.outputs.get(name) if ok else None)
+        success.append(ok)
+        errors.append(result.error_message or None)
+    if len(success) != len(inputs):
+        raise ValueError(f"{len(success)} results for {len(inputs)} input records")
     names = ResultColumns.after([str(c) for c in inputs.columns], service)
     frame = inputs.reset_index(drop=True).copy()
     frame.insert(0, "record", range(offset, offset + len(inputs)))
     for output in service.outputs:
-        frame[names.outputs[output.name]] = _output_values(results, output.name, result_column(output.type))
-    frame[names.success] = [r.success for r in results]
-    frame[names.error_message] = [r.error_message or None for r in results]
+        values = outputs[output.name]
+        if result_column(output.type) is Column.JSON:
+            values = [_json_text(v) for v in values]
+        frame[names.outputs[output.name]] = values
+    frame[names.success] = success
+    frame[names.error_message] = errors
     if attempts is not None:
         frame[names.attempts] = list(attempts)
     return frame

@@ -66,7 +66,7 @@ class StagedParts:
 
         :param offset: The record number of the chunk's first record in the whole input.
         """
-        results = list(hook.iter_batch_results(self.service.name, self.service.version, execution_id))
+        results = hook.iter_batch_results(self.service.name, self.service.version, execution_id)
         return results_frame(self.inputs(frame), results, self.service, offset)
 
     def write(
