@@ -457,7 +457,7 @@ class MLServerBatchOperator(BaseOperator):
             rescored=rescored,
             attempts=attempts if self.rescore_failed_records else None,
         )
-        parts.remove()  # the output is in place: the staged parts are not needed any more
+        parts.remove(state)  # the output is in place: the staged parts are not needed any more
         output_uri = str(writer.path) if writer is not None else None
         summary = batch_summary(service, state, scored, rescored, output_uri)
         if rescored:

@@ -123,9 +123,14 @@ class StagedParts:
             frame: pd.DataFrame = pq.read_table(handle).to_pandas()
         return frame
 
-    def remove(self) -> None:
-        """Remove the folder and every part in it (once the output is in place)."""
-        if self.folder is not None and self.folder.exists():
-            for part in self.folder.iterdir():
-                part.unlink()
+    def remove(self, state: BatchState) -> None:
+        """Remove this batch's part files (once the output is in place), and the folder once it is empty (another
+        task may stage beside them)."""
+        if self.folder is None or not self.folder.exists():
+            return
+        for chunk, execution_id in state.executions.items():
+            path = self.path(chunk, execution_id)
+            if path.exists():
+                path.unlink()
+        if not any(self.folder.iterdir()):
             self.folder.rmdir()
