@@ -52,7 +52,7 @@ _PERMANENT = (ExecutionNotFoundError, ServiceNotFoundError, MLServerAuthError, M
 
 
 class MLServerBatchTrigger(BaseTrigger):
-    """Wait until every given batch execution of one service has finished.
+    """Wait until every given batch execution of one service has finished (or the first, ``until="first"``).
 
     :param mlserver_conn_id: The Airflow connection of the server (never a token: kwargs are stored).
     :param service_name: The web service.
