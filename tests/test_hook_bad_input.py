@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from airflow_mlserver.client.models import ParameterDefinition, WebService
-from airflow_mlserver.client.records import prepare_records
+from airflow_mlserver.client.records import check_records, prepare_records
 from airflow_mlserver.exceptions import (
     ArtifactNotFoundError,
     ExecutionNotFoundError,
@@ -87,12 +87,15 @@ def test_extra_column() -> None:
 
 def test_bad_numeric_value_names_row_column_value_type() -> None:
     frame = pd.DataFrame({"hp": [1.0, 2.0, "fast"], "n": [1, 2, 3], "ok": [True, False, True]})
+    expected = "Row 2, column 'hp': 'fast' (str) is not a valid numeric value: expected a number."
     with pytest.raises(RecordValidationError) as excinfo:
         prepare_records(frame, SERVICE)
-    assert (
-        message(excinfo)
-        == "Row 2, column 'hp': 'fast' (str) is not a valid numeric value: expected a number."
-    )
+    assert message(excinfo) == expected
+    # the check-only pass (the operator's, over the whole input before anything is sent) says the same
+    with pytest.raises(RecordValidationError) as excinfo:
+        check_records(frame, SERVICE)
+    assert message(excinfo) == expected
+    assert check_records(frame.iloc[:2], SERVICE) == 2
 
 
 def test_fractional_integer() -> None:

@@ -463,12 +463,18 @@ def _check_columns(
         )
 
 
-def _build(table: _Table, definitions: Sequence[ParameterDefinition]) -> list[dict[str, Any]]:
+def _coerced(
+    data: RecordsInput, inputs: WebService | Sequence[ParameterDefinition], extra_columns: ExtraColumns
+) -> tuple[list[str], list[list[Any]], int]:
+    """Every check of the records, and each declared input's column of JSON-ready values (names, columns, rows)."""
+    definitions, label = _definitions(inputs)
+    table = _Table(data)
+    _check_columns(table, definitions, label, extra_columns)
+    if table.length == 0:
+        raise RecordValidationError("The data has no rows: a batch needs at least one record.")
     names = [d.name for d in definitions]
     columns = [_coerce_column(d.type, table.column(d.name, definitions), d.name) for d in definitions]
-    if not columns:
-        return [{} for _ in range(table.length)]
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+    return names, columns, table.length
 
 
 def prepare_records(
@@ -483,12 +489,20 @@ def prepare_records(
     :param extra_columns: ``"error"`` to refuse columns the service does not declare; ``"keep"`` or ``"ignore"``
         (or the older ``"drop"``) to leave them out of the records.
     """
-    definitions, label = _definitions(inputs)
-    table = _Table(data)
-    _check_columns(table, definitions, label, extra_columns)
-    if table.length == 0:
-        raise RecordValidationError("The data has no rows: a batch needs at least one record.")
-    return _build(table, definitions)
+    names, columns, length = _coerced(data, inputs, extra_columns)
+    if not columns:
+        return [{} for _ in range(length)]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def check_records(
+    data: RecordsInput,
+    inputs: WebService | Sequence[ParameterDefinition],
+    extra_columns: ExtraColumns = "error",
+) -> int:
+    """The checks of :func:`prepare_records` without building the records (a pass over a large input before
+    anything is sent); answer the number of records."""
+    return _coerced(data, inputs, extra_columns)[2]
 
 
 def prepare_inputs(

@@ -45,7 +45,7 @@ from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.sdk import BaseOperator, conf
 
 from airflow_mlserver.client.models import BatchStatus, WebService
-from airflow_mlserver.client.records import ExtraColumns, prepare_records
+from airflow_mlserver.client.records import ExtraColumns, check_records
 from airflow_mlserver.exceptions import (
     MLServerBatchFailedError,
     MLServerBatchTimeoutError,
@@ -296,7 +296,7 @@ class MLServerBatchOperator(BaseOperator):
         """Check every record against the service's inputs (chunk by chunk); answer the number of chunks."""
         count = 0
         for frame in self._frames(self._chunk_size()):
-            prepare_records(frame, service, self.extra_columns)
+            check_records(frame, service, self.extra_columns)
             count += 1
         if count == 0:
             raise MLServerConfigError("The records are empty: a batch needs at least one record.")
@@ -338,9 +338,8 @@ class MLServerBatchOperator(BaseOperator):
                 if index in to_write:
                     staged.append((index, offset, frame))
                     continue
-                records = prepare_records(frame, service, self.extra_columns)
                 execution_id = start_execution(
-                    hook, service, state, round_, context, index, records, self.parallel_count
+                    hook, service, state, round_, context, index, frame, self.parallel_count
                 )  # its id stored before any waiting: a crash from here on reattaches
                 self.log.info(
                     "%sStarted batch execution %s for %s (%s)",

@@ -15,7 +15,7 @@ earlier try's failed execution), so a user who cancels all candidates but one re
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from airflow_mlserver.exceptions import AmbiguousStartError
 from airflow_mlserver.operators.batch_state import BatchState, Round, StartIntent
@@ -23,6 +23,7 @@ from airflow_mlserver.triggers.progress import InfoLog
 from airflow_mlserver.triggers.waiting import ended
 
 if TYPE_CHECKING:
+    import pandas as pd
     from airflow.sdk import Context
 
     from airflow_mlserver.client.models import WebService
@@ -39,14 +40,20 @@ def start_execution(
     round_: Round,
     context: Context,
     part: int,
-    records: list[dict[str, Any]],
+    records: pd.DataFrame,
     parallel_count: int,
 ) -> str:
-    """Start the execution of part ``part`` of ``round_``: the intent stored first, then the id in its place."""
+    """Start the execution of part ``part`` of ``round_``: the intent stored first, then the id in its place.
+
+    The client checks and encodes ``records`` in one pass and sends only the declared inputs; the task's
+    ``extra_columns`` rule was applied to every record before anything was sent.
+    """
     before = hook.list_batch_executions(service.name, service.version)
     state.intent = StartIntent(round_.number, part, records=len(records), before=before, at=time.time())
     state.save(context)  # from here until the id is stored, a new try reconciles instead of starting
-    execution_id = hook.start_batch(service.name, service.version, records, parallel_count, service=service)
+    execution_id = hook.start_batch(
+        service.name, service.version, records, parallel_count, service=service, extra_columns="ignore"
+    )
     round_.executions[part], round_.executions_started[part] = execution_id, state.intent.at
     state.intent = None
     state.save(context)
