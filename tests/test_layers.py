@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "airflow_mlserver"
@@ -93,3 +95,23 @@ def test_no_module_is_too_long_to_read_in_one_sitting() -> None:
         if (n := len(p.read_text().splitlines())) > 520
     }
     assert not long, long
+
+
+def test_task_processes_load_the_plugin_without_the_api_server() -> None:
+    """Every task process loads all plugins (for macros): ours must not import the API server's app there."""
+    script = """
+import sys
+from airflow.sdk.plugins_manager import integrate_macros_plugins
+integrate_macros_plugins()
+from airflow.sdk.plugins_manager import _get_plugins
+names = [p.name for p in _get_plugins()[0]]
+assert "mlserver" in names, names
+loaded = [m for m in ("airflow.api_fastapi.app", "airflow_mlserver.ui.app") if m in sys.modules]
+assert not loaded, f"a task process imported {loaded}"
+from airflow_mlserver.ui.plugin import MLServerPlugin
+assert MLServerPlugin.fastapi_apps[0]["url_prefix"] == "/mlserver"  # the API server's read builds the app
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")

@@ -21,7 +21,6 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from airflow_mlserver import __version__
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.links import batch_view_path
 from airflow_mlserver.ui.batch_view import BatchView, TaskInstanceRef, build_view, read_airflow_records
 from airflow_mlserver.ui.format import duration, number
 
@@ -77,8 +76,3 @@ def readme_html() -> str:
         "image", lambda _renderer, tokens, idx, *_: f"<em>[{escape(tokens[idx].content)}]</em>"
     )
     return markdown.render(text)
-
-
-def task_instance_href() -> str:
-    """The view's URL for the UI's external view (the UI fills in the placeholders)."""
-    return batch_view_path("{DAG_ID}", "{RUN_ID}", "{TASK_ID}", "{MAP_INDEX}")
