@@ -118,7 +118,13 @@ def test_r_session_keeps_rds_bytes_and_refuses_others(api: Api, tmp_path: Path) 
         assert api.get(f"/snapshots/{snapshot_id}").json()["runtimeType"] == "R"
         wrong = api.post("/sessions", json={"runtimeType": "Python", "snapshotId": snapshot_id})
         assert _message(wrong, 400) == (
-            f"Snapshot '{snapshot_id}' holds R objects: start a session of runtimeType 'R' from it, not 'Python'."
+            f"Snapshot '{snapshot_id}' holds R objects: a Python session cannot load them; use it with an R session "
+            "or service, or take a snapshot in a Python session."
+        )
+        wrong = api.post("/services/py_from_r/v1", json={"code": "y = 1", "snapshotId": snapshot_id})
+        assert _message(wrong, 400) == (
+            f"Snapshot '{snapshot_id}' holds R objects: a Python service cannot load them; use it with an R session "
+            "or service, or take a snapshot in a Python session."
         )
         again = api.post("/sessions", json={"runtimeType": "R", "snapshotId": snapshot_id}).json()[
             "sessionId"

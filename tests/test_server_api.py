@@ -530,11 +530,22 @@ def test_session_workspace_snapshot_publish(api: Api) -> None:
     assert api.post("/api/withobjects/v1", json={"x": 1}).json()["outputParameters"] == {"y": 101}
 
 
+UNKNOWN_SNAPSHOT = (
+    "Snapshot 'nope' not found: take one with POST /sessions/{id}/snapshot (GET /snapshots lists them)."
+)
+
+
 def test_session_from_unknown_snapshot(api: Api) -> None:
     answer = api.post("/sessions", json={"runtimeType": "Python", "snapshotId": "nope"})
-    assert _message(answer, 400) == "Snapshot 'nope' not found: list the snapshots with GET /snapshots."
+    assert (
+        _message(answer, 400)
+        == "Snapshot 'nope' not found: take one with POST /sessions/{id}/snapshot (GET /snapshots lists them)."
+    )
 
 
 def test_publish_with_unknown_snapshot(api: Api) -> None:
     answer = api.post("/services/nosnap/v1", json={"code": "y = 1", "snapshotId": "nope"})
-    assert _message(answer, 400) == "Snapshot 'nope' not found: take one with POST /sessions/{id}/snapshot."
+    assert (
+        _message(answer, 400)
+        == "Snapshot 'nope' not found: take one with POST /sessions/{id}/snapshot (GET /snapshots lists them)."
+    )

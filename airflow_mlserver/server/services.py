@@ -22,6 +22,7 @@ from airflow_mlserver.server.context import (
     read_json,
 )
 from airflow_mlserver.server.errors import ApiError, bad_request
+from airflow_mlserver.server.sessions import snapshot_of
 
 router = APIRouter()
 
@@ -173,17 +174,7 @@ def public(service: dict[str, Any], user: str) -> dict[str, Any]:
 def _snapshot_objects(ctx: ServerContext, snapshot_id: str | None, runtime: str) -> Any:
     if not snapshot_id:
         return None
-    snapshot = ctx.store.get_snapshot(snapshot_id)
-    if snapshot is None:
-        raise bad_request(
-            f"Snapshot {quoted(snapshot_id)} not found: take one with POST /sessions/{{id}}/snapshot."
-        )
-    taken_in = snapshot.get("runtimeType", "Python")
-    if taken_in != runtime:
-        raise bad_request(
-            f"Snapshot {quoted(snapshot_id)} holds {taken_in} objects: a {runtime} service cannot load them; "
-            f"take the snapshot in a {runtime} session."
-        )
+    snapshot_of(ctx, snapshot_id, runtime, "service")
     return ctx.store.snapshot_dir(snapshot_id)
 
 

@@ -45,6 +45,28 @@ def _session(ctx: ServerContext, session_id: str) -> dict[str, Any]:
     return session
 
 
+def _a(runtime: str) -> str:
+    return f"an {runtime}" if runtime == "R" else f"a {runtime}"
+
+
+def snapshot_of(ctx: ServerContext, snapshot_id: str, runtime: str, kind: str) -> dict[str, Any]:
+    """The snapshot ``snapshot_id``, whose objects a ``runtime`` ``kind`` (session or service) can load: a 400
+    when it is missing or holds another runtime's objects (dill files are no R objects, RDS no Python ones)."""
+    snapshot = ctx.store.get_snapshot(snapshot_id)
+    if snapshot is None:
+        raise bad_request(
+            f"Snapshot {quoted(snapshot_id)} not found: take one with POST /sessions/{{id}}/snapshot "
+            "(GET /snapshots lists them)."
+        )
+    taken_in = snapshot.get("runtimeType", "Python")
+    if taken_in != runtime:
+        raise bad_request(
+            f"Snapshot {quoted(snapshot_id)} holds {taken_in} objects: {_a(runtime)} {kind} cannot load them; use "
+            f"it with {_a(taken_in)} session or service, or take a snapshot in {_a(runtime)} session."
+        )
+    return snapshot
+
+
 @router.post("/sessions")
 async def create_session(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
@@ -58,17 +80,7 @@ async def create_session(request: Request) -> Response:
         raise bad_request(f"Unknown runtimeType {quoted(given)}: use 'Python' or 'R'.")
     snapshot_id = optional_text(body, "snapshotId")
     if snapshot_id:
-        snapshot = ctx.store.get_snapshot(snapshot_id)
-        if snapshot is None:
-            raise bad_request(
-                f"Snapshot {quoted(snapshot_id)} not found: list the snapshots with GET /snapshots."
-            )
-        taken_in = snapshot.get("runtimeType", "Python")
-        if taken_in != runtime:
-            raise bad_request(
-                f"Snapshot {quoted(snapshot_id)} holds {taken_in} objects: start a session of runtimeType "
-                f"{taken_in!r} from it, not {runtime!r}."
-            )
+        snapshot_of(ctx, snapshot_id, runtime, "session")
     name = optional_text(body, "name") or ""
     session_id = str(uuid.uuid4())
     ctx.store.put_session(
