@@ -357,3 +357,40 @@ class Api:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"execution {execution_id} not finished after {timeout:g} s: {status}")
             time.sleep(poll)
+
+
+class ExecutionWatcher:
+    """Watches, from the benchmark's process, the executions a task starts on one service: when each was first
+    listed and when it ended, in epoch seconds (polls every ``interval``; the server keeps no timestamps).
+
+    Executions in ``known`` (there before the task) are not watched. Use it as a context manager.
+    """
+
+    def __init__(self, api: Api, name: str, version: str, known: set[str], interval: float = 0.05) -> None:
+        self.api, self.name, self.version, self.known = api, name, version, set(known)
+        self.interval = interval
+        self.seen: dict[str, float] = {}
+        self.done: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-executions")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                now = time.time()
+                for execution_id in self.api.request("GET", f"/api/{self.name}/{self.version}/batch").json():
+                    if execution_id not in self.known and execution_id not in self.seen:
+                        self.seen[execution_id] = now
+                for execution_id in [e for e in self.seen if e not in self.done]:
+                    status = self.api.status(self.name, self.version, execution_id, partial=False)
+                    if str(status["state"]).lower() in ("complete", "failed", "canceled"):
+                        self.done[execution_id] = time.time()
+            time.sleep(self.interval)
+
+    def __enter__(self) -> ExecutionWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)

@@ -20,14 +20,21 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from airflow_mlserver.server.process import LocalMLServer
-from bench.common import Api, BenchResult, Figure, client_peak_mib, percentile, running_server
+from bench.common import (
+    Api,
+    BenchResult,
+    ExecutionWatcher,
+    Figure,
+    client_peak_mib,
+    percentile,
+    running_server,
+)
 
 VERSION = "1.0"
 SLEEP5 = "sleep5ms"
@@ -107,50 +114,6 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 '''
 
 
-class _Watcher:
-    """Watches, from the parent, the execution the Airflow task starts: first seen -> Complete, 50 ms polls.
-
-    The server has no timestamps; this gives the server-side time of the very execution the task ran (late
-    by up to one 50 ms poll at the start), next to the baseline's.
-    """
-
-    def __init__(self, api: Api, name: str, known: set[str]) -> None:
-        self.api, self.name, self.known = api, name, known
-        self.seconds: float | None = None
-        self.seen_at: float | None = None  # epoch seconds
-        self.done_at: float | None = None
-        self.execution_id = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-watcher")
-
-    def _loop(self) -> None:
-        with contextlib.suppress(Exception):
-            while not self._stop.is_set():
-                ids = set(self.api.request("GET", f"/api/{self.name}/{VERSION}/batch").json())
-                new = ids - self.known
-                if new:
-                    self.execution_id = new.pop()
-                    break
-                time.sleep(0.05)
-            seen = time.perf_counter()
-            self.seen_at = time.time()
-            while not self._stop.is_set():
-                status = self.api.status(self.name, VERSION, self.execution_id, partial=False)
-                if str(status["state"]).lower() in ("complete", "failed", "canceled"):
-                    self.seconds = time.perf_counter() - seen
-                    self.done_at = time.time()
-                    return
-                time.sleep(0.05)
-
-    def __enter__(self) -> _Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def bench_overhead(quick: bool) -> BenchResult:
     """Wall time of a deferrable batch task (dag.test) / server time of the same batch started raw."""
     size, parallel, poll = (1_000 if quick else 10_000), 10, 1.0
@@ -189,7 +152,7 @@ def bench_overhead(quick: bool) -> BenchResult:
             )
         )
         known = set(api.request("GET", f"/api/{SLEEP5}/{VERSION}/batch").json())
-        with _Watcher(api, SLEEP5, known) as watcher:
+        with ExecutionWatcher(api, SLEEP5, VERSION, known) as watcher:
             side = _child(
                 "overhead", [str(dags / "bench_overhead_dag.py")], _airflow_env(home, dags, server), 900
             )
@@ -226,13 +189,14 @@ def bench_overhead(quick: bool) -> BenchResult:
         Figure("overhead (task - server time)", task - baseline, "s"),
         Figure("dag.test() total", side["dag_test_seconds"], "s", "incl. bundle sync, parsing"),
     ]
-    if watcher.seconds is not None:
+    seen_at, done_at = _execution_span(watcher)
+    if seen_at is not None and done_at is not None:
         result.figures.append(
             Figure(
                 "server time of the task's execution",
-                watcher.seconds,
+                done_at - seen_at,
                 "s",
-                f"task x{task / watcher.seconds:.2f} of it",
+                f"task x{task / (done_at - seen_at):.2f} of it",
             )
         )
     if side.get("summary_seconds") is not None:
@@ -259,12 +223,20 @@ def bench_overhead(quick: bool) -> BenchResult:
     return _finish(result, started, peak)
 
 
-def _timeline(marks: dict[str, float | None], watcher: _Watcher) -> str:
+def _execution_span(watcher: ExecutionWatcher) -> tuple[float | None, float | None]:
+    """When the task's one execution was first listed and when it ended (late by up to one 50 ms poll)."""
+    seen_at = min(watcher.seen.values(), default=None)
+    done_at = max(watcher.done.values(), default=None)
+    return seen_at, done_at
+
+
+def _timeline(marks: dict[str, float | None], watcher: ExecutionWatcher) -> str:
     """Seconds from dag.test()'s start to each mark, in time order (epoch clocks of parent and child agree)."""
+    seen_at, done_at = _execution_span(watcher)
     points = {
         "TI start": marks.get("ti_start"),
-        "execution first seen": watcher.seen_at,
-        "execution finished": watcher.done_at,
+        "execution first seen": seen_at,
+        "execution finished": done_at,
         "TI end": marks.get("ti_end"),
         "dag.test end": marks.get("dag_test_end"),
     }

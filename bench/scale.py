@@ -17,18 +17,24 @@ a child process with its own ``AIRFLOW_HOME`` (the helpers of :mod:`bench.operat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Api, BenchResult, Figure, TreeMemorySampler, client_peak_mib, running_server
+from bench.common import (
+    Api,
+    BenchResult,
+    ExecutionWatcher,
+    Figure,
+    TreeMemorySampler,
+    client_peak_mib,
+    running_server,
+)
 from bench.operator import ROOT, _airflow_env
 
 SERVICE, VERSION, CODE = "identity", "1.0", "y = x"
@@ -64,38 +70,6 @@ with DAG({scale!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fals
 with DAG({empty!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     PythonOperator(task_id="score", python_callable=lambda: None)
 '''
-
-
-class _Executions:
-    """Watches the service's executions from the parent: when each was first seen and when it finished (50 ms)."""
-
-    def __init__(self, api: Api, known: set[str]) -> None:
-        self.api, self.known = api, set(known)
-        self.seen: dict[str, float] = {}
-        self.done: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-executions")
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(Exception):
-                now = time.time()
-                for execution_id in self.api.request("GET", f"/api/{SERVICE}/{VERSION}/batch").json():
-                    if execution_id not in self.known and execution_id not in self.seen:
-                        self.seen[execution_id] = now
-                for execution_id in [e for e in self.seen if e not in self.done]:
-                    status = self.api.status(SERVICE, VERSION, execution_id, partial=False)
-                    if str(status["state"]).lower() in ("complete", "failed", "canceled"):
-                        self.done[execution_id] = time.time()
-            time.sleep(POLL_S)
-
-    def __enter__(self) -> _Executions:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 def _raw_seconds(api: Api, size: int, chunk: int) -> float:
@@ -171,7 +145,7 @@ def _check_output(output: Path, size: int) -> None:
         raise RuntimeError(f"the output {output} is not the {size:,} expected rows in order")
 
 
-def _timeline(watch: _Executions, ti: dict[str, Any]) -> list[str]:
+def _timeline(watch: ExecutionWatcher, ti: dict[str, Any]) -> list[str]:
     """The first start after the task's start, the gaps between a chunk finishing and the next start, the end."""
     starts = sorted(watch.seen.values())
     ends = sorted(watch.done.values())
@@ -231,7 +205,7 @@ def bench_scale(quick: bool) -> BenchResult:
         raw_before = _raw_seconds(api, size, chunk)
         empty_wall, empty_peak = _airflow(["dags", "test", EMPTY_DAG], env, 600)
         known = set(api.request("GET", f"/api/{SERVICE}/{VERSION}/batch").json())
-        with _Executions(api, known) as watch:
+        with ExecutionWatcher(api, SERVICE, VERSION, known, POLL_S) as watch:
             wall, peak = _airflow(["dags", "test", SCALE_DAG], env, 3600)
         raw_after = _raw_seconds(api, size, chunk)
         ti, empty_ti = _task_times(SCALE_DAG, env), _task_times(EMPTY_DAG, env)
