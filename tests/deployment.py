@@ -17,14 +17,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
 import psutil
 import requests
 
+from airflow_mlserver.server.process import LocalMLServer
+from tests.helpers import Api
 from tests.ui_fixtures import free_port
 
-__all__ = ["AIRFLOW", "Deployment", "free_port", "wait_for"]
+__all__ = ["AIRFLOW", "SLOW", "Deployment", "free_port", "slow_batch", "wait_for"]
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
+#: The crash tests' service: 0.2 s a record, so that a batch is still running when a process is killed.
+SLOW = "import time\ntime.sleep(0.2)\ny = x * 2\n"
 T = TypeVar("T")
 
 
@@ -38,6 +43,19 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def slow_batch(ml: LocalMLServer, tmp_path: Path, service: str, rows: int) -> tuple[Api, dict[str, Any]]:
+    """Publish :data:`SLOW` as ``service`` v1 and write ``rows`` records to a CSV: the API, and the run's conf."""
+    api = Api(ml)
+    api.publish(service, "v1", SLOW, {"x": "numeric"}, {"y": "numeric"})
+    pd.DataFrame({"x": [float(i) for i in range(rows)]}).to_csv(tmp_path / "in.csv", index=False)
+    conf = {
+        "service": service,
+        "records": f"file://{tmp_path}/in.csv",
+        "output": str(tmp_path / "out.parquet"),
+    }
+    return api, conf
 
 
 def _tree(pid: int) -> list[psutil.Process]:

@@ -20,11 +20,10 @@ import pytest
 import requests
 
 from airflow_mlserver.server.process import LocalMLServer
-from tests.deployment import AIRFLOW, Deployment, free_port
+from tests.deployment import AIRFLOW, Deployment, free_port, slow_batch
 from tests.helpers import Api
 
 DAGS = Path(__file__).parent / "deploy_dags"
-SLOW = "import time\ntime.sleep(0.2)\ny = x * 2\n"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 HOLD = 20  # seconds the held server keeps a start's answer
 
@@ -91,18 +90,6 @@ def deployment(
             deploy.stop(component, signal.SIGKILL)
 
 
-def _setup(ml: LocalMLServer, tmp_path: Path, service: str, rows: int) -> tuple[Api, dict[str, Any]]:
-    api = Api(ml)
-    api.publish(service, "v1", SLOW, {"x": "numeric"}, {"y": "numeric"})
-    pd.DataFrame({"x": [float(i) for i in range(rows)]}).to_csv(tmp_path / "in.csv", index=False)
-    conf = {
-        "service": service,
-        "records": f"file://{tmp_path}/in.csv",
-        "output": str(tmp_path / "out.parquet"),
-    }
-    return api, conf
-
-
 def _wait_for_execution(api: Api, service: str, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,7 +111,7 @@ def _kill_task_process(ti: dict[str, Any]) -> None:
 
 
 def test_worker_crash_retry_reattaches(deployment: Deployment, ml: LocalMLServer, tmp_path: Path) -> None:
-    api, conf = _setup(ml, tmp_path, "crash_svc", 150)  # about 15 s of work: still running at the kill
+    api, conf = slow_batch(ml, tmp_path, "crash_svc", 150)  # about 15 s of work: still running at the kill
     run_id = deployment.trigger("mlserver_deploy_in_worker", conf)
     execution_id = _wait_for_execution(api, "crash_svc")
     ti = deployment.wait_task("mlserver_deploy_in_worker", run_id, {"running"})
@@ -148,7 +135,7 @@ def test_worker_killed_while_the_start_is_answered_adopts_its_execution(
     the retry finds it, reconciles against the server and adopts the one new execution: one execution only.
     """
     service = f"held_{dag_id.rsplit('_', 1)[-1]}"
-    api, conf = _setup(held_ml, tmp_path, service, 20)
+    api, conf = slow_batch(held_ml, tmp_path, service, 20)
     run_id = deployment.trigger(dag_id, {**conf, "conn": "mlserver_held"})
     execution_id = _wait_for_execution(api, service)  # the server acted; its answer is held for HOLD s
     ti = deployment.wait_task(dag_id, run_id, {"running"})
@@ -167,7 +154,7 @@ def test_worker_killed_while_the_start_is_answered_adopts_its_execution(
 
 
 def test_triggerer_restart_keeps_waiting(deployment: Deployment, ml: LocalMLServer, tmp_path: Path) -> None:
-    api, conf = _setup(ml, tmp_path, "restart_svc", 200)  # about 20 s of work: outlasts the restart
+    api, conf = slow_batch(ml, tmp_path, "restart_svc", 200)  # about 20 s of work: outlasts the restart
     run_id = deployment.trigger("mlserver_deploy_deferrable", conf)
     deployment.wait_task("mlserver_deploy_deferrable", run_id, {"deferred"})
     execution_id = _wait_for_execution(api, "restart_svc")
@@ -188,7 +175,7 @@ def test_triggerer_restart_keeps_waiting(deployment: Deployment, ml: LocalMLServ
 def test_user_kill_cancels_the_execution_once(
     deployment: Deployment, ml: LocalMLServer, tmp_path: Path
 ) -> None:
-    api, conf = _setup(ml, tmp_path, "kill_svc", 400)
+    api, conf = slow_batch(ml, tmp_path, "kill_svc", 400)
     run_id = deployment.trigger("mlserver_deploy_deferrable", conf)
     deployment.wait_task("mlserver_deploy_deferrable", run_id, {"deferred"})
     execution_id = _wait_for_execution(api, "kill_svc")

@@ -35,7 +35,7 @@ import requests
 
 from airflow_mlserver.server.process import LocalMLServer
 from tests.celery_dags.celery_dags import CHUNK_SIZE
-from tests.deployment import AIRFLOW, Deployment, free_port, wait_for
+from tests.deployment import AIRFLOW, Deployment, free_port, slow_batch, wait_for
 from tests.deployment_host import HOST_ENV
 from tests.helpers import Api
 
@@ -45,7 +45,6 @@ FIGURES = REPO / ".artifacts" / "deployment-celery.json"
 LARGE, CHUNKS = "mlserver_large_scoring", "mlserver_celery_chunks"
 WORKERS = ("w1", "w2")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-SLOW = "import time\ntime.sleep(0.2)\ny = x * 2\n"
 INSTALL = "run 'make test' (it installs them) or 'apt-get install -y postgresql redis-server'"
 
 
@@ -389,14 +388,7 @@ def test_worker_killed_mid_batch_the_retry_on_the_other_worker_reattaches(
     """
     rows, service = 150, "celery_crash"
     chunks = -(-rows // CHUNK_SIZE)
-    api = Api(celery.ml)
-    api.publish(service, "v1", SLOW, {"x": "numeric"}, {"y": "numeric"})
-    pd.DataFrame({"x": [float(i) for i in range(rows)]}).to_csv(tmp_path / "in.csv", index=False)
-    conf = {
-        "service": service,
-        "records": f"file://{tmp_path}/in.csv",
-        "output": str(tmp_path / "out.parquet"),
-    }
+    api, conf = slow_batch(celery.ml, tmp_path, service, rows)
     deploy = celery.deploy
     celery.unpause(CHUNKS)
     run_id = deploy.trigger(CHUNKS, conf)
