@@ -15,15 +15,13 @@ from the server's results: nothing is ever scored twice, and every step is bound
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_mlserver.tables import results_frame, results_schema
+from airflow_mlserver.tables import ResultsWriter, results_frame
 from airflow_mlserver.triggers.progress import InfoLog, counted
 
 if TYPE_CHECKING:
@@ -72,21 +70,16 @@ class StagedParts:
     def write(
         self, hook: MLServerHook, chunk: int, execution_id: str, offset: int, frame: pd.DataFrame
     ) -> int:
-        """Write chunk ``chunk``'s part file (whole, or not at all); answer its row count."""
-        target = self.path(chunk, execution_id)
+        """Write chunk ``chunk``'s part file (whole, or not at all: the output's own writer); answer its row
+        count."""
         rows = self.build(hook, execution_id, offset, frame)
-        table = pa.Table.from_pandas(
-            rows, schema=results_schema(rows, self.service), preserve_index=False, safe=False
-        )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        writer = ResultsWriter(self.path(chunk, execution_id), "parquet", self.service)
         try:
-            with tmp.open("wb") as handle:
-                pq.write_table(table, handle)
-            tmp.rename(target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            writer.write(rows)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
         return len(rows)
 
     def unstaged(self, state: BatchState, round_: Round, statuses: Mapping[int, BatchStatus]) -> list[int]:
