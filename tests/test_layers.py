@@ -49,7 +49,11 @@ for _layer in ("client", "hooks", "triggers", "sensors", "server"):
 #: (pure data) and the quoting of values in messages for the local server, the tasks' extra link and the
 #: checks of arguments for the sensor.
 ALLOWED = {
-    "server": ("airflow_mlserver.client.parameters", "airflow_mlserver.client.quoting"),
+    "server": (
+        "airflow_mlserver.client.parameters",
+        "airflow_mlserver.client.quoting",
+        "airflow_mlserver.client.publishing",  # is_rds: one rule for what an R model object looks like
+    ),
     "sensors": ("airflow_mlserver.operators.links", "airflow_mlserver.operators.arguments"),
 }
 

@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 RDS_STARTS = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"X\n", b"A\n", b"B\n")
 
 
+def is_rds(data: bytes) -> bool:
+    """Whether ``data`` starts like what R's ``saveRDS`` writes (the client checks before sending, the local
+    server before keeping an R session's object)."""
+    return data.startswith(RDS_STARTS)
+
+
 def is_r(runtime_type: str) -> bool:
     return runtime_type.lower() == "r"
 
@@ -76,7 +82,7 @@ def _rds_bytes(name: str, value: Any) -> bytes:
             f"of an .rds file: {fix}.",
             name,
         )
-    if not data.startswith(RDS_STARTS):
+    if not is_rds(data):
         raise ModelObjectError(
             f"Model object {quoted(name)} of an R service is not RDS (the {origin} start with {data[:8]!r}): {fix}.",
             name,

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from airflow_mlserver.client.publishing import is_rds
 from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.server.context import ServerContext, current_user, optional_text, parse_json
 from airflow_mlserver.server.errors import ApiError, bad_request
@@ -27,9 +28,6 @@ _OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 #: An R variable name that is also a plain file name: letters, digits, dots and underscores, starting with a
 #: letter or with a dot and a letter (so never ``.`` or ``..``).
 _R_OBJECT_NAME = re.compile(r"^(?:[A-Za-z]|\.[A-Za-z])[A-Za-z0-9._]{0,127}$")
-#: How an RDS file starts: compressed (gzip, saveRDS's default; bzip2; xz), or a serialization header
-#: (``X\n`` XDR, ``A\n`` ASCII, ``B\n`` native binary).
-_RDS_STARTS = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"X\n", b"A\n", b"B\n")
 _RUNTIMES = {"python": "Python", "r": "R"}
 #: For messages, per runtime: what an object's name must be, and how its bytes are serialized.
 _OBJECT_WORDS = {
@@ -136,7 +134,7 @@ async def upload_object(request: Request, session_id: str, object_name: str) -> 
         raise bad_request(
             f"Workspace object {quoted(object_name)} is empty: send its {_OBJECT_WORDS[runtime][1]} bytes."
         )
-    if runtime == "R" and not body.startswith(_RDS_STARTS):
+    if runtime == "R" and not is_rds(body):
         raise bad_request(
             f"Workspace object {quoted(object_name)} of R session {quoted(session_id)} is not RDS (it starts "
             f"with {body[:8]!r}): send what R's saveRDS writes."
