@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -193,6 +194,18 @@ def bind_input(kind: str, value: Any) -> Any:
     return declared.binds_to(value)
 
 
+def bind_inputs(job: Job, bind: Callable[[str, Any], Any]) -> list[tuple[str, Any]]:
+    """Each declared input's name and its value as ``bind(kind, value)`` makes it for a runtime; an
+    :class:`InputError` names the input whose value does not fit its type."""
+    bound = []
+    for name, kind in job.input_types:
+        try:
+            bound.append((name, bind(kind, job.inputs.get(name))))
+        except InputError as exc:
+            raise InputError(f"input '{name}' ({kind}): {exc}") from None
+    return bound
+
+
 def encode_output(value: Any) -> Any:
     """Turn whatever the service code left in an output variable into plain JSON."""
     if value is None or isinstance(value, bool | int | str):
@@ -266,14 +279,9 @@ class _ServiceRuntime:
         outputs: dict[str, Any] = {}
         saved = sys.stdout, sys.stderr
         try:
-            for name, kind in job.input_types:
-                try:
-                    env[name] = bind_input(kind, job.inputs.get(name))
-                except InputError as exc:
-                    raise InputError(f"input '{name}' ({kind}): {exc}") from None
-            sys.stdout = sys.stderr = (
-                console  # what contextlib.redirect_stdout does, at a fraction of its cost
-            )
+            env.update(bind_inputs(job, bind_input))
+            # what contextlib.redirect_stdout does, at a fraction of its cost
+            sys.stdout = sys.stderr = console
             try:
                 exec(self.code, env)
             finally:
@@ -332,9 +340,8 @@ class Runtime:
         """The loaded service of ``job``'s revision, or why ``initCode`` (or loading its objects) failed."""
         service = self._services.get(job.key)
         if service is None:
-            os.chdir(
-                self.home
-            )  # out of a scratch folder the last record may have removed: loading reads the cwd
+            # out of a scratch folder the last record may have removed: loading reads the cwd
+            os.chdir(self.home)
             try:
                 service = load_service(job)
             except BaseException as exc:

@@ -28,7 +28,7 @@ from typing import Any
 
 from airflow_mlserver.client.parameters import PARAMETER_TYPES
 from airflow_mlserver.client.quoting import quoted
-from airflow_mlserver.server.runtime import InputError, Job
+from airflow_mlserver.server.runtime import InputError, Job, bind_inputs
 
 #: R helpers, defined once per worker in an environment of their own.
 _HELPERS = r"""
@@ -423,12 +423,7 @@ class RServiceRuntime:
             return self.invalid, "", {}
         r.console = []
         try:
-            inputs = []
-            for name, kind in job.input_types:
-                try:
-                    inputs.append(bind(kind, job.inputs.get(name), r))
-                except InputError as exc:
-                    raise InputError(f"input '{name}' ({kind}): {exc}") from None
+            inputs = [value for _, value in bind_inputs(job, lambda kind, value: bind(kind, value, r))]
             outputs_r = (
                 self._outputs if job.output_names == self.output_names else _strings(job.output_names, ri)
             )
