@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import http.server
 import json
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pandas as pd
 import pytest
@@ -347,6 +352,69 @@ def test_hooks_of_one_connection_share_one_login(
     )
     with pytest.raises(MLServerAuthError):
         MLServerHook("mlserver_shared").list_services()  # other credentials never borrow that token
+
+
+class _RecordingProxy(http.server.BaseHTTPRequestHandler):
+    """An HTTP proxy on loopback that forwards each request it is sent, and keeps their paths."""
+
+    seen: ClassVar[list[str]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        target = urllib.parse.urlsplit(self.path)
+        self.seen.append(target.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        upstream = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
+        headers = {
+            k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")
+        }
+        upstream.request(
+            self.command, target.path + (f"?{target.query}" if target.query else ""), body, headers
+        )
+        answer = upstream.getresponse()
+        content = answer.read()
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+        upstream.close()
+
+    do_GET = do_POST = _forward
+
+
+def test_environment_proxies_apply_and_netrc_never_replaces_the_token(
+    mlserver: LocalMLServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The environment is read once per session (as ``requests`` would read it for each request)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login intruder password not-the-token\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    use_connection(monkeypatch, server_uri(mlserver))
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        hook = MLServerHook(CONN_ID)
+        hook.list_services()  # with a ~/.netrc entry, requests would have sent Basic auth instead
+        hook.close()
+        assert "/services" in _RecordingProxy.seen
+        _RecordingProxy.seen.clear()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        hook = MLServerHook(CONN_ID)
+        hook.list_services()
+        hook.close()
+        assert _RecordingProxy.seen == []
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
 
 
 def test_client_on_its_own(mlserver: LocalMLServer, add_service: str) -> None:

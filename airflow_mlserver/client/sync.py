@@ -95,9 +95,20 @@ class SyncDriver:
 
     @property
     def session(self) -> requests.Session:
+        """The ``requests`` session, with the environment (proxies, CA bundle) read once for the server's URL.
+
+        ``requests`` would read the environment and ``~/.netrc`` again for every request (a large share of
+        a small request's cost); the settings it would find are the same for every request to one server.
+        A ``~/.netrc`` entry for the server is never used: the token is the only credential sent.
+        """
         if self._session is None:
             session = requests.Session()
-            session.verify = self.settings.verify
+            found = session.merge_environment_settings(
+                self.settings.base_url, {}, None, self.settings.verify, None
+            )
+            session.proxies.update(found["proxies"])
+            session.verify = found["verify"]
+            session.trust_env = False
             session.headers["Accept"] = "application/json"
             self._session = session
         return self._session
