@@ -33,7 +33,12 @@ from airflow_mlserver.exceptions import (
     UnsafeArtifactNameError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.artifact_names import check_artifact_name, select_records
+from airflow_mlserver.operators.artifact_names import (
+    check_artifact_name,
+    may_render_to,
+    places_apart,
+    select_records,
+)
 from airflow_mlserver.operators.artifacts import MLServerArtifactsToObjectStorageOperator
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
@@ -365,6 +370,18 @@ def test_template_collisions_fail_before_any_copy(env: dict[str, str], batch200:
                 manifest_template="m/a.txt",
             )
         )
+    # a template that keeps artifacts apart, but whose paths could be the manifest's: all checked first too
+    with pytest.raises(ArtifactsConfigError, match="would overwrite the manifest"):
+        run(
+            operator(
+                batch200,
+                f"file://{tmp_path}",
+                indexes=[0, 1],
+                path_template="{index}/{file_name}",
+                manifest_template="1/a.txt",
+                max_concurrency=1,
+            )
+        )
     assert not any(tmp_path.rglob("*"))
 
 
@@ -635,6 +652,34 @@ def test_executions_of_a_batch_task_are_all_awaited(env: dict[str, str], api: Ap
     assert copied[:5] == [0, 1, 2, 3, 4] and summary["records"] == 7
 
 
+@pytest.mark.parametrize(
+    ("template", "one", "apart"),
+    [
+        ("{record}/{file_name}", False, True),
+        ("{execution_id}/{index}/{file_name}", False, True),
+        ("out/{record}/x/{file_name}", False, True),
+        ("{index}/{file_name}", True, True),
+        ("{index}/{file_name}", False, False),  # two executions' record 0
+        ("{record}{file_name}", True, False),  # record 1's '2a' and record 12's 'a'
+        ("{record}/{file_name}.bak", True, False),
+        ("{record:03d}/{file_name}", True, False),  # a spec: not read back
+        ("{file_name:.3}/{record}", True, False),
+        ("x/{file_name}", True, False),
+    ],
+)
+def test_templates_that_keep_artifacts_apart(template: str, one: bool, apart: bool) -> None:
+    assert places_apart(template, one) is apart
+
+
+def test_templates_that_may_render_to_the_manifest() -> None:
+    assert may_render_to("{record}/{file_name}", "12/manifest.json")
+    assert not may_render_to("{record}/{file_name}", "manifest.json")
+    assert not may_render_to("{record}/{file_name}", "x/manifest.json")  # {record} is a number
+    assert may_render_to("{execution_id}/{index}/{file_name}", "e1/0/m.json")
+    assert not may_render_to("{execution_id}/{index}/{file_name}", "e1/manifest.json")
+    assert may_render_to("{record:03d}/{file_name}", "manifest.json")  # cannot tell: say it might
+
+
 # --- hostile names from a server (a loopback stub: the local server refuses such outputFileNames) -------------
 
 # Record 0's names reach the operator, which refuses all but two; record 1's listing holds names that cannot be
@@ -702,11 +747,36 @@ def test_hostile_names_from_server_are_refused(tmp_path: Path, monkeypatch: pyte
         "a/b/dest/ex1/0/ok2.csv",
         "a/b/dest/ex1/manifest.json",
     ]
-    assert not (tmp_path / "other").exists()
+    assert not (tmp_path / "other").exists()  # record 1's listing failed before anything was written
     manifest = json.loads((dest / "ex1" / "manifest.json").read_text())
     refused = {e["file_name"]: e for e in manifest["artifacts"] if e["status"] == "refused"}
     assert set(refused) == set(HOSTILE) - {"good.txt", "ok2.csv"}
     assert all(e["destination"] is None and "refused" in e["error"] for e in refused.values())
+
+
+def test_listing_failing_midway_keeps_what_was_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records are copied as they are listed: when a later listing fails, the manifest still lists the copies."""
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AIRFLOW_CONN_STUB", f"mlserver://u:p@127.0.0.1:{stub.server_address[1]}")
+    stubbed = {"service": "stub", "mlserver_conn_id": "stub", "fail_on_refused": False, "max_concurrency": 1}
+    try:
+        with pytest.raises(MalformedResponseError, match="evil"):
+            run(operator("ex1", f"file://{tmp_path}", indexes=[0, 1], **stubbed))
+        manifest = json.loads((tmp_path / "ex1" / "manifest.json").read_text())
+        copied = {e["file_name"]: e["sha256"] for e in manifest["artifacts"] if e["status"] == "copied"}
+        assert copied == {
+            n: hashlib.sha256(b"content of " + n.encode()).hexdigest() for n in ("good.txt", "ok2.csv")
+        }
+        rerun = run(operator("ex1", f"file://{tmp_path}", indexes=[0], **stubbed))
+        assert rerun["skipped"] == 2 and rerun["copied"] == 0
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    again = json.loads((tmp_path / "ex1" / "manifest.json").read_text())
+    assert {e["file_name"]: e["sha256"] for e in again["artifacts"] if e["status"] == "skipped"} == copied
 
 
 # --- S3 through moto ----------------------------------------------------------------------------------------

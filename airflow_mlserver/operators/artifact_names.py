@@ -178,6 +178,58 @@ def distinguishes_executions(template: str) -> bool:
     return "index" not in fields or bool(fields & {"record", "execution_id"})
 
 
+def _segments(template: str) -> list[list[tuple[str, str | None, str, str | None]]] | None:
+    """The template's path segments, each as its ``string.Formatter`` parts; None when a part has a spec."""
+    segments: list[list[tuple[str, str | None, str, str | None]]] = [[]]
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if "{" in literal or "}" in literal:
+            return None  # an escaped brace: keep to the plain rule
+        *heads, tail = literal.split("/")
+        for head in heads:
+            if head:
+                segments[-1].append((head, None, "", None))
+            segments.append([])
+        if tail:
+            segments[-1].append((tail, None, "", None))
+        if field is not None:
+            if spec or conversion:
+                return None
+            segments[-1].append(("", field, "", None))
+    return segments
+
+
+def places_apart(template: str, one_execution: bool) -> bool:
+    """Whether ``template`` provably sends two different artifacts (record, file name) to two paths.
+
+    So when its last segment is exactly ``{file_name}`` and one whole segment is ``{record}``, or ``{index}``
+    with one execution or beside a whole ``{execution_id}`` segment: each of those segments reads back as
+    one value. The artifacts operator then copies each record's artifacts as soon as they are listed; any
+    other template is checked for collisions over every record before the first copy.
+    """
+    segments = _segments(template)
+    if not segments:
+        return False
+    whole = {seg[0][1] for seg in segments if len(seg) == 1 and seg[0][1] is not None}
+    if segments[-1] != [("", "file_name", "", None)]:
+        return False
+    return "record" in whole or ("index" in whole and (one_execution or "execution_id" in whole))
+
+
+def may_render_to(template: str, rel: str) -> bool:
+    """Whether some values could fill ``template`` into the path ``rel`` (numbers for ``{index}``/``{record}``)."""
+    segments = _segments(template)
+    if segments is None:
+        return True  # cannot tell: say it might
+    pattern = "/".join(
+        "".join(
+            re.escape(literal) if field is None else ("[0-9]+" if field in ("index", "record") else "[^/]+")
+            for literal, field, _, _ in seg
+        )
+        for seg in segments
+    )
+    return re.fullmatch(pattern, rel) is not None
+
+
 def _record_ranges(value: Any, argument: str) -> list[range]:
     """The record numbers ``indexes`` names, as ranges (never expanded here: ``'0-999999999'`` stays cheap).
 

@@ -15,9 +15,10 @@ concerns live beside this module: the executions and their record numbers in
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath, XComArg
@@ -28,7 +29,6 @@ from airflow_mlserver.exceptions import (
     ArtifactTransferError,
     ExecutionWaitTimeoutError,
     OperatorArgumentError,
-    UnsafeArtifactNameError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.operators.arguments import (
@@ -59,7 +59,6 @@ from airflow_mlserver.operators.artifact_manifest import (
     read_previous,
 )
 from airflow_mlserver.operators.artifact_names import (
-    check_artifact_name,
     compile_file_filter,
     distinguishes_executions,
     file_names_check,
@@ -69,6 +68,7 @@ from airflow_mlserver.operators.artifact_names import (
     render_relative_path,
     select_records,
 )
+from airflow_mlserver.operators.artifact_plan import Plan
 from airflow_mlserver.operators.artifact_records import (
     Executions,
     Given,
@@ -314,7 +314,8 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         accept = compile_file_filter(self.file_names)
         service = {"service_name": name, "service_version": version}
         manifest_fields = {**service, "execution_id": ids[0]} if self.execution_ids is None else service
-        manifest_path = f"{dest.root}/{render_relative_path(self.manifest_template, **manifest_fields)}"
+        manifest_rel = render_relative_path(self.manifest_template, **manifest_fields)
+        plan = Plan(self.path_template, accept, service, dest.root, manifest_rel, len(ids) == 1, self.log)
 
         statuses = self._wait(transfers.hook(), name, version, ids)
         executions = Executions.number(given, dict(zip(ids, statuses, strict=True)))
@@ -330,20 +331,31 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
             executions.total, len(records), dest.uri,
         )  # fmt: skip
 
+        existing = (
+            {}
+            if self.overwrite
+            else dest.existing_sizes(self.path_template, [{**service, "execution_id": e} for e in ids])
+        )
+        previous = read_previous(dest.fs, plan.manifest_path)
+
+        def list_record(record: int) -> Listing:
+            return transfers.listing(executions, record)
+
+        def copy(item: Planned) -> ArtifactEntry:
+            return transfers.copy(dest, item, existing.get(item.path), previous)
+
+        failure: Exception | None = None
         with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="mlserver-artifacts") as pool:
-            listings = list(pool.map(lambda r: transfers.listing(executions, r), records))
-            planned, entries = self._plan(listings, accept, service, dest.root, manifest_path)
-            existing = (
-                {}
-                if self.overwrite
-                else dest.existing_sizes(self.path_template, [{**service, "execution_id": e} for e in ids])
-            )
-            previous = read_previous(dest.fs, manifest_path)
-            entries.extend(
-                pool.map(lambda p: transfers.copy(dest, p, existing.get(p.path), previous), planned)
-            )
+            if plan.streams:
+                listings, entries, failure = self._copy_as_listed(pool, records, list_record, plan, copy)
+            else:  # every record listed and checked first: a collision fails before the first copy
+                listings = list(pool.map(list_record, records))
+                planned, entries = plan.all(listings)
+                entries.extend(pool.map(copy, planned))
 
         entries.sort(key=lambda e: (e.record, e.file_name))
+        if failure is not None and not entries:
+            raise failure  # nothing was written
         manifest = Manifest(
             service_name=name,
             service_version=version,
@@ -352,11 +364,18 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
             path_template=self.path_template,
             records=records,
             all_records=self.indexes is None,
-            records_without_artifacts=[listing.record for listing in listings if not listing.files],
+            records_without_artifacts=sorted(listing.record for listing in listings if not listing.files),
             entries=entries,
-            uri=dest.uri_of(manifest_path),
+            uri=dest.uri_of(plan.manifest_path),
         )
-        manifest.write(dest.fs, dest.mode, manifest_path)
+        manifest.write(dest.fs, dest.mode, plan.manifest_path)
+        if failure is not None:
+            self.log.error(
+                "Listing artifacts failed (%s); the manifest %s lists the %d artifacts handled before it (with "
+                "their sha256, carried over when they are skipped). Run the task again: nothing is copied twice.",
+                failure, manifest.uri, len(entries),
+            )  # fmt: skip
+            raise failure
         return self._report(context, manifest)
 
     def _report(self, context: Context, manifest: Manifest) -> dict[str, Any]:
@@ -424,62 +443,44 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
                 )
         return [statuses[e] for e in ids]
 
-    def _plan(
+    def _copy_as_listed(
         self,
-        listings: list[Listing],
-        accept: Callable[[str], bool],
-        service: dict[str, str],
-        root: str,
-        manifest_path: str,
-    ) -> tuple[list[Planned], list[ArtifactEntry]]:
-        """The artifacts to copy, and the entries of those refused for their names.
+        pool: ThreadPoolExecutor,
+        records: list[int],
+        list_record: Callable[[int], Listing],
+        plan: Plan,
+        copy: Callable[[Planned], ArtifactEntry],
+    ) -> tuple[list[Listing], list[ArtifactEntry], Exception | None]:
+        """List each record and copy its artifacts in the same thread, a few records ahead at a time.
 
-        Refuses (fails the task) a path template that sends two artifacts, or one and the manifest, to one place.
+        Listing never waits for the other records, as copying never waits for the last listing. A listing
+        that fails stops new records (those running finish): answered with what was done, for the manifest.
         """
-        planned: list[Planned] = []
-        refused: list[ArtifactEntry] = []
-        seen: dict[str, Planned] = {}
-        for listing in listings:
-            for file_name in listing.files:
-                if not isinstance(file_name, str) or not accept(file_name):
-                    continue
-                item = Planned(listing.record, listing.execution_id, listing.index, file_name)
+
+        def one(record: int) -> tuple[Listing, list[ArtifactEntry]]:
+            listing = list_record(record)
+            planned, entries = plan.record(listing)
+            entries.extend(copy(item) for item in planned)
+            return listing, entries
+
+        listings: list[Listing] = []
+        entries: list[ArtifactEntry] = []
+        failure: Exception | None = None
+        queue = iter(records)
+        running = {pool.submit(one, r) for r in itertools.islice(queue, 2 * self.max_concurrency)}
+        while running:
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
                 try:
-                    check_artifact_name(file_name, f"Artifact name of record {item.record}")
-                    item.rel = render_relative_path(
-                        self.path_template, execution_id=item.execution_id, index=item.index,
-                        record=item.record, file_name=file_name, **service,
-                    )  # fmt: skip
-                except UnsafeArtifactNameError as exc:
-                    self.log.error("%s", exc)
-                    refused.append(
-                        ArtifactEntry(
-                            item.record,
-                            item.index,
-                            file_name,
-                            STATUS_REFUSED,
-                            item.execution_id,
-                            error=str(exc),
-                        )
-                    )
+                    listing, done = future.result()
+                except Exception as exc:
+                    failure = failure or exc
                     continue
-                item.path = f"{root}/{item.rel}"
-                if item.path == manifest_path:
-                    raise ArtifactsConfigError(
-                        f"Artifact '{file_name}' of record {item.record} would overwrite the manifest at "
-                        f"{item.rel!r}: change path_template or manifest_template."
-                    )
-                if item.path in seen:
-                    other = seen[item.path]
-                    raise ArtifactsConfigError(
-                        f"path_template {quoted(self.path_template)} sends artifact '{file_name}' of record "
-                        f"{item.record} and '{other.file_name}' of record {other.record} to the same place "
-                        f"({item.rel!r}): "
-                        "include {record} (or {index}) and {file_name}."
-                    )
-                seen[item.path] = item
-                planned.append(item)
-        return planned, refused
+                listings.append(listing)
+                entries.extend(done)
+            if failure is None:
+                running |= {pool.submit(one, r) for r in itertools.islice(queue, len(finished))}
+        return listings, entries, failure
 
 
 __all__ = [
