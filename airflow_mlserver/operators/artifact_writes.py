@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -123,6 +125,33 @@ def _copy_into(f: Any, source: IO[bytes], buffers: ChunkBuffers, announced: int 
     return total, digest.hexdigest()
 
 
+def _write_local(
+    parent: str,
+    temp: str,
+    path: str,
+    source: IO[bytes],
+    buffers: ChunkBuffers,
+    announced: int | None,
+    check: Callable[[int, int | None], None],
+) -> tuple[int, str]:
+    """The ``rename`` write on this machine's disk through ``os`` (fsspec's wrappers cost as much as a 1 MiB copy).
+
+    The size written is read from the open file once flushed.
+    """
+    os.makedirs(parent or ".", exist_ok=True)
+    try:
+        with open(temp, "wb") as f:
+            written, digest = _copy_into(f, source, buffers, announced)
+            f.flush()
+            check(written, os.fstat(f.fileno()).st_size)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return written, digest
+
+
 def write_stream(
     fs: AbstractFileSystem,
     mode: WriteMode,
@@ -147,8 +176,10 @@ def write_stream(
 
     if mode == "rename":
         parent = _parent(path)
-        fs.makedirs(parent, exist_ok=True)
         temp = f"{parent}/.{path.rsplit('/', 1)[-1][:180]}.{uuid.uuid4().hex[:12]}.part"
+        if getattr(fs, "local_file", False):  # fsspec's local file system: its paths are this machine's
+            return _write_local(parent, temp, path, source, buffers, announced, check)
+        fs.makedirs(parent, exist_ok=True)
         try:
             with fs.open(temp, "wb") as f:
                 written, digest = _copy_into(f, source, buffers, announced)
