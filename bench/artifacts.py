@@ -53,7 +53,7 @@ RATIO_TARGET = 0.8
 MEMORY_TARGET_MIB = 64.0
 ML_CONN, S3_CONN = "bench_mlserver", "bench_s3"
 #: Rounds of each pair (plain copy, operator) per store and data set; the median of the rounds' ratios counts.
-ROUNDS, ROUNDS_QUICK = 3, 2
+ROUNDS, ROUNDS_QUICK = 5, 2
 
 CODE = """
 size = int(size)
