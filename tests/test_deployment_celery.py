@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -331,6 +332,22 @@ def _wait_worker(deploy: Deployment, name: str, offset: int = 0) -> None:
     wait_for(f"Celery worker {name} to be ready", ready, timeout=180, interval=0.5)
 
 
+def _workloads_run(deploy: Deployment, run_id: str, task_id: str) -> dict[str, set[int]]:
+    """The map indexes of ``task_id`` in ``run_id`` that each Celery worker ran, from its log.
+
+    A deferrable task runs twice (its start, then its resume), maybe on two workers; the task instance keeps
+    only the last one's host name, so each worker's own "Executing workload" lines tell where every run was.
+    """
+    ran: dict[str, set[int]] = {}
+    for worker in WORKERS:
+        log = (deploy.home / f"worker-{worker}.log").read_text(errors="replace")
+        for line in log.splitlines():
+            if "Executing workload" in line and f"'{run_id}'" in line and f"task_id='{task_id}'" in line:
+                found = re.search(r"map_index=(-?\d+)", line)
+                ran.setdefault(worker, set()).add(int(found.group(1)) if found else -1)
+    return ran
+
+
 def _listed(deploy: Deployment) -> set[str]:
     try:
         dags = requests.get(f"{deploy.url}/dags", timeout=10).json()
@@ -353,8 +370,10 @@ def test_large_example_runs_its_mapped_chunks_on_both_workers(celery: Celery) ->
     chunks = celery.mapped(LARGE, run["dag_run_id"], "score_chunk")
     assert [ti["map_index"] for ti in chunks] == list(range(rows // chunk_rows))
     assert {ti["state"] for ti in chunks} == {"success"}
-    hosts = {ti["map_index"]: ti["hostname"] for ti in chunks}
-    assert set(hosts.values()) == set(WORKERS), hosts  # mapped chunks ran on both workers
+    hosts = {ti["map_index"]: ti["hostname"] for ti in chunks}  # where each one's last run (its resume) was
+    ran = _workloads_run(celery.deploy, run["dag_run_id"], "score_chunk")
+    assert set(ran) == set(WORKERS), ran  # mapped chunks (a start or a resume) ran on both workers
+    assert set().union(*ran.values()) == set(range(len(chunks))), ran
 
     # one execution per chunk, and nothing else started on the server
     summaries = celery.summaries(LARGE, run["dag_run_id"], "score_chunk")
