@@ -178,23 +178,28 @@ def distinguishes_executions(template: str) -> bool:
     return "index" not in fields or bool(fields & {"record", "execution_id"})
 
 
-def _segments(template: str) -> list[list[tuple[str, str | None, str, str | None]]] | None:
-    """The template's path segments, each as its ``string.Formatter`` parts; None when a part has a spec."""
-    segments: list[list[tuple[str, str | None, str, str | None]]] = [[]]
+#: A path segment of a template: its parts in order, each a literal (text, None) or a placeholder ("", name).
+_Segment = list[tuple[str, str | None]]
+
+
+def _segments(template: str) -> list[_Segment] | None:
+    """The template's path segments; None when a placeholder has a format spec or conversion (or a brace is
+    escaped), since its value then cannot be read back from the path."""
+    segments: list[_Segment] = [[]]
     for literal, field, spec, conversion in string.Formatter().parse(template):
         if "{" in literal or "}" in literal:
-            return None  # an escaped brace: keep to the plain rule
+            return None
         *heads, tail = literal.split("/")
         for head in heads:
             if head:
-                segments[-1].append((head, None, "", None))
+                segments[-1].append((head, None))
             segments.append([])
         if tail:
-            segments[-1].append((tail, None, "", None))
+            segments[-1].append((tail, None))
         if field is not None:
             if spec or conversion:
                 return None
-            segments[-1].append(("", field, "", None))
+            segments[-1].append(("", field))
     return segments
 
 
@@ -207,11 +212,9 @@ def places_apart(template: str, one_execution: bool) -> bool:
     other template is checked for collisions over every record before the first copy.
     """
     segments = _segments(template)
-    if not segments:
+    if not segments or segments[-1] != [("", "file_name")]:
         return False
     whole = {seg[0][1] for seg in segments if len(seg) == 1 and seg[0][1] is not None}
-    if segments[-1] != [("", "file_name", "", None)]:
-        return False
     return "record" in whole or ("index" in whole and (one_execution or "execution_id" in whole))
 
 
@@ -223,7 +226,7 @@ def may_render_to(template: str, rel: str) -> bool:
     pattern = "/".join(
         "".join(
             re.escape(literal) if field is None else ("[0-9]+" if field in ("index", "record") else "[^/]+")
-            for literal, field, _, _ in seg
+            for literal, field in seg
         )
         for seg in segments
     )

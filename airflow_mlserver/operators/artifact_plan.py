@@ -47,7 +47,7 @@ class Plan:
         log: WarningLog,
     ) -> None:
         self.template, self.accept, self.service, self.log = template, accept, service, log
-        self.root, self.manifest_rel = root, manifest_rel
+        self.root = root
         self.manifest_path = f"{root}/{manifest_rel}"
         #: Whether each record may be copied as soon as it is listed (no collision is possible).
         self.streams = places_apart(template, one_execution) and not may_render_to(template, manifest_rel)
