@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from airflow_mlserver.client.models import RecordResult, WebService
+from airflow_mlserver.client.models import RecordResult, ResultsPage, WebService
 from airflow_mlserver.client.parameters import Column, result_column
 from airflow_mlserver.exceptions import MLServerConfigError
 
@@ -184,40 +184,41 @@ def _output_values(results: Sequence[RecordResult], name: str, column: Column) -
 
 def results_frame(
     inputs: pd.DataFrame,
-    results: Iterable[RecordResult],
+    pages: Iterable[ResultsPage],
     service: WebService,
     offset: int,
     attempts: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """One chunk's result rows: the input columns, each declared output, ``success``, ``error_message``.
 
-    ``results`` are read once, one at a time, into columns (a stream from the server is never held whole).
-    ``record`` is the 0-based row number in the whole input (chunk offset + position in the chunk); with
-    ``attempts`` (how many times each record was scored) an ``attempts`` column ends the rows.
+    ``pages`` (the results as they streamed in) are read once, each into columns (a stream from the server is
+    never held whole). ``record`` is the 0-based row number in the whole input (chunk offset + position in the
+    chunk); with ``attempts`` (how many times each record was scored) an ``attempts`` column ends the rows.
     """
-    outputs: dict[str, list[Any]] = {o.name: [] for o in service.outputs}
+    names = [o.name for o in service.outputs]
+    outputs: dict[str, list[Any]] = {name: [] for name in names}
     success: list[bool] = []
     errors: list[str | None] = []
-    for result in results:
-        ok = result.success
-        for name, values in outputs.items():
-            values.append(result.outputs.get(name) if ok else None)
-        success.append(ok)
-        errors.append(result.error_message or None)
+    for page in pages:
+        page_success, page_errors, page_outputs = page.columns(names)
+        success += page_success
+        errors += page_errors
+        for name in names:
+            outputs[name] += page_outputs[name]
     if len(success) != len(inputs):
         raise ValueError(f"{len(success)} results for {len(inputs)} input records")
-    names = ResultColumns.after([str(c) for c in inputs.columns], service)
+    columns = ResultColumns.after([str(c) for c in inputs.columns], service)
     frame = inputs.reset_index(drop=True).copy()
     frame.insert(0, "record", range(offset, offset + len(inputs)))
     for output in service.outputs:
         values = outputs[output.name]
         if result_column(output.type) is Column.JSON:
             values = [_json_text(v) for v in values]
-        frame[names.outputs[output.name]] = values
-    frame[names.success] = success
-    frame[names.error_message] = errors
+        frame[columns.outputs[output.name]] = values
+    frame[columns.success] = success
+    frame[columns.error_message] = errors
     if attempts is not None:
-        frame[names.attempts] = list(attempts)
+        frame[columns.attempts] = list(attempts)
     return frame
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from airflow_mlserver.client.errors import MalformedResponseError
-from airflow_mlserver.client.models import RecordResult
+from airflow_mlserver.client.models import RecordResult, ResultsPage
 from airflow_mlserver.client.streaming import BatchAnswerParser, BatchReader, WireRecord
 
 HEAD = {"name": "svc", "version": "1", "state": "Complete", "totalItemCount": 0, "completedItemCount": 0}
@@ -223,6 +223,35 @@ def test_a_result_of_the_wrong_shape_is_worded_by_the_record_model(record: Any, 
         with pytest.raises(MalformedResponseError) as raised:
             RecordResult.from_api(items[1], 1)
         assert str(raised.value).startswith(message)
+
+
+def test_a_page_as_columns_reads_what_the_records_say() -> None:
+    """A table's columns come from the decoded results without an object per record; they say what the
+    records say, whether the C decoder read the page or a NaN sent it through the checked path."""
+    records = [*RECORDS, {"success": False, "errorMessage": "bad", "outputParameters": {"y": 2.0}}]
+    names = ["y", "s", "n", "absent"]
+    nan = {"success": True, "outputParameters": {"y": float("nan")}}
+    for body, bulk in ((answer(records), True), (answer([*records, nan]), False)):
+        parser = BatchAnswerParser("GET /b")
+        items = parser.feed(body) + parser.close()
+        assert all(type(item) is WireRecord for item in items) is bulk
+        page = ResultsPage(items, 5)
+        results = json.loads(body)["batchExecutionResults"]
+        want = [RecordResult.from_api(r, 5 + i) for i, r in enumerate(results)]
+        assert page.records() == want
+        success, errors, outputs = page.columns(names)
+        assert success == [r.success for r in want]
+        assert errors == [r.error_message or None for r in want]
+        assert outputs == {n: [r.outputs.get(n) if r.success else None for r in want] for n in names}
+        assert outputs["y"][0] == 1.5
+        assert outputs["y"][len(records) - 1] is None  # a failed record's output, though it sent one
+
+
+def test_a_malformed_result_in_a_page_fails_its_columns_as_its_record() -> None:
+    parser = BatchAnswerParser("GET /b")
+    page = ResultsPage(parser.feed(answer([RECORDS[0], {"success": "yes"}])) + parser.close(), 0)
+    with pytest.raises(MalformedResponseError, match=r"result of record 1 has 'success' = 'yes'"):
+        page.columns(["y"])
 
 
 @pytest.mark.parametrize(

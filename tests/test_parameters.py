@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_mlserver.client import records
-from airflow_mlserver.client.models import ParameterDefinition, RecordResult, WebService
+from airflow_mlserver.client.models import ParameterDefinition, ResultsPage, WebService
 from airflow_mlserver.client.parameters import PARAMETER_TYPES, Column
 from airflow_mlserver.client.records import prepare_records
 from airflow_mlserver.tables import ResultsWriter, results_frame, storage_path
@@ -93,7 +93,7 @@ def test_every_type_through_swagger_runtime_and_results_file(
 
     path = tmp_path / "results.parquet"
     writer = ResultsWriter(storage_path(str(path)), "parquet", every_type)
-    writer.write(results_frame(pd.DataFrame({"id": [0]}), [RecordResult.from_api(answer)], every_type, 0))
+    writer.write(results_frame(pd.DataFrame({"id": [0]}), [ResultsPage([answer], 0)], every_type, 0))
     writer.commit()
     table = pq.read_table(path)
     for kind, (sample, _, arrow) in EXPECTED.items():

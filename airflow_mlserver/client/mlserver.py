@@ -22,7 +22,13 @@ from airflow_mlserver.client.aio import AsyncDriver
 from airflow_mlserver.client.auth import Auth
 from airflow_mlserver.client.calls import Calls, artifact_spec, batch_spec
 from airflow_mlserver.client.errors import MLServerConnectionError
-from airflow_mlserver.client.models import BatchStatus, RecordResult, ServiceDefinition, WebService
+from airflow_mlserver.client.models import (
+    BatchStatus,
+    RecordResult,
+    ResultsPage,
+    ServiceDefinition,
+    WebService,
+)
 from airflow_mlserver.client.protocol import CHUNK_SIZE, Flow, RetryPolicy
 from airflow_mlserver.client.publishing import encode_model_objects, publish_with_objects
 from airflow_mlserver.client.quoting import quoted, shortened
@@ -223,6 +229,15 @@ class MLServerClient:
         On an unfinished execution these are the results finished so far. If the stream breaks off, a
         finished execution's results are requested again and the ones already yielded are skipped.
         """
+        for page in self.iter_batch_result_pages(name, version, execution_id):
+            yield from page.records()
+
+    def iter_batch_result_pages(self, name: str, version: str, execution_id: str) -> Iterator[ResultsPage]:
+        """The execution's results as they stream in, a page per read of the stream (memory bounded by one read,
+        or one result larger than that): :meth:`iter_batch_results` for a table, as columns.
+
+        Resumed as :meth:`iter_batch_results` is, after the pages already yielded.
+        """
         spec = batch_spec(name, version, execution_id, True, "stream")
         yielded = 0
         failures = 0
@@ -232,12 +247,13 @@ class MLServerClient:
             try:
                 try:
                     for chunk in response.iter_content(CHUNK_SIZE):
-                        for item in parser.feed(chunk):
-                            yield RecordResult.from_api(item, yielded)
-                            yielded += 1
-                    for item in parser.close():
-                        yield RecordResult.from_api(item, yielded)
-                        yielded += 1
+                        items = parser.feed(chunk)
+                        if items:
+                            yield ResultsPage(items, yielded)
+                            yielded += len(items)
+                    items = parser.close()
+                    if items:
+                        yield ResultsPage(items, yielded)
                     return
                 finally:
                     self.stats.bytes_received += parser.bytes_read

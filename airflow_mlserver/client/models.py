@@ -341,6 +341,49 @@ class RecordResult:
         )
 
 
+class ResultsPage:
+    """Consecutive results of a batch answer, as one read of the stream completed them: as columns (what a
+    results table needs, without an object per record) or as :class:`RecordResult` objects.
+
+    :param items: The decoded results: :class:`~airflow_mlserver.client.streaming.WireRecord` (checked by the C
+        decoder) or plain JSON values (checked here, by :meth:`RecordResult.from_api`).
+    :param first: The position of the first of them in the batch's results list.
+    """
+
+    __slots__ = ("_items", "first")
+
+    def __init__(self, items: list[Any], first: int) -> None:
+        self._items, self.first = items, first
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def records(self) -> list[RecordResult]:
+        """The results as objects (a malformed one raises :class:`MalformedResponseError`)."""
+        return [RecordResult.from_api(item, self.first + i) for i, item in enumerate(self._items)]
+
+    def columns(self, outputs: Sequence[str]) -> tuple[list[bool], list[str | None], dict[str, list[Any]]]:
+        """``success``, the error messages (None for none) and each of ``outputs`` (None where a record failed
+        or left it out), one value per result."""
+        items = self._items
+        if not all(type(item) is WireRecord for item in items):
+            records = self.records()  # checks what the C decoder did not
+            return (
+                [r.success for r in records],
+                [r.error_message or None for r in records],
+                {n: [r.outputs.get(n) if r.success else None for r in records] for n in outputs},
+            )
+        values = [item.output_parameters or _NO_OUTPUTS if item.success else _NO_OUTPUTS for item in items]
+        return (
+            [item.success for item in items],
+            [item.error_message or None for item in items],
+            {name: [v.get(name) for v in values] for name in outputs},
+        )
+
+
+_NO_OUTPUTS: Mapping[str, Any] = {}
+
+
 @dataclass(frozen=True)
 class BatchStatus:
     """State and counts of a batch execution, and its results when they were asked for.

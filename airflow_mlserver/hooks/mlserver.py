@@ -20,6 +20,7 @@ from airflow_mlserver.client.models import (
     BatchStatus,
     ParameterDefinition,
     RecordResult,
+    ResultsPage,
     ServiceDefinition,
     WebService,
 )
@@ -263,6 +264,10 @@ class MLServerHook(BaseHook):
     def iter_batch_results(self, name: str, version: str, execution_id: str) -> Iterator[RecordResult]:
         """The execution's results, decoded one at a time as they stream in (memory bounded by one result)."""
         return self.get_conn().iter_batch_results(name, version, execution_id)
+
+    def iter_batch_result_pages(self, name: str, version: str, execution_id: str) -> Iterator[ResultsPage]:
+        """The execution's results as they stream in, a page per read (columns for a table, or records)."""
+        return self.get_conn().iter_batch_result_pages(name, version, execution_id)
 
     def list_artifacts(self, name: str, version: str, execution_id: str, index: int) -> list[str]:
         """The names of the files record ``index`` (0-based) produced."""

@@ -64,8 +64,8 @@ class StagedParts:
 
         :param offset: The record number of the chunk's first record in the whole input.
         """
-        results = hook.iter_batch_results(self.service.name, self.service.version, execution_id)
-        return results_frame(self.inputs(frame), results, self.service, offset)
+        pages = hook.iter_batch_result_pages(self.service.name, self.service.version, execution_id)
+        return results_frame(self.inputs(frame), pages, self.service, offset)
 
     def write(
         self, hook: MLServerHook, chunk: int, execution_id: str, offset: int, frame: pd.DataFrame
