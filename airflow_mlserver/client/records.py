@@ -493,10 +493,8 @@ def prepare_records(
     if not columns:
         return [{} for _ in range(length)]
     if len(columns) == 1:  # a third of the general case's time, which counts over a million records
-        name = names[0]
-        return [{name: value} for value in columns[0]]
-    # The columns of one table have equal lengths, and a strict zip costs as much again per record.
-    return [dict(zip(names, values, strict=False)) for values in zip(*columns, strict=False)]
+        return [{names[0]: value} for value in columns[0]]
+    return [dict(zip(names, values, strict=False)) for values in zip(*columns, strict=False)]  # equal lengths
 
 
 def check_records(
