@@ -686,6 +686,7 @@ def test_templates_that_may_render_to_the_manifest() -> None:
 # one path segment, which the client refuses as a malformed answer.
 HOSTILE = ["good.txt", "C:evil.txt", " lead.txt", "trail.txt ", "n" * 256, "ok2.csv"]
 UNUSABLE = ["fine.txt", "../../evil.txt", "/etc/passwd-copy", "a\\b.txt", "..", "bell\x07.txt"]
+REPEATED = ["twice.txt", "once.txt", "twice.txt"]
 
 
 class _StubHandler(http.server.BaseHTTPRequestHandler):
@@ -713,12 +714,14 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
         base = "/api/stub/1.0/batch/ex1"
         if path == base:
             head = {"name": "stub", "version": "1.0", "batchExecutionId": "ex1", "state": "Complete"}
-            self._send(200, json.dumps({**head, "totalItemCount": 2, "completedItemCount": 2}).encode())
+            self._send(200, json.dumps({**head, "totalItemCount": 3, "completedItemCount": 3}).encode())
         elif path == f"{base}/0/files":
             self._send(200, json.dumps(HOSTILE).encode())
         elif path == f"{base}/1/files":
             self._send(200, json.dumps(UNUSABLE).encode())
-        elif path.startswith(f"{base}/0/files/"):
+        elif path == f"{base}/2/files":
+            self._send(200, json.dumps(REPEATED).encode())
+        elif path.startswith((f"{base}/0/files/", f"{base}/2/files/")):
             self._send(200, b"content of " + path.rsplit("/", 1)[1].encode(), "application/octet-stream")
         else:
             self._send(404, b'{"message": "not found"}')
@@ -777,6 +780,24 @@ def test_listing_failing_midway_keeps_what_was_copied(
         stub.server_close()
     again = json.loads((tmp_path / "ex1" / "manifest.json").read_text())
     assert {e["file_name"]: e["sha256"] for e in again["artifacts"] if e["status"] == "skipped"} == copied
+
+
+def test_a_name_listed_twice_is_one_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing that repeats a name (the contract does not forbid it) copies that file once, with one entry."""
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AIRFLOW_CONN_STUB", f"mlserver://u:p@127.0.0.1:{stub.server_address[1]}")
+    try:
+        summary = run(
+            operator("ex1", f"file://{tmp_path}", indexes=[2], service="stub", mlserver_conn_id="stub")
+        )
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    assert summary["copied"] == 2 and summary["failed"] == 0
+    assert sorted(local_tree(tmp_path)) == ["ex1/2/once.txt", "ex1/2/twice.txt", "ex1/manifest.json"]
+    manifest = json.loads((tmp_path / "ex1" / "manifest.json").read_text())
+    assert sorted(e["file_name"] for e in manifest["artifacts"]) == ["once.txt", "twice.txt"]
 
 
 # --- S3 through moto ----------------------------------------------------------------------------------------
