@@ -205,6 +205,7 @@ def results_frame(
         errors += page_errors
         for name in names:
             outputs[name] += page_outputs[name]
+        del page  # not alive while the next page decodes (see ResultsPage)
     if len(success) != len(inputs):
         raise ValueError(f"{len(success)} results for {len(inputs)} input records")
     columns = ResultColumns.after([str(c) for c in inputs.columns], service)

@@ -230,7 +230,8 @@ class MLServerClient:
         finished execution's results are requested again and the ones already yielded are skipped.
         """
         for page in self.iter_batch_result_pages(name, version, execution_id):
-            yield from page.records()
+            yield from page
+            del page  # not alive while the next page decodes (see ResultsPage)
 
     def iter_batch_result_pages(self, name: str, version: str, execution_id: str) -> Iterator[ResultsPage]:
         """The execution's results as they stream in, a page per read of the stream (memory bounded by one read,
@@ -249,8 +250,9 @@ class MLServerClient:
                     for chunk in response.iter_content(CHUNK_SIZE):
                         items = parser.feed(chunk)
                         if items:
-                            yield ResultsPage(items, yielded)
                             yielded += len(items)
+                            yield ResultsPage(items, yielded - len(items))
+                        del items  # not alive while the next read decodes (see ResultsPage)
                     items = parser.close()
                     if items:
                         yield ResultsPage(items, yielded)

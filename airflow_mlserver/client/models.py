@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -345,6 +345,10 @@ class ResultsPage:
     """Consecutive results of a batch answer, as one read of the stream completed them: as columns (what a
     results table needs, without an object per record) or as :class:`RecordResult` objects.
 
+    Keep a page only while reading it: one still referenced while the next read decodes has its objects promoted
+    by the garbage collector, which then runs full collections (80 ms each in an Airflow worker's process,
+    one or two per 100,000 results).
+
     :param items: The decoded results: :class:`~airflow_mlserver.client.streaming.WireRecord` (checked by the C
         decoder) or plain JSON values (checked here, by :meth:`RecordResult.from_api`).
     :param first: The position of the first of them in the batch's results list.
@@ -358,9 +362,14 @@ class ResultsPage:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __iter__(self) -> Iterator[RecordResult]:
+        """The results as objects, one at a time (a malformed one raises :class:`MalformedResponseError`)."""
+        for i, item in enumerate(self._items, self.first):
+            yield RecordResult.from_api(item, i)
+
     def records(self) -> list[RecordResult]:
-        """The results as objects (a malformed one raises :class:`MalformedResponseError`)."""
-        return [RecordResult.from_api(item, self.first + i) for i, item in enumerate(self._items)]
+        """The results as a list of objects."""
+        return list(self)
 
     def columns(self, outputs: Sequence[str]) -> tuple[list[bool], list[str | None], dict[str, list[Any]]]:
         """``success``, the error messages (None for none) and each of ``outputs`` (None where a record failed
