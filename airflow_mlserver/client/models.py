@@ -346,8 +346,8 @@ class ResultsPage:
     results table needs, without an object per record) or as :class:`RecordResult` objects.
 
     Keep a page only while reading it: one still referenced while the next read decodes has its objects promoted
-    by the garbage collector, which then runs full collections (80 ms each in an Airflow worker's process,
-    one or two per 100,000 results).
+    by the garbage collector, which then runs full collections (about 80 ms each in an Airflow worker's
+    process, one or two per 100,000 results).
 
     :param items: The decoded results: :class:`~airflow_mlserver.client.streaming.WireRecord` (checked by the C
         decoder) or plain JSON values (checked here, by :meth:`RecordResult.from_api`).
@@ -382,7 +382,7 @@ class ResultsPage:
                 [r.error_message or None for r in records],
                 {n: [r.outputs.get(n) if r.success else None for r in records] for n in outputs},
             )
-        values = [item.output_parameters or _NO_OUTPUTS if item.success else _NO_OUTPUTS for item in items]
+        values = [(item.output_parameters or _NO_OUTPUTS) if item.success else _NO_OUTPUTS for item in items]
         return (
             [item.success for item in items],
             [item.error_message or None for item in items],
