@@ -8,11 +8,11 @@ deployment's API server has done long before; that cost is measured on its own (
 the same run:
 
 * the server's raw rate: the same chunks started with raw HTTP two at a time (the next one as soon as one is
-  complete, every body encoded before the clock starts), each polled every 50 ms; measured before, between and after two runs of the task (the raw rate
-  moves by up to 15 % between passes on this machine, so each task run is set against the passes on both of
-  its sides); and once more reading each finished chunk's results (its full answer, decoded, in a helper
-  thread while the next chunk runs), which the task must do too: on 2 cores that reading takes CPU from the
-  server;
+  complete, every body encoded before the clock starts), each polled every 50 ms; measured before, between and
+  after two runs of the task (the raw rate moves by up to 15 % between passes on this machine, so each task run
+  is set against the passes on both of its sides); and once more reading each finished chunk's results (its
+  full answer, decoded, in a helper thread while the next chunk runs), which the task must do too: on 2 cores
+  that reading takes CPU from the server;
 * the task's end-to-end rate (TaskInstance start -> end from the DB) in each run and its ratio to the raw rate
   around it; the mean of the two ratios is the figure with a target (>= 0.9); the operator's own
   ``duration_seconds`` and ``airflow dags test``'s whole wall time besides;
