@@ -388,9 +388,10 @@ class _RecordingProxy(http.server.BaseHTTPRequestHandler):
 
 
 def test_environment_proxies_apply_and_netrc_never_replaces_the_token(
-    mlserver: LocalMLServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    mlserver: LocalMLServer, add_service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The environment is read once per session (as ``requests`` would read it for each request)."""
+    """The environment is read once per session (as ``requests`` would read it for each request), by the sync
+    driver and by the async one (a trigger's polls) alike."""
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login intruder password not-the-token\n")
     netrc.chmod(0o600)
@@ -400,18 +401,23 @@ def test_environment_proxies_apply_and_netrc_never_replaces_the_token(
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingProxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     use_connection(monkeypatch, server_uri(mlserver))
+
+    def calls() -> list[str]:
+        """A sync call and an async poll, each from a new hook (a new session reads the environment)."""
+        hook = MLServerHook(CONN_ID)
+        execution_id = hook.start_batch(add_service, "1.0", [{"x": 1}], parallel_count=1)
+        hook.close()
+        assert asyncio.run(MLServerHook(CONN_ID).async_get_batch(add_service, "1.0", execution_id)).total == 1
+        seen, _RecordingProxy.seen[:] = list(_RecordingProxy.seen), []
+        return seen
+
     try:
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
-        hook = MLServerHook(CONN_ID)
-        hook.list_services()  # with a ~/.netrc entry, requests would have sent Basic auth instead
-        hook.close()
-        assert "/services" in _RecordingProxy.seen
-        _RecordingProxy.seen.clear()
+        seen = calls()  # with a ~/.netrc entry, requests would send Basic auth instead of the token
+        assert f"/api/{add_service}/1.0/batch" in seen  # the sync start
+        assert any(path.startswith(f"/api/{add_service}/1.0/batch/") for path in seen)  # the async poll
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        hook = MLServerHook(CONN_ID)
-        hook.list_services()
-        hook.close()
-        assert _RecordingProxy.seen == []
+        assert calls() == []
     finally:
         proxy.shutdown()
         proxy.server_close()

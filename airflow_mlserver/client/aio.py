@@ -28,7 +28,7 @@ from airflow_mlserver.client.protocol import (
     resume,
 )
 from airflow_mlserver.client.quoting import shortened
-from airflow_mlserver.client.sync import TransferStats
+from airflow_mlserver.client.sync import TransferStats, environment_settings
 
 if TYPE_CHECKING:
     import aiohttp
@@ -74,19 +74,25 @@ class AsyncDriver:
         self.amask = amask
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._proxy: str | None = None
 
     async def session(self) -> aiohttp.ClientSession:
         import aiohttp
 
         session = self._session
         if session is None or session.closed or self._loop is not asyncio.get_running_loop():
+            # the environment as the sync driver reads it; never ~/.netrc (aiohttp's trust_env would read it,
+            # and refuse a request that carries both its Basic auth and the token)
+            self._proxy, verify = await asyncio.to_thread(
+                environment_settings, self.settings.base_url, self.settings.verify
+            )
             ssl: Any = None
-            if self.settings.verify is False:
+            if verify is False:
                 ssl = False
-            elif isinstance(self.settings.verify, str):
+            elif isinstance(verify, str):
                 import ssl as ssl_module
 
-                ssl = await asyncio.to_thread(ssl_module.create_default_context, cafile=self.settings.verify)
+                ssl = await asyncio.to_thread(ssl_module.create_default_context, cafile=verify)
             timeout = aiohttp.ClientTimeout(
                 total=None, sock_connect=min(10.0, self.settings.timeout), sock_read=self.settings.timeout
             )
@@ -153,6 +159,7 @@ class AsyncDriver:
                 params=list(spec.params),
                 data=spec.body,
                 headers=dict(wire.headers),
+                proxy=self._proxy,
             ) as response:
                 body = AnswerBody(wire, response.status, dict(response.headers))
                 complete = True

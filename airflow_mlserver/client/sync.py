@@ -67,6 +67,16 @@ class TransferStats:
         self.bytes_received = 0
 
 
+def environment_settings(base_url: str, verify: bool | str) -> tuple[str | None, bool | str]:
+    """The proxy (None for none) and the certificate check the environment gives for requests to ``base_url``,
+    by ``requests``' rules: ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``; with ``verify``
+    True, ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``. Both drivers read it once per session."""
+    with requests.Session() as session:
+        found = session.merge_environment_settings(base_url, {}, None, verify, None)
+    proxy: str | None = requests.utils.select_proxy(base_url, found["proxies"])
+    return proxy, verify if found["verify"] is None else found["verify"]
+
+
 class SyncDriver:
     """Runs flows over one ``requests`` session (its pooled connections are reused between calls).
 
@@ -95,7 +105,7 @@ class SyncDriver:
 
     @property
     def session(self) -> requests.Session:
-        """The ``requests`` session, with the environment (proxies, CA bundle) read once for the server's URL.
+        """The ``requests`` session, with the environment (proxy, CA bundle) read once for the server's URL.
 
         ``requests`` would read the environment and ``~/.netrc`` again for every request (a large share of
         a small request's cost); the settings it would find are the same for every request to one server.
@@ -103,11 +113,8 @@ class SyncDriver:
         """
         if self._session is None:
             session = requests.Session()
-            found = session.merge_environment_settings(
-                self.settings.base_url, {}, None, self.settings.verify, None
-            )
-            session.proxies.update(found["proxies"])
-            session.verify = found["verify"]
+            proxy, session.verify = environment_settings(self.settings.base_url, self.settings.verify)
+            session.proxies = {"all": proxy} if proxy else {}
             session.trust_env = False
             session.headers["Accept"] = "application/json"
             self._session = session
