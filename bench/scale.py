@@ -224,15 +224,14 @@ class _TaskRun:
         return float(self.ti["operator_seconds"])
 
 
-def _task_run(api: Api, env: dict[str, str], size: int) -> _TaskRun:
-    """Run the scale DAG once, watching the executions it starts; check its output."""
+def _task_run(api: Api, env: dict[str, str], output: Path, size: int) -> _TaskRun:
+    """Run the scale DAG once, watching the executions it starts; check its output (then remove it)."""
     known = set(api.request("GET", f"/api/{SERVICE}/{VERSION}/batch").json())
     with ExecutionWatcher(api, SERVICE, VERSION, known, POLL_S) as watch:
         wall, peak = _airflow(["dags", "test", SCALE_DAG], env, 3600)
     ti = _task_times(SCALE_DAG, env)
     if ti["state"] != "success":
         raise RuntimeError(f"the batch task ended {ti['state']}: see {env['AIRFLOW_HOME']}")
-    output = Path(env["AIRFLOW_HOME"]).parent / "out.parquet"
     _check_output(output, size)
     output.unlink()
     return _TaskRun(wall, peak, ti, watch)
@@ -278,7 +277,7 @@ def bench_scale(quick: bool) -> BenchResult:
         empty_wall, empty_peak = _airflow(["dags", "test", EMPTY_DAG], env, 600)
         runs: list[_TaskRun] = []
         for _ in range(TASK_RUNS):
-            runs.append(_task_run(api, env, size))
+            runs.append(_task_run(api, env, output, size))
             raws.append(_raw_seconds(api, size, chunk))
         with Api(server) as second:
             raw_results = _raw_seconds(api, size, chunk, results=second)
