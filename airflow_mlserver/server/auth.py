@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from airflow_mlserver.server.context import ServerContext, read_json
+from airflow_mlserver.server.context import Ctx, ServerContext, read_json
 from airflow_mlserver.server.errors import ApiError, bad_request
 
 router = APIRouter()
@@ -64,8 +64,7 @@ def authenticate(ctx: ServerContext, header: str | None) -> str:
 
 
 @router.post("/login")
-async def login(request: Request) -> dict[str, Any]:
-    ctx: ServerContext = request.app.state.ctx
+async def login(ctx: Ctx, request: Request) -> dict[str, Any]:
     body = await read_json(request, dict, 'a JSON object {"username": ..., "password": ...}')
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
@@ -77,8 +76,7 @@ async def login(request: Request) -> dict[str, Any]:
 
 
 @router.post("/login/refreshToken")
-async def refresh(request: Request) -> dict[str, Any]:
-    ctx: ServerContext = request.app.state.ctx
+async def refresh(ctx: Ctx, request: Request) -> dict[str, Any]:
     body = await read_json(request, dict, 'a JSON object {"refreshToken": ...}')
     token = body.get("refreshToken")
     if not isinstance(token, str) or not token:
@@ -91,8 +89,7 @@ async def refresh(request: Request) -> dict[str, Any]:
 
 
 @router.delete("/login/refreshToken")
-async def revoke(request: Request, refreshToken: str = "") -> dict[str, Any]:
-    ctx: ServerContext = request.app.state.ctx
+async def revoke(ctx: Ctx, request: Request, refreshToken: str = "") -> dict[str, Any]:
     authenticate(ctx, request.headers.get("authorization"))
     if not refreshToken:
         raise bad_request("Give the refresh token to revoke as ?refreshToken=...")

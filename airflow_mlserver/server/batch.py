@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.server.context import (
+    Ctx,
     ServerContext,
     check_name,
     current_user,
@@ -86,8 +87,7 @@ def _head(execution: Execution) -> dict[str, Any]:
 
 
 @router.post("/api/{name}/{version}/batch")
-async def start(request: Request, name: str, version: str) -> dict[str, Any]:
-    ctx: ServerContext = request.app.state.ctx
+async def start(ctx: Ctx, request: Request, name: str, version: str) -> dict[str, Any]:
     service, _ = ctx.service(name, version)
     parallel = _parallel_count(ctx, request)
     records = parse_json(await request.body(), "a list of input records")
@@ -108,8 +108,7 @@ async def start(request: Request, name: str, version: str) -> dict[str, Any]:
 
 
 @router.get("/api/{name}/{version}/batch")
-async def list_executions(request: Request, name: str, version: str) -> list[str]:
-    ctx: ServerContext = request.app.state.ctx
+async def list_executions(ctx: Ctx, name: str, version: str) -> list[str]:
     ctx.service(name, version)
     return ctx.store.list_execution_ids(name, version)
 
@@ -124,8 +123,7 @@ def _flag(request: Request) -> bool:
 
 
 @router.get("/api/{name}/{version}/batch/{execution_id}")
-async def status(request: Request, name: str, version: str, execution_id: str) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def status(ctx: Ctx, request: Request, name: str, version: str, execution_id: str) -> Response:
     execution = _execution(ctx, name, version, execution_id)
     partial = _flag(request)
     head = _head(execution)
@@ -150,8 +148,7 @@ async def status(request: Request, name: str, version: str, execution_id: str) -
 
 
 @router.delete("/api/{name}/{version}/batch/{execution_id}")
-async def cancel(request: Request, name: str, version: str, execution_id: str) -> dict[str, Any]:
-    ctx: ServerContext = request.app.state.ctx
+async def cancel(ctx: Ctx, name: str, version: str, execution_id: str) -> dict[str, Any]:
     execution = _execution(ctx, name, version, execution_id)
     ctx.store.count_cancel_request(execution_id)
     if execution.state not in FINISHED:
@@ -175,8 +172,7 @@ def _record_dir(ctx: ServerContext, execution: Execution, index: str) -> Path:
 
 
 @router.get("/api/{name}/{version}/batch/{execution_id}/{index}/files")
-async def list_files(request: Request, name: str, version: str, execution_id: str, index: str) -> list[str]:
-    ctx: ServerContext = request.app.state.ctx
+async def list_files(ctx: Ctx, name: str, version: str, execution_id: str, index: str) -> list[str]:
     execution = _execution(ctx, name, version, execution_id)
     folder = _record_dir(ctx, execution, index)
     if ctx.store.get_result(execution_id, int(index)) is None:
@@ -186,9 +182,8 @@ async def list_files(request: Request, name: str, version: str, execution_id: st
 
 @router.get("/api/{name}/{version}/batch/{execution_id}/{index}/files/{file_name}")
 async def get_file(
-    request: Request, name: str, version: str, execution_id: str, index: str, file_name: str
+    ctx: Ctx, name: str, version: str, execution_id: str, index: str, file_name: str
 ) -> Response:
-    ctx: ServerContext = request.app.state.ctx
     if not plain_file_name(file_name):
         raise bad_request(
             f"Invalid file name {quoted(file_name)}: give a plain artifact name, without path separators or "

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from airflow_mlserver.server.context import ServerContext, read_json
+from airflow_mlserver.server.context import Ctx, read_json
 from airflow_mlserver.server.files import open_regular_file
 from airflow_mlserver.server.jobs import answer, build_job, check_record
 
@@ -17,8 +17,7 @@ router = APIRouter()
 
 
 @router.post("/api/{name}/{version}")
-async def consume(request: Request, name: str, version: str) -> dict[str, Any]:
-    ctx: ServerContext = request.app.state.ctx
+async def consume(ctx: Ctx, request: Request, name: str, version: str) -> dict[str, Any]:
     service, revision = ctx.service(name, version)
     inputs = await read_json(request, dict, "a JSON object of the service's inputs")
     check_record(service, inputs, "The request body")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.server.config import ServerConfig
@@ -28,13 +29,15 @@ T = TypeVar("T")
 
 @dataclass
 class ServerContext:
-    """The server's state, reachable from a route as ``request.app.state.ctx``."""
+    """The server's state: a route has it as a parameter of type :data:`Ctx`."""
 
     config: ServerConfig
     store: Store
     pool: WorkerPool
     runner: BatchRunner
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: When the server started (``/status`` answers its uptime).
+    started: float = field(default_factory=time.time)
 
     def service(self, name: str, version: str) -> tuple[dict[str, Any], str]:
         """A published service version and its revision; a 400 for a name that cannot be one, else a 404."""
@@ -52,6 +55,16 @@ class ServerContext:
         raise not_found(
             f"Web service {quoted(name)} not found. List the published services with GET /services."
         )
+
+
+async def context(request: Request) -> ServerContext:
+    """The dependency behind :data:`Ctx` (a coroutine: FastAPI would run a plain function in a thread)."""
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
+
+
+#: A route's parameter for the server's context: ``async def route(ctx: Ctx, ...)``.
+Ctx = Annotated[ServerContext, Depends(context)]
 
 
 # -- names ----------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from airflow_mlserver.client.parameters import PARAMETER_TYPES
 from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.server.context import (
+    Ctx,
     ServerContext,
     check_name,
     current_user,
@@ -178,8 +179,7 @@ def _snapshot_objects(ctx: ServerContext, snapshot_id: str | None, runtime: str)
     return ctx.store.snapshot_dir(snapshot_id)
 
 
-async def _publish(request: Request, name: str, version: str) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def _publish(ctx: ServerContext, request: Request, name: str, version: str) -> Response:
     check_name("service name", name)
     check_name("service version", version)
     body = await read_json(request, dict, "a PublishWebServiceRequest object")
@@ -201,14 +201,12 @@ async def _publish(request: Request, name: str, version: str) -> Response:
 
 
 @router.get("/services")
-async def list_all(request: Request) -> list[dict[str, Any]]:
-    ctx: ServerContext = request.app.state.ctx
+async def list_all(ctx: Ctx, request: Request) -> list[dict[str, Any]]:
     return [public(s, current_user(request)) for s in ctx.store.list_services()]
 
 
 @router.get("/services/{name}")
-async def list_versions(request: Request, name: str) -> list[dict[str, Any]]:
-    ctx: ServerContext = request.app.state.ctx
+async def list_versions(ctx: Ctx, request: Request, name: str) -> list[dict[str, Any]]:
     check_name("service name", name)
     services = ctx.store.list_services(name)
     if not services:
@@ -219,20 +217,19 @@ async def list_versions(request: Request, name: str) -> list[dict[str, Any]]:
 
 
 @router.get("/services/{name}/{version}")
-async def get_version(request: Request, name: str, version: str) -> list[dict[str, Any]]:
-    ctx: ServerContext = request.app.state.ctx
+async def get_version(ctx: Ctx, request: Request, name: str, version: str) -> list[dict[str, Any]]:
     service, _ = ctx.service(name, version)
     return [public(service, current_user(request))]
 
 
 @router.post("/services/{name}/{version}")
-async def publish_version(request: Request, name: str, version: str) -> Response:
-    return await _publish(request, name, version)
+async def publish_version(ctx: Ctx, request: Request, name: str, version: str) -> Response:
+    return await _publish(ctx, request, name, version)
 
 
 @router.post("/services/{name}")
-async def publish_new_version(request: Request, name: str) -> Response:
-    return await _publish(request, name, str(uuid.uuid4()))
+async def publish_new_version(ctx: Ctx, request: Request, name: str) -> Response:
+    return await _publish(ctx, request, name, str(uuid.uuid4()))
 
 
 def _owned(ctx: ServerContext, request: Request, name: str, version: str) -> dict[str, Any]:
@@ -247,8 +244,7 @@ def _owned(ctx: ServerContext, request: Request, name: str, version: str) -> dic
 
 
 @router.patch("/services/{name}/{version}")
-async def patch_version(request: Request, name: str, version: str) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def patch_version(ctx: Ctx, request: Request, name: str, version: str) -> Response:
     service = _owned(ctx, request, name, version)
     body = await read_json(request, dict, "a PatchWebServiceRequest object")
     clean = _validate(body, partial=True, stored_runtime=service.get("runtimeType", "Python"))
@@ -261,8 +257,7 @@ async def patch_version(request: Request, name: str, version: str) -> Response:
 
 
 @router.delete("/services/{name}/{version}")
-async def delete_version(request: Request, name: str, version: str) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def delete_version(ctx: Ctx, request: Request, name: str, version: str) -> Response:
     _owned(ctx, request, name, version)
     ctx.store.delete_service(name, version)
     return JSONResponse(True)
@@ -465,7 +460,6 @@ def swagger_document(service: dict[str, Any], host: str) -> dict[str, Any]:
 
 
 @router.get("/api/{name}/{version}/swagger.json")
-async def swagger(request: Request, name: str, version: str) -> dict[str, Any]:
-    ctx: ServerContext = request.app.state.ctx
+async def swagger(ctx: Ctx, request: Request, name: str, version: str) -> dict[str, Any]:
     service, _ = ctx.service(name, version)
     return swagger_document(service, request.headers.get("host", "localhost:12800"))

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from airflow_mlserver.client.publishing import is_rds
 from airflow_mlserver.client.quoting import quoted
-from airflow_mlserver.server.context import ServerContext, current_user, optional_text, parse_json
+from airflow_mlserver.server.context import Ctx, ServerContext, current_user, optional_text, parse_json
 from airflow_mlserver.server.errors import ApiError, bad_request
 
 router = APIRouter()
@@ -66,8 +66,7 @@ def snapshot_of(ctx: ServerContext, snapshot_id: str, runtime: str, kind: str) -
 
 
 @router.post("/sessions")
-async def create_session(request: Request) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def create_session(ctx: Ctx, request: Request) -> Response:
     raw = await request.body()
     body = parse_json(raw, "a CreateSessionRequest") if raw else {}
     if not isinstance(body, dict):
@@ -96,34 +95,30 @@ async def create_session(request: Request) -> Response:
 
 
 @router.get("/sessions")
-async def list_sessions(request: Request) -> list[dict[str, Any]]:
-    ctx: ServerContext = request.app.state.ctx
+async def list_sessions(ctx: Ctx, request: Request) -> list[dict[str, Any]]:
     return [s for s in ctx.store.list_sessions() if s["owner"] == current_user(request)]
 
 
 @router.delete("/sessions/{session_id}")
-async def close_session(request: Request, session_id: str) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def close_session(ctx: Ctx, session_id: str) -> Response:
     _session(ctx, session_id)
     ctx.store.delete_session(session_id)
     return Response(status_code=200)
 
 
 @router.delete("/sessions/{session_id}/force")
-async def force_close_session(request: Request, session_id: str) -> Response:
-    return await close_session(request, session_id)
+async def force_close_session(ctx: Ctx, session_id: str) -> Response:
+    return await close_session(ctx, session_id)
 
 
 @router.get("/sessions/{session_id}/workspace")
-async def list_workspace(request: Request, session_id: str) -> list[str]:
-    ctx: ServerContext = request.app.state.ctx
+async def list_workspace(ctx: Ctx, session_id: str) -> list[str]:
     _session(ctx, session_id)
     return sorted(p.name for p in ctx.store.session_dir(session_id).iterdir())
 
 
 @router.post("/sessions/{session_id}/workspace/{object_name}")
-async def upload_object(request: Request, session_id: str, object_name: str) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def upload_object(ctx: Ctx, request: Request, session_id: str, object_name: str) -> Response:
     runtime = _session(ctx, session_id).get("runtimeType", "Python")
     if not _object_name_rule(runtime).match(object_name):
         raise bad_request(
@@ -149,8 +144,7 @@ def _object_name_rule(runtime: str) -> re.Pattern[str]:
 
 
 @router.delete("/sessions/{session_id}/workspace/{object_name}")
-async def delete_object(request: Request, session_id: str, object_name: str) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def delete_object(ctx: Ctx, session_id: str, object_name: str) -> Response:
     runtime = _session(ctx, session_id).get("runtimeType", "Python")
     path = ctx.store.session_dir(session_id) / object_name
     if not _object_name_rule(runtime).match(object_name) or not path.is_file():
@@ -162,8 +156,7 @@ async def delete_object(request: Request, session_id: str, object_name: str) -> 
 
 
 @router.post("/sessions/{session_id}/snapshot")
-async def create_snapshot(request: Request, session_id: str) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def create_snapshot(ctx: Ctx, request: Request, session_id: str) -> Response:
     session = _session(ctx, session_id)
     snapshot_id = str(uuid.uuid4())
     ctx.store.put_snapshot(
@@ -180,14 +173,12 @@ async def create_snapshot(request: Request, session_id: str) -> Response:
 
 
 @router.get("/snapshots")
-async def list_snapshots(request: Request) -> list[dict[str, Any]]:
-    ctx: ServerContext = request.app.state.ctx
+async def list_snapshots(ctx: Ctx, request: Request) -> list[dict[str, Any]]:
     return [s for s in ctx.store.list_snapshots() if s["owner"] == current_user(request)]
 
 
 @router.get("/snapshots/{snapshot_id}")
-async def get_snapshot(request: Request, snapshot_id: str) -> dict[str, Any]:
-    ctx: ServerContext = request.app.state.ctx
+async def get_snapshot(ctx: Ctx, snapshot_id: str) -> dict[str, Any]:
     snapshot = ctx.store.get_snapshot(snapshot_id)
     if snapshot is None:
         raise ApiError(404, f"Snapshot {quoted(snapshot_id)} not found.")
@@ -195,8 +186,7 @@ async def get_snapshot(request: Request, snapshot_id: str) -> dict[str, Any]:
 
 
 @router.delete("/snapshots/{snapshot_id}")
-async def delete_snapshot(request: Request, snapshot_id: str) -> Response:
-    ctx: ServerContext = request.app.state.ctx
+async def delete_snapshot(ctx: Ctx, snapshot_id: str) -> Response:
     if ctx.store.get_snapshot(snapshot_id) is None:
         raise ApiError(404, f"Snapshot {quoted(snapshot_id)} not found.")
     ctx.store.delete_snapshot(snapshot_id)
