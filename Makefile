@@ -1,4 +1,5 @@
 # The two commands that matter: `make demo` and `make test`. Both set everything up first.
+# While editing: `make check` (lint, types and the tests that start no server, browser or Airflow; a minute or so).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,7 +15,7 @@ RSCRIPT  := /usr/bin/Rscript
 R_PACKAGES := r-base-core r-base-dev fonts-dejavu-core
 R_STAMP  := $(VENV)/.r-installed
 
-.PHONY: demo demo-ui test lint typecheck pytest bench serve clean r-optional
+.PHONY: demo demo-ui test check lint typecheck pytest pytest-fast bench serve clean r-optional
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +67,8 @@ demo-ui: $(STAMP) r-optional
 
 test: lint typecheck pytest
 
+check: lint typecheck pytest-fast
+
 lint: $(STAMP)
 	$(BIN)/ruff check airflow_mlserver tests bench dags_examples
 	$(BIN)/ruff format --check airflow_mlserver tests bench dags_examples
@@ -75,6 +78,11 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP) $(R_STAMP) $(CHROMIUM) $(POSTGRES) $(REDIS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that start nothing: tests/conftest.py marks `slow` those that start a server, a browser, Airflow's
+# database or DAG runs, or a deployment (by the fixtures they use and the calls in their code).
+pytest-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP) r-optional
 	$(BIN)/python -m bench $(BENCH_ARGS)
