@@ -1,4 +1,7 @@
-"""The layers of ARCHITECTURE.md import one way: client <- hooks <- operators, triggers, sensors <- ui; server apart."""
+"""The layers of ARCHITECTURE.md import one way: client <- hooks <- executions <- operators, triggers, sensors <- ui;
+server apart. A module's layer is its first folder under ``airflow_mlserver/`` (``operators/batch/planner.py`` is in
+``operators``), and every such folder is a layer with rules.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +24,18 @@ FORBIDDEN = {
         "airflow_mlserver.exceptions",
         "airflow_mlserver.tables",
         "airflow_mlserver.lineage",
+        "airflow_mlserver.executions",
     ),
     "hooks": (
+        "airflow_mlserver.operators",
+        "airflow_mlserver.triggers",
+        "airflow_mlserver.sensors",
+        "airflow_mlserver.server",
+        "airflow_mlserver.executions",
+    ),
+    # The rules of waiting on batch executions, their progress wording, the trigger's event: above the hooks,
+    # below what gives them Airflow's meaning (tasks, deferral, pokes, pages), which all use it.
+    "executions": (
         "airflow_mlserver.operators",
         "airflow_mlserver.triggers",
         "airflow_mlserver.sensors",
@@ -40,9 +53,10 @@ FORBIDDEN = {
         "airflow_mlserver.sensors",
         "airflow_mlserver.exceptions",
         "airflow_mlserver.tables",
+        "airflow_mlserver.executions",
     ),
 }
-for _layer in ("client", "hooks", "triggers", "sensors", "server"):
+for _layer in ("client", "hooks", "executions", "triggers", "sensors", "server"):
     FORBIDDEN[_layer] = (*FORBIDDEN[_layer], "airflow_mlserver.ui")  # the UI sits on top of everything
 
 #: Modules a layer may import although their package is forbidden to it: the contract's parameter types
@@ -58,13 +72,31 @@ ALLOWED = {
 }
 
 
+#: Layers of :data:`FORBIDDEN` whose folder may not be there yet (the reorganisation that creates it is under way).
+NOT_YET = {"executions"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imports(path: Path) -> set[str]:
+    """The names a module imports: ``import a.b`` gives ``a.b``, ``from a import b`` gives ``a.b`` (so that
+    ``from airflow_mlserver import server`` is seen), relative imports made absolute."""
     names: set[str] = set()
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # from . import x, from ..server import y
+                base = ".".join(filter(None, [*package[: len(package) - node.level + 1], node.module]))
+            else:
+                base = node.module or ""
+            names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -72,18 +104,36 @@ def under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def layer_of(path: Path) -> str | None:
+    """The first folder under ``airflow_mlserver/`` of a module; None for a top-level module."""
+    parts = path.relative_to(PACKAGE).parts
+    return parts[0] if len(parts) > 1 else None
+
+
 def test_layers_import_one_way() -> None:
     wrong = []
-    for layer, forbidden in FORBIDDEN.items():
-        for path in sorted((PACKAGE / layer).glob("*.py")):
-            for name in imports(path):
-                if name in ALLOWED.get(layer, ()):
-                    continue
-                if any(under(name, prefix) for prefix in forbidden):
-                    wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
-                if layer == "server" and under(name, "airflow_mlserver.client"):
-                    wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        layer = layer_of(path)
+        if layer is None or layer not in FORBIDDEN:  # a folder without rules fails the test below
+            continue
+        for name in sorted(imports(path)):
+            if any(under(name, allowed) for allowed in ALLOWED.get(layer, ())):
+                continue
+            if any(under(name, prefix) for prefix in FORBIDDEN[layer]) or (
+                layer == "server" and under(name, "airflow_mlserver.client")
+            ):
+                wrong.append(f"{path.relative_to(PACKAGE.parent)} ({layer}) imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_folder_of_the_package_is_a_layer_with_rules() -> None:
+    """A new package (``airflow_mlserver/<new>/``) cannot escape the rules: it gets a line in FORBIDDEN."""
+    folders = {layer for path in PACKAGE.rglob("*.py") if (layer := layer_of(path)) is not None}
+    assert folders <= FORBIDDEN.keys(), (
+        f"folders of airflow_mlserver with no rules: {sorted(folders - FORBIDDEN.keys())}"
+    )
+    missing = FORBIDDEN.keys() - folders - NOT_YET
+    assert not missing, f"layers with rules but no modules (renamed? gone?): {sorted(missing)}"
 
 
 def test_every_module_is_in_a_layer_or_named() -> None:
