@@ -110,7 +110,8 @@ def test_the_table_and_the_worker_runtime_import_nothing_heavy() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, airflow_mlserver.client.parameters, airflow_mlserver.server.runtime;"
+            "import sys, airflow_mlserver.client.parameters, airflow_mlserver.server.runtimes.worker;"
+            "import airflow_mlserver.server.runtimes.python, airflow_mlserver.server.runtimes.r;"
             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))",
         ],
         capture_output=True,

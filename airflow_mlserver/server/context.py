@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 
 from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.server import runtimes
 from airflow_mlserver.server.config import ServerConfig
 from airflow_mlserver.server.errors import bad_request, not_found
 from airflow_mlserver.server.runner import BatchRunner
@@ -199,6 +200,15 @@ def optional_text(body: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise bad_request(f"'{key}' must be a string, not {type(value).__name__}.")
     return value
+
+
+def requested_runtime(body: dict[str, Any]) -> runtimes.Runtime:
+    """The runtime a request's ``runtimeType`` names in any case (the default one when it names none); a 400 for
+    a name no runtime has."""
+    try:
+        return runtimes.get(optional_text(body, "runtimeType") or runtimes.DEFAULT.name)
+    except runtimes.UnknownRuntimeError as exc:
+        raise bad_request(str(exc)) from None
 
 
 def current_user(request: Request) -> str:

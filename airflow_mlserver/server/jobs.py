@@ -1,8 +1,9 @@
 """What every execution is built from, request-response or batch: the record check, the worker job, the answer.
 
-A job is what a worker process needs to run one execution of a service (see ``runtime.Runtime.run``); a batch
-sends a group of records with one job as their service part (``runtime.Group``). A worker's result becomes the
-contract's consume answer (section 3, :func:`answer`), which is also each record's result in a batch (section 4).
+A job is what a worker process needs to run one execution of a service (see ``runtimes.worker.Worker.run``); a
+batch sends a group of records with one job as their service part (``runtimes.protocol.Group``). A worker's
+result becomes the contract's consume answer (section 3, :func:`answer`), which is also each record's result in
+a batch (section 4).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.server import runtimes
 from airflow_mlserver.server.errors import bad_request
-from airflow_mlserver.server.runtime import Job, answer
+from airflow_mlserver.server.runtimes.protocol import Job, answer
 from airflow_mlserver.server.store import Store
 
 
@@ -71,7 +73,7 @@ def build_job(
     inputs: dict[str, Any],
     workdir: Path | None = None,
 ) -> Job:
-    """What a worker needs to run one execution of ``service`` (see ``runtime.Runtime.run``).
+    """What a worker needs to run one execution of ``service`` (see ``runtimes.worker.Worker.run``).
 
     Without ``inputs`` and ``workdir`` (``{}`` and None) it is the service part of a batch's groups.
     """
@@ -87,7 +89,7 @@ def build_job(
         output_names=[p["name"] for p in service.get("outputParameterDefinitions", [])],
         output_files=service.get("outputFileNames", []),
         workdir="" if workdir is None else str(workdir),
-        runtime_type=service.get("runtimeType", "Python"),
+        runtime_type=runtimes.stored(service).name,
     )
 
 

@@ -28,7 +28,7 @@ import shutil
 
 from airflow_mlserver.client.quoting import shortened
 from airflow_mlserver.server.jobs import build_job
-from airflow_mlserver.server.runtime import Group, GroupRecord, Job
+from airflow_mlserver.server.runtimes.protocol import Group, GroupRecord, Job
 from airflow_mlserver.server.store import CANCELED, COMPLETE, FAILED, FINISHED, RUNNING, Store
 from airflow_mlserver.server.workers import GroupRun, WorkerPool
 

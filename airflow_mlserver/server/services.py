@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import keyword
-import re
 import time
 import uuid
 from typing import Any
@@ -13,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from airflow_mlserver.client.parameters import PARAMETER_TYPES
 from airflow_mlserver.client.quoting import quoted
+from airflow_mlserver.server import runtimes
 from airflow_mlserver.server.context import (
     Ctx,
     ServerContext,
@@ -21,8 +20,10 @@ from airflow_mlserver.server.context import (
     optional_text,
     plain_file_name,
     read_json,
+    requested_runtime,
 )
 from airflow_mlserver.server.errors import ApiError, bad_request
+from airflow_mlserver.server.runtimes import Runtime
 from airflow_mlserver.server.sessions import snapshot_of
 from airflow_mlserver.server.swagger import swagger_document
 
@@ -41,37 +42,7 @@ _EDITABLE = (
 )
 
 
-#: The runtimes a service may run in, by their name in any case.
-_RUNTIMES = {"python": "Python", "r": "R"}
-#: An R variable name: letters, digits, '.' and '_', starting with a letter or a dot and a letter.
-_R_NAME = re.compile(r"^(?:[A-Za-z]|\.[A-Za-z])[A-Za-z0-9._]*$")
-_R_RESERVED = frozenset(
-    (
-        *("if", "else", "repeat", "while", "function", "for", "in", "next", "break"),
-        *(
-            "TRUE",
-            "FALSE",
-            "NULL",
-            "Inf",
-            "NaN",
-            "NA",
-            "NA_integer_",
-            "NA_real_",
-            "NA_character_",
-            "NA_complex_",
-        ),
-    )
-)
-
-
-def _valid_name(name: str, runtime: str) -> bool:
-    """Whether ``name`` can be a variable of the service's code (a Python or an R name)."""
-    if runtime == "R":
-        return bool(_R_NAME.match(name)) and name not in _R_RESERVED
-    return name.isidentifier() and not keyword.iskeyword(name)
-
-
-def _check_parameters(field: str, value: Any, runtime: str) -> list[dict[str, str]]:
+def _check_parameters(field: str, value: Any, runtime: Runtime) -> list[dict[str, str]]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -86,8 +57,8 @@ def _check_parameters(field: str, value: Any, runtime: str) -> list[dict[str, st
         ):
             raise bad_request(f"'{field}[{i}]' must be an object with string 'name' and 'type'.")
         name, kind = item["name"], item["type"]
-        if not _valid_name(name, runtime):
-            raise bad_request(f"'{field}[{i}]': {quoted(name)} is not a valid {runtime} variable name.")
+        if not runtime.valid_name(name):
+            raise bad_request(f"'{field}[{i}]': {quoted(name)} is not a valid {runtime.name} variable name.")
         if kind not in PARAMETER_TYPES:
             raise bad_request(
                 f"'{field}[{i}]': unknown type {quoted(kind)} for {quoted(name)}; use one of "
@@ -114,24 +85,22 @@ def _check_file_names(value: Any) -> list[str]:
     return list(value)
 
 
-def _validate(body: dict[str, Any], partial: bool, stored_runtime: str = "Python") -> dict[str, Any]:
+def _validate(
+    body: dict[str, Any], partial: bool, stored_runtime: Runtime = runtimes.DEFAULT
+) -> dict[str, Any]:
     """The fields of a publish (or patch) request, checked; raises a 400 naming the first problem.
 
     ``stored_runtime`` is the runtime of the service a patch changes (when the patch does not set one).
     """
     clean: dict[str, Any] = {}
-    runtime = optional_text(body, "runtimeType")
-    if runtime is not None or not partial:
-        given = runtime or "Python"
-        runtime = _RUNTIMES.get(given.lower())
-        if runtime is None:
-            raise bad_request(f"Unknown runtimeType {quoted(given)}: use 'Python' or 'R'.")
-        clean["runtimeType"] = runtime
-    runtime = runtime or stored_runtime
+    runtime = stored_runtime
+    if body.get("runtimeType") is not None or not partial:
+        runtime = requested_runtime(body)
+        clean["runtimeType"] = runtime.name
     if not partial or body.get("code") is not None:
         code = body.get("code")
         if not isinstance(code, str) or not code.strip():
-            raise bad_request(f"'code' is required: the {runtime} code the service runs.")
+            raise bad_request(f"'code' is required: the {runtime.name} code the service runs.")
         clean["code"] = code
     for key in ("initCode", "description", "operationId", "snapshotId"):
         text = optional_text(body, key)
@@ -142,13 +111,10 @@ def _validate(body: dict[str, Any], partial: bool, stored_runtime: str = "Python
             clean[key] = _check_parameters(key, body.get(key), runtime)
     if not partial or body.get("outputFileNames") is not None:
         clean["outputFileNames"] = _check_file_names(body.get("outputFileNames"))
-    for key, value in clean.items():
-        # R code is parsed by the worker that first runs it (the server process does not load R)
-        if key in ("code", "initCode") and value and runtime == "Python":
-            try:
-                compile(value, f"<{key}>", "exec")
-            except SyntaxError as exc:
-                raise bad_request(f"'{key}' is not valid Python: {exc.msg} (line {exc.lineno}).") from None
+    for key in ("code", "initCode"):
+        problem = runtime.check_code(key, clean[key]) if clean.get(key) else ""
+        if problem:
+            raise bad_request(problem)
     return clean
 
 
@@ -160,7 +126,7 @@ def public(service: dict[str, Any], user: str) -> dict[str, Any]:
         "versionPublishedBy": service["versionPublishedBy"],
         "creationTime": service["creationTime"],
         "snapshotId": service.get("snapshotId"),
-        "runtimeType": service.get("runtimeType", "Python"),
+        "runtimeType": runtimes.stored(service).name,
         "initCode": service.get("initCode"),
         "code": service["code"],
         "description": service.get("description") or "",
@@ -173,7 +139,7 @@ def public(service: dict[str, Any], user: str) -> dict[str, Any]:
     return out
 
 
-def _snapshot_objects(ctx: ServerContext, snapshot_id: str | None, runtime: str) -> Any:
+def _snapshot_objects(ctx: ServerContext, snapshot_id: str | None, runtime: Runtime) -> Any:
     if not snapshot_id:
         return None
     snapshot_of(ctx, snapshot_id, runtime, "service")
@@ -189,7 +155,7 @@ async def _publish(ctx: ServerContext, request: Request, name: str, version: str
         raise ApiError(
             403, f"Web service {quoted(name)} version {quoted(version)} already exists: update it with PATCH."
         )
-    objects = _snapshot_objects(ctx, clean.get("snapshotId"), clean["runtimeType"])
+    objects = _snapshot_objects(ctx, clean.get("snapshotId"), runtimes.get(clean["runtimeType"]))
     service = {
         "name": name,
         "version": version,
@@ -248,9 +214,10 @@ def _owned(ctx: ServerContext, request: Request, name: str, version: str) -> dic
 async def patch_version(ctx: Ctx, request: Request, name: str, version: str) -> Response:
     service = _owned(ctx, request, name, version)
     body = await read_json(request, dict, "a PatchWebServiceRequest object")
-    clean = _validate(body, partial=True, stored_runtime=service.get("runtimeType", "Python"))
+    stored = runtimes.stored(service)
+    clean = _validate(body, partial=True, stored_runtime=stored)
     objects = _snapshot_objects(
-        ctx, clean.get("snapshotId"), clean.get("runtimeType", service.get("runtimeType", "Python"))
+        ctx, clean.get("snapshotId"), runtimes.get(clean.get("runtimeType", stored.name))
     )
     service.update({k: v for k, v in clean.items() if k in _EDITABLE})
     ctx.store.put_service(service, objects)

@@ -9,7 +9,6 @@ as sent: the service's runtime loads each one as the variable it is named after.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from typing import Any
@@ -17,23 +16,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from airflow_mlserver.client.publishing import is_rds
 from airflow_mlserver.client.quoting import quoted
-from airflow_mlserver.server.context import Ctx, ServerContext, current_user, optional_text, parse_json
+from airflow_mlserver.server import runtimes
+from airflow_mlserver.server.context import (
+    Ctx,
+    ServerContext,
+    current_user,
+    optional_text,
+    parse_json,
+    requested_runtime,
+)
 from airflow_mlserver.server.errors import ApiError, bad_request
+from airflow_mlserver.server.runtimes import Runtime
 
 router = APIRouter()
-
-_OBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-#: An R variable name that is also a plain file name: letters, digits, dots and underscores, starting with a
-#: letter or with a dot and a letter (so never ``.`` or ``..``).
-_R_OBJECT_NAME = re.compile(r"^(?:[A-Za-z]|\.[A-Za-z])[A-Za-z0-9._]{0,127}$")
-_RUNTIMES = {"python": "Python", "r": "R"}
-#: For messages, per runtime: what an object's name must be, and how its bytes are serialized.
-_OBJECT_WORDS = {
-    "Python": ("a Python variable name", "dill-serialized"),
-    "R": ("an R variable name (letters, digits, '.' and '_', starting with a letter)", "RDS (saveRDS)"),
-}
 
 
 def _session(ctx: ServerContext, session_id: str) -> dict[str, Any]:
@@ -43,11 +39,7 @@ def _session(ctx: ServerContext, session_id: str) -> dict[str, Any]:
     return session
 
 
-def _a(runtime: str) -> str:
-    return f"an {runtime}" if runtime == "R" else f"a {runtime}"
-
-
-def snapshot_of(ctx: ServerContext, snapshot_id: str, runtime: str, kind: str) -> dict[str, Any]:
+def snapshot_of(ctx: ServerContext, snapshot_id: str, runtime: Runtime, kind: str) -> dict[str, Any]:
     """The snapshot ``snapshot_id``, whose objects a ``runtime`` ``kind`` (session or service) can load: a 400
     when it is missing or holds another runtime's objects (dill files are no R objects, RDS no Python ones)."""
     snapshot = ctx.store.get_snapshot(snapshot_id)
@@ -56,11 +48,12 @@ def snapshot_of(ctx: ServerContext, snapshot_id: str, runtime: str, kind: str) -
             f"Snapshot {quoted(snapshot_id)} not found: take one with POST /sessions/{{id}}/snapshot "
             "(GET /snapshots lists them)."
         )
-    taken_in = snapshot.get("runtimeType", "Python")
-    if taken_in != runtime:
+    taken_in = runtimes.stored(snapshot)
+    if taken_in is not runtime:
         raise bad_request(
-            f"Snapshot {quoted(snapshot_id)} holds {taken_in} objects: {_a(runtime)} {kind} cannot load them; use "
-            f"it with {_a(taken_in)} session or service, or take a snapshot in {_a(runtime)} session."
+            f"Snapshot {quoted(snapshot_id)} holds {taken_in.name} objects: {runtime.with_article} {kind} cannot "
+            f"load them; use it with {taken_in.with_article} session or service, or take a snapshot in "
+            f"{runtime.with_article} session."
         )
     return snapshot
 
@@ -71,10 +64,7 @@ async def create_session(ctx: Ctx, request: Request) -> Response:
     body = parse_json(raw, "a CreateSessionRequest") if raw else {}
     if not isinstance(body, dict):
         raise bad_request("The request body must be a CreateSessionRequest object.")
-    given = optional_text(body, "runtimeType") or "Python"
-    runtime = _RUNTIMES.get(given.lower())
-    if runtime is None:
-        raise bad_request(f"Unknown runtimeType {quoted(given)}: use 'Python' or 'R'.")
+    runtime = requested_runtime(body)
     snapshot_id = optional_text(body, "snapshotId")
     if snapshot_id:
         snapshot_of(ctx, snapshot_id, runtime, "session")
@@ -85,7 +75,7 @@ async def create_session(ctx: Ctx, request: Request) -> Response:
             "id": session_id,
             "name": name,
             "owner": current_user(request),
-            "runtimeType": runtime,
+            "runtimeType": runtime.name,
         }
     )
     if snapshot_id:
@@ -119,35 +109,30 @@ async def list_workspace(ctx: Ctx, session_id: str) -> list[str]:
 
 @router.post("/sessions/{session_id}/workspace/{object_name}")
 async def upload_object(ctx: Ctx, request: Request, session_id: str, object_name: str) -> Response:
-    runtime = _session(ctx, session_id).get("runtimeType", "Python")
-    if not _object_name_rule(runtime).match(object_name):
+    runtime = runtimes.stored(_session(ctx, session_id))
+    if not runtime.object_name.match(object_name):
         raise bad_request(
-            f"Invalid workspace object name {quoted(object_name)}: use {_OBJECT_WORDS[runtime][0]}."
+            f"Invalid workspace object name {quoted(object_name)}: use {runtime.variable_noun}."
         )
     body = await request.body()
     if not body:
         raise bad_request(
-            f"Workspace object {quoted(object_name)} is empty: send its {_OBJECT_WORDS[runtime][1]} bytes."
+            f"Workspace object {quoted(object_name)} is empty: send its {runtime.model_format} bytes."
         )
-    if runtime == "R" and not is_rds(body):
+    problem = runtime.check_model_object(body)
+    if problem:
         raise bad_request(
-            f"Workspace object {quoted(object_name)} of R session {quoted(session_id)} is not RDS (it starts "
-            f"with {body[:8]!r}): send what R's saveRDS writes."
+            f"Workspace object {quoted(object_name)} of {runtime.name} session {quoted(session_id)} {problem}"
         )
     (ctx.store.session_dir(session_id) / object_name).write_bytes(body)
     return Response(status_code=200)
 
 
-def _object_name_rule(runtime: str) -> re.Pattern[str]:
-    """The names a session's objects may have: variable names of its runtime."""
-    return _R_OBJECT_NAME if runtime == "R" else _OBJECT_NAME
-
-
 @router.delete("/sessions/{session_id}/workspace/{object_name}")
 async def delete_object(ctx: Ctx, session_id: str, object_name: str) -> Response:
-    runtime = _session(ctx, session_id).get("runtimeType", "Python")
+    runtime = runtimes.stored(_session(ctx, session_id))
     path = ctx.store.session_dir(session_id) / object_name
-    if not _object_name_rule(runtime).match(object_name) or not path.is_file():
+    if not runtime.object_name.match(object_name) or not path.is_file():
         raise ApiError(
             404, f"Workspace object {quoted(object_name)} not found in session {quoted(session_id)}."
         )
@@ -165,7 +150,7 @@ async def create_snapshot(ctx: Ctx, request: Request, session_id: str) -> Respon
             "name": session.get("name") or "",
             "owner": current_user(request),
             "creationTime": time.strftime("%Y-%m-%d", time.gmtime()),
-            "runtimeType": session.get("runtimeType", "Python"),
+            "runtimeType": runtimes.stored(session).name,
         },
         session_id,
     )

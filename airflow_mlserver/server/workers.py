@@ -3,7 +3,7 @@
 Processes, not threads: scoring is CPU-bound and must use every core. Each worker answers one job, or one
 group of batch records, at a time over a pipe; the server waits for it in a thread so the event loop stays
 free, one thread hop and one answer per group rather than per record. The worker says which record of the
-group it is running in a shared number (``runtime.Flags``), so the timeout holds for each record: a worker
+group it is running in a shared number (``runtimes.protocol.Flags``), so the timeout holds for each record: a worker
 that runs past it, or dies, is killed and replaced, the record it was running fails, and the group's other
 records without a result (those not reached, and those whose results died with the worker) go back to the
 caller, unrun. While a group runs, its thread wakes every :data:`WATCH_SECONDS` to time the running record
@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from airflow_mlserver.server.runtime import (
+from airflow_mlserver.server.runtimes.protocol import (
     Flags,
     Group,
     GroupDone,
@@ -34,8 +34,8 @@ from airflow_mlserver.server.runtime import (
     Outcome,
     RecordDone,
     answer_text,
-    worker_main,
 )
+from airflow_mlserver.server.runtimes.worker import worker_main
 
 _DIED = "the worker process running this execution died"
 #: How often a group's thread looks at the record running and at the stop request.

@@ -7,12 +7,12 @@ text serialization in between, so no precision lost and no parser to escape), an
 are caught in R (``tryCatch``) with R's message and call. A worker that runs past the execution timeout is
 killed and replaced with its R, exactly as for Python.
 
-R is imported when a worker first runs an R service: workers start fast, and Python-only users need neither
-R nor rpy2. Per service revision and worker: a fresh R environment (a child of ``globalenv()``) holding the
-service's model objects (RDS files named after their variable, read with ``readRDS``), where ``initCode``
-runs once. Per record: a new environment (a child of the service's) with the inputs bound as R values,
-``code`` evaluated there in the record's working folder, and each declared output read back by name and
-encoded as JSON (see :func:`encode`, and :func:`bind` for the inputs).
+This module is imported, and R started, when a worker first loads an R service (the loader of the registry's
+R entry): workers start fast, and Python-only users need neither R nor rpy2. Per service revision and worker: a
+fresh R environment (a child of ``globalenv()``) holding the service's model objects (RDS files named after their
+variable, read with ``readRDS``), where ``initCode`` runs once. Per record: a new environment (a child of the
+service's) with the inputs bound as R values, ``code`` evaluated there in the record's working folder, and each
+declared output read back by name and encoded as JSON (see :func:`encode`, and :func:`bind` for the inputs).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from airflow_mlserver.client.parameters import PARAMETER_TYPES
 from airflow_mlserver.client.quoting import quoted
-from airflow_mlserver.server.runtime import InputError, Job, bind_inputs
+from airflow_mlserver.server.runtimes.protocol import InputError, Job, bind_inputs
 
 #: R helpers, defined once per worker in an environment of their own.
 _HELPERS = r"""
@@ -383,7 +383,7 @@ def _strings(names: list[str] | list[tuple[str, str]], ri: Any) -> Any:
 
 
 # -- one service revision in this worker ------------------------------------------------------------------
-class RServiceRuntime:
+class RService:
     """One R service revision loaded in this worker: its environment after ``initCode`` and parsed code.
 
     Raises :class:`RError` when R cannot start, the model objects cannot be read or ``initCode`` fails (R's
