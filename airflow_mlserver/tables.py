@@ -176,6 +176,20 @@ class ResultColumns:
         outputs = {o.name: unique(o.name) for o in service.outputs}
         return cls(outputs, unique("success"), unique("error_message"), unique("attempts"))
 
+    @classmethod
+    def find(cls, columns: Sequence[str], service: WebService) -> ResultColumns:
+        """The result columns of a results table with these ``columns``, found by their names: the inputs are
+        the columns between ``record`` and the first place where the result columns they imply stand."""
+        for end in range(1, len(columns) + 1):
+            names = cls.after(columns[1:end], service)
+            if list(columns[end : end + len(names.outputs) + 2]) == [
+                *names.outputs.values(),
+                names.success,
+                names.error_message,
+            ]:
+                return names
+        raise ValueError(f"not a results table of web service '{service.name}': columns {list(columns)[:20]}")
+
 
 def _output_values(results: Sequence[RecordResult], name: str, column: Column) -> list[Any]:
     values = [r.outputs.get(name) if r.success else None for r in results]

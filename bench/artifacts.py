@@ -98,7 +98,7 @@ def _side_baseline(args: dict[str, Any]) -> dict[str, Any]:
         _s3_connection(args["endpoint"])
         from airflow.sdk import ObjectStoragePath
 
-        from airflow_mlserver.operators.artifact_writes import UPLOAD_BLOCK_SIZE
+        from airflow_mlserver.operators.artifacts.writes import UPLOAD_BLOCK_SIZE
 
         dest = ObjectStoragePath(args["dest"], conn_id=S3_CONN)
         dest.fs  # noqa: B018 - import and build the store (not timed), as for the operator

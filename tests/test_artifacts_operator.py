@@ -33,13 +33,13 @@ from airflow_mlserver.exceptions import (
     UnsafeArtifactNameError,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.artifact_names import (
+from airflow_mlserver.operators.artifacts import MLServerArtifactsToObjectStorageOperator
+from airflow_mlserver.operators.artifacts.names import (
     check_artifact_name,
     may_render_to,
     places_apart,
     select_records,
 )
-from airflow_mlserver.operators.artifacts import MLServerArtifactsToObjectStorageOperator
 from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api
 

@@ -209,13 +209,14 @@ def test_chunks_run_as_separate_executions_and_results_keep_input_order(
         assert api.status("scorer", "v1", execution_id)["state"] == "Complete"
     # the task-state store keeps its times as ISO-8601 text in UTC, each chunk's start among them
     stored = _stored_batch(dagrun)
-    assert stored["executions"] == {str(i): e for i, e in enumerate(summary["execution_ids"])}
+    assert [p["execution_id"] for p in stored["rounds"][0]["parts"]] == summary["execution_ids"]
+    assert [p["records"] for p in stored["rounds"][0]["parts"]] == ["0-6", "7-13", "14-20", "21-27", "28-29"]
     assert stored["deadline"] is None
     started = datetime.fromisoformat(stored["started"])
     assert started.utcoffset() is not None and started.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
     assert abs(started.timestamp() - time.time()) < 600
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", stored["started"])
-    chunk_starts = [datetime.fromisoformat(stored["executions_started"][str(i)]) for i in range(5)]
+    chunk_starts = [datetime.fromisoformat(p["started"]) for p in stored["rounds"][0]["parts"]]
     assert chunk_starts == sorted(chunk_starts) and chunk_starts[0] >= started
     results = pd.read_parquet(out)
     assert results["record"].tolist() == list(range(30))
@@ -422,7 +423,7 @@ def test_an_intent_with_one_new_execution_adopts_it(
         "before it stored its id" in log
     )
     stored = _stored_batch(dagrun)
-    assert stored["intent"] is None and stored["executions"] == {"0": execution_id}
+    assert stored["intent"] is None and stored["rounds"][0]["parts"][0]["execution_id"] == execution_id
 
 
 def test_an_intent_without_a_new_execution_starts_the_chunk(
@@ -644,7 +645,7 @@ def test_rescore_sends_only_the_failed_records_again_and_keeps_their_latest_outc
     assert results["y"].tolist()[:7] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0] and results["y"][9] == 18.0
     assert results["error_message"][7].startswith("ValueError: negative input -7.0")
     stored = _stored_batch(dagrun)
-    assert [r["records"] for r in stored["rescores"]] == [["1,5,7,9"], ["7"]]
+    assert [[p["records"] for p in r["parts"]] for r in stored["rounds"][1:]] == [["1,5,7,9"], ["7"]]
     summary = _summary(dagrun)
     assert (summary["total"], summary["failed"], summary["rescore_rounds"], summary["rescored_records"]) == (
         10,
@@ -679,7 +680,9 @@ def test_max_failed_records_counts_after_the_last_round(
     results = pd.read_parquet(out)  # written all the same, with the latest outcomes
     assert results["attempts"].tolist() == [1, 2, 1, 1, 1, 2, 1, 2, 1, 2]
     assert results["success"].tolist() == [True] * 7 + [False, True, True]
-    assert [r["records"] for r in _stored_batch(dagrun)["rescores"]] == [["1,5,7", "9"]]
+    assert [[p["records"] for p in r["parts"]] for r in _stored_batch(dagrun)["rounds"][1:]] == [
+        ["1,5,7", "9"]
+    ]
     log = capfd.readouterr().out
     assert (
         "MLServerBatchFailedError: 1 of 10 records failed, after 1 round of rescoring (max_failed_records=0); first "
@@ -709,7 +712,7 @@ def test_a_retry_during_a_rescore_round_reattaches_to_its_execution(
     results = pd.read_parquet(out)
     assert (results["attempts"].tolist(), results["success"].all()) == ([1, 2, 1, 2], True)
     assert results["y"].tolist() == [0.0, 2.0, 4.0, 6.0]
-    assert _stored_batch(dagrun)["rescores"][0]["executions"] == {"0": rescore}
+    assert [p["execution_id"] for p in _stored_batch(dagrun)["rounds"][1]["parts"]] == [rescore]
     log = capfd.readouterr().out
     if stopped == "waiting":
         assert f"chunk 1 of 1: {chunk}, rescore round 1, part 1 of 1: {rescore}" in log
@@ -719,36 +722,6 @@ def test_a_retry_during_a_rescore_round_reattaches_to_its_execution(
             in log
         )
     assert "Started batch execution" not in log
-
-
-def test_batch_state_keeps_the_rescore_rounds_and_reads_the_older_form() -> None:
-    from airflow_mlserver.operators.batch_state import BatchState, RescoreRound, StartIntent, numbers, ranges
-
-    state = BatchState("svc", "1", 2, started=1_780_000_000.0, deadline=None, executions={0: "a", 1: "b"},
-                       rescores=[RescoreRound(["3,5,10-12"], {0: "c"}, {0: 1_780_000_100.0})],
-                       intent=StartIntent(1, 1, 2, ["a", "b", "c"], 1_780_000_200.0))  # fmt: skip
-    stored = state.to_stored()
-    assert stored["rescores"] == [
-        {
-            "records": ["3,5,10-12"],
-            "executions": {"0": "c"},
-            "executions_started": {"0": "2026-05-28T20:28:20.000+00:00"},
-        }
-    ]
-    assert stored["intent"] == {"round": 1, "part": 1, "records": 2, "before": ["a", "b", "c"],
-                                "at": "2026-05-28T20:30:00.000+00:00"}  # fmt: skip
-    assert BatchState.from_stored(stored) == state
-    assert state.rescores[0].part_records(0) == [3, 5, 10, 11, 12]
-    assert (state.current_round().number, state.current_round().parts, state.all_execution_ids()) == (
-        1,
-        1,
-        ["a", "b", "c"],
-    )
-    older = {k: v for k, v in stored.items() if k not in ("rescores", "intent", "executions_started")}
-    assert (BatchState.from_stored(older).rescores, BatchState.from_stored(older).intent) == ([], None)
-    for run in ([], [0], [0, 1, 2], [4, 6, 7, 8, 20]):
-        assert numbers(ranges(run)) == run
-    assert ranges(range(5, 9)) == "5-8"
 
 
 def _staged_chunks(log: str) -> list[int]:
@@ -770,7 +743,7 @@ def test_the_next_chunk_starts_when_the_first_running_one_finishes(
     )
     assert dagrun.state == "success"
     stored = _stored_batch(dagrun)
-    starts = [datetime.fromisoformat(stored["executions_started"][str(i)]).timestamp() for i in range(5)]
+    starts = [datetime.fromisoformat(p["started"]).timestamp() for p in stored["rounds"][0]["parts"]]
     assert starts == sorted(starts)
     assert starts[4] - starts[0] < 10  # chunk 1 cannot have finished yet: its one record sleeps 10 s
     assert stored["written"] == "0-4"

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from airflow_mlserver.client.models import BatchStatus
-from airflow_mlserver.operators.batch_state import BatchState
+from airflow_mlserver.executions.progress import ProgressLog, duration, scored_sentence
 from airflow_mlserver.server.process import LocalMLServer
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
-from airflow_mlserver.triggers.progress import ProgressLog, duration, scored_sentence
 from tests.helpers import Api
 
 
@@ -84,7 +83,7 @@ def test_until_first_ends_the_wait_as_soon_as_one_execution_is_complete(
 
 
 def test_the_waiting_rule_for_every_execution_and_for_the_first() -> None:
-    from airflow_mlserver.triggers.waiting import ALL, FIRST, wait_over
+    from airflow_mlserver.executions.waiting import ALL, FIRST, wait_over
 
     running, complete, failed = _status("Running", 5), _status("Complete", 1000), _status("Failed", 5)
     assert [wait_over([running, complete], until) for until in (ALL, FIRST)] == [False, True]
@@ -256,18 +255,3 @@ def test_final_sentence() -> None:
     assert "Scored 4 records with web service 'TxService' version '1.0' in 1m30s (0.044 records/s)" in (
         scored_sentence(slow)
     )
-
-
-def test_batch_state_times_are_stored_as_iso_text_and_old_floats_are_read() -> None:
-    state = BatchState("svc", "1", 2, started=1_780_000_000.25, deadline=1_780_003_600.0,
-                       executions={0: "e0"}, executions_started={0: 1_780_000_001.5})  # fmt: skip
-    stored = state.to_stored()
-    assert stored["started"] == "2026-05-28T20:26:40.250+00:00"
-    assert stored["deadline"] == "2026-05-28T21:26:40.000+00:00"
-    assert stored["executions_started"] == {"0": "2026-05-28T20:26:41.500+00:00"}
-    assert BatchState.from_stored(stored) == state
-    legacy = {"service": "svc", "version": "1", "chunks": 2, "executions": {"0": "e0"},
-              "started": 1_780_000_000.25, "deadline": None}  # fmt: skip
-    old = BatchState.from_stored(legacy)
-    assert (old.started, old.deadline, old.executions) == (1_780_000_000.25, None, {0: "e0"})
-    assert old.chunk_started(0) == old.started  # no per-chunk start stored: the batch's start stands in

@@ -10,12 +10,13 @@ from airflow.sdk import BaseSensorOperator, conf
 
 from airflow_mlserver.client.models import BatchStatus
 from airflow_mlserver.exceptions import MLServerExecutionEndedError
+from airflow_mlserver.executions.events import BatchEvent
+from airflow_mlserver.executions.progress import status_line
+from airflow_mlserver.executions.waiting import Outcome, ended, ended_message, outcome
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.operators.arguments import Check, check_arguments, flag, seconds, segment, text
 from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
-from airflow_mlserver.triggers.progress import status_line
-from airflow_mlserver.triggers.waiting import COMPLETE, TIMEOUT, ended, ended_message, outcome
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -87,7 +88,7 @@ class MLServerBatchSensor(BaseSensorOperator):
                 "complete."
             )
         self.log.info("%s", status_line(status))  # once a poke; a pending execution says so
-        return outcome(status) == COMPLETE
+        return outcome(status) is Outcome.COMPLETE
 
     def poke(self, context: Context) -> bool:
         return self._check(self._status())
@@ -115,15 +116,16 @@ class MLServerBatchSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        if event.get("status") == TIMEOUT:
+        ended_wait = BatchEvent.from_payload(event)
+        if ended_wait.status is Outcome.TIMEOUT:
             from airflow.sdk.exceptions import AirflowSensorTimeout
 
             raise AirflowSensorTimeout(
                 f"Batch execution {self.execution_id} did not complete within the sensor's timeout of "
-                f"{self.timeout:g} s: {event.get('message', '')}"
+                f"{self.timeout:g} s: {ended_wait.message}"
             )
-        if event.get("status") != COMPLETE:
-            raise MLServerExecutionEndedError(f"{event.get('message', event)}. Start a new execution.")
+        if ended_wait.status is not Outcome.COMPLETE:
+            raise MLServerExecutionEndedError(f"{ended_wait.message or event}. Start a new execution.")
         return self._summary(self._status())
 
     @staticmethod

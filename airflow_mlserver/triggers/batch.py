@@ -1,14 +1,14 @@
 """The async poll behind every deferral of this provider: wait for batch executions to finish.
 
 The trigger only observes. It polls the cheap status (``showPartialResults=false``) of each execution it
-watches, logs progress once a minute (:class:`~airflow_mlserver.triggers.progress.ProgressLog`: a pending
+watches, logs progress once a minute (:class:`~airflow_mlserver.executions.progress.ProgressLog`: a pending
 execution says how long it has waited, a mapped task names its map index), and yields exactly one event:
 ``complete`` when every execution is complete (or, with ``until="first"``, as soon as one is: its
 ``complete`` list names those that are), ``failed`` or ``canceled`` as soon as one is, ``timeout`` once
 the deadline (computed once, before deferring, and passed in as a timestamp so that it holds across triggerer
 restarts) has passed, or ``error`` when an execution is unknown to the server. While the server cannot be read
 it keeps polling with backoff and logs the state as unknown, never as failed. What counts as complete, failed
-or past the deadline is :mod:`airflow_mlserver.triggers.waiting`'s rule, the same in workers.
+or past the deadline is :mod:`airflow_mlserver.executions.waiting`'s rule, the same in workers.
 
 Cancelling the executions is not its job, except in :meth:`MLServerBatchTrigger.on_kill`, which Airflow
 calls only when a user kills the task (mark failed, mark success, clear), never on a triggerer restart;
@@ -31,19 +31,19 @@ from airflow_mlserver.exceptions import (
     MLServerError,
     ServiceNotFoundError,
 )
-from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.triggers.progress import PROGRESS_INTERVAL, ProgressLog, duration, map_prefix
-from airflow_mlserver.triggers.waiting import (
+from airflow_mlserver.executions.events import BatchEvent, Counts
+from airflow_mlserver.executions.progress import PROGRESS_INTERVAL, ProgressLog, duration, map_prefix
+from airflow_mlserver.executions.waiting import (
     ALL,
-    COMPLETE,
-    ERROR,
-    TIMEOUT,
+    Outcome,
+    Until,
     deadline_passed,
     ended_message,
     outcome,
     sleep_time,
     wait_over,
 )
+from airflow_mlserver.hooks.mlserver import MLServerHook
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
@@ -83,7 +83,7 @@ class MLServerBatchTrigger(BaseTrigger):
         labels: dict[str, str] | None = None,
         started: dict[str, float] | None = None,
         map_index: int | None = None,
-        until: str = ALL,
+        until: Until | str = ALL,
     ) -> None:
         super().__init__()
         self.mlserver_conn_id = mlserver_conn_id
@@ -97,7 +97,7 @@ class MLServerBatchTrigger(BaseTrigger):
         self.labels = dict(labels or {})
         self.started = dict(started or {})
         self.map_index = map_index
-        self.until = until
+        self.until = Until(until)  # a trigger an earlier release stored passes the text
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -114,7 +114,7 @@ class MLServerBatchTrigger(BaseTrigger):
                 "labels": self.labels,
                 "started": self.started,
                 "map_index": self.map_index,
-                "until": self.until,
+                "until": self.until.value,
             },
         )
 
@@ -122,22 +122,24 @@ class MLServerBatchTrigger(BaseTrigger):
         return MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
 
     def _event(
-        self, status: str, message: str, statuses: dict[str, BatchStatus], **extra: Any
+        self,
+        status: Outcome,
+        message: str,
+        statuses: dict[str, BatchStatus],
+        complete: list[str] | None = None,
+        execution_id: str | None = None,
     ) -> TriggerEvent:
-        return TriggerEvent(
-            {
-                "status": status,
-                "message": message,
-                "service_name": self.service_name,
-                "service_version": self.service_version,
-                "execution_ids": self.execution_ids,
-                "executions": {
-                    eid: {"state": s.state, "total": s.total, "completed": s.completed, "failed": s.failed}
-                    for eid, s in statuses.items()
-                },
-                **extra,
-            }
+        event = BatchEvent(
+            status=status,
+            message=message,
+            service_name=self.service_name,
+            service_version=self.service_version,
+            execution_ids=tuple(self.execution_ids),
+            executions={eid: Counts.of(s) for eid, s in statuses.items()},
+            complete=tuple(complete or ()),
+            execution_id=execution_id,
         )
+        return TriggerEvent(event.to_payload())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self._hook()
@@ -162,7 +164,7 @@ class MLServerBatchTrigger(BaseTrigger):
                     status = await hook.async_get_batch(self.service_name, self.service_version, execution_id)
                     statuses[execution_id] = status
                     ending = outcome(status)
-                    if ending == COMPLETE:
+                    if ending is Outcome.COMPLETE:
                         pending.remove(execution_id)
                     elif ending is not None:
                         yield self._event(
@@ -175,7 +177,7 @@ class MLServerBatchTrigger(BaseTrigger):
                 unknown_since = None
                 backoff = self.poll_interval
             except _PERMANENT as exc:
-                yield self._event(ERROR, str(exc), statuses)
+                yield self._event(Outcome.ERROR, str(exc), statuses)
                 return
             except MLServerError as exc:  # the server cannot be read for now: unknown, not failed
                 unknown_since = unknown_since or time.monotonic()
@@ -189,7 +191,7 @@ class MLServerBatchTrigger(BaseTrigger):
             if len(statuses) == len(self.execution_ids) and wait_over(list(statuses.values()), self.until):
                 complete = [e for e in self.execution_ids if e not in pending]
                 yield self._event(
-                    COMPLETE,
+                    Outcome.COMPLETE,
                     f"{len(complete)} of {len(self.execution_ids)} batch execution(s) of web service "
                     f"'{self.service_name}' version '{self.service_version}' complete",
                     statuses,
@@ -204,7 +206,7 @@ class MLServerBatchTrigger(BaseTrigger):
                     sum(s.total for s in statuses.values()),
                 )
                 yield self._event(
-                    TIMEOUT,
+                    Outcome.TIMEOUT,
                     f"The batch did not finish before its timeout: {done}/{total} records done",
                     statuses,
                 )

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlserver.client.errors import MLServerError
 from airflow_mlserver.client.models import BatchStatus
-from airflow_mlserver.operators.artifact_manifest import ArtifactEntry
-from airflow_mlserver.operators.batch_state import STATE_KEY, BatchState
+from airflow_mlserver.operators.artifacts.manifest import ArtifactEntry
+from airflow_mlserver.operators.batch.state import STATE_KEY, BatchState
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -319,7 +319,7 @@ def build_view(
     view.version = _text(summary.get("service_version")) or (state.version if state else None)
     view.service = view.service or _text(rendered.get("service_name"))
     view.version = view.version or _text(rendered.get("service_version"))
-    ids = state.all_execution_ids() if state else list(records.execution_ids)
+    ids = state.execution_ids() if state else list(records.execution_ids)
     if not ids and isinstance(summary.get("execution_ids"), list):
         ids = [str(i) for i in summary["execution_ids"]]
     if not ids and _text(summary.get("execution_id") or rendered.get("execution_id")):
@@ -333,7 +333,7 @@ def build_view(
     if not ids:
         return view
     if state is not None:
-        view.started, view.chunks_expected = state.started, state.chunks
+        view.started, view.chunks_expected = state.started, len(state.chunks.parts)
     if isinstance(summary.get("duration_seconds"), int | float):
         view.duration = float(summary["duration_seconds"])
     view.output_uri = _text(summary.get("output_uri")) or _text(rendered.get("output_path"))
@@ -367,10 +367,11 @@ def _parts(state: BatchState | None, ids: list[str]) -> list[_Part]:
     if state is None:
         return [_Part(execution_id, 0, n) for n, execution_id in enumerate(ids, start=1)]
     parts = []
-    for rnd in state.rounds():
-        for part in sorted(rnd.executions):
-            records = None if rnd.number == 0 else tuple(state.rescores[rnd.number - 1].part_records(part))
-            parts.append(_Part(rnd.executions[part], rnd.number, part + 1, records))
+    for number, rnd in enumerate(state.rounds):
+        for part, stored in enumerate(rnd.parts):
+            if stored.execution_id is not None:
+                records = None if number == 0 else tuple(stored.numbers())
+                parts.append(_Part(stored.execution_id, number, part + 1, records))
     return parts
 
 

@@ -1,8 +1,8 @@
-"""Numbers and durations on the batch view, worded as in the task logs (:mod:`airflow_mlserver.triggers.progress`)."""
+"""Numbers and durations on the batch view, worded as in the task logs (:mod:`airflow_mlserver.executions.progress`)."""
 
 from __future__ import annotations
 
-from airflow_mlserver.triggers import progress
+from airflow_mlserver.executions import progress
 
 UNKNOWN = "\u2014"
 

@@ -10,7 +10,7 @@ import pandas as pd
 from airflow.sdk import DAG
 
 from airflow_mlserver.operators.batch import MLServerBatchOperator
-from airflow_mlserver.operators.batch_state import BatchState
+from airflow_mlserver.operators.batch.state import BatchState
 from airflow_mlserver.sensors.batch import MLServerBatchSensor
 
 PARAMS = {"service": "scorer", "version": "v1", "records": "", "output": "", "execution_id": "", "before": [],
@@ -142,7 +142,7 @@ class _LostMidway(MLServerBatchOperator):
     chunks complete (one staged), others running."""
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        state = BatchState.load(context)
+        state = BatchState.load(context["task_state_store"])
         if context["ti"].try_number == 1 and state is not None and state.written:
             raise RuntimeError("the worker was lost")
         return super().execute_complete(context, event)

@@ -2,14 +2,14 @@
 
 Each file streams from the HTTP answer to the destination in fixed-size chunks, so memory stays bounded
 (a few MiB per transfer) whatever the file size. A destination is never left half-written, and what it holds
-is always checked against the bytes read (see :mod:`~airflow_mlserver.operators.artifact_writes`). The other
+is always checked against the bytes read (see :mod:`~airflow_mlserver.operators.artifacts.writes`). The other
 concerns live beside this module: the executions and their record numbers in
-:mod:`~airflow_mlserver.operators.artifact_records`, names, paths and selections in
-:mod:`~airflow_mlserver.operators.artifact_names`, the destination in
-:mod:`~airflow_mlserver.operators.artifact_destination`, the manifest in
-:mod:`~airflow_mlserver.operators.artifact_manifest`, the argument checks in
+:mod:`~airflow_mlserver.operators.artifacts.records`, names, paths and selections in
+:mod:`~airflow_mlserver.operators.artifacts.names`, the destination in
+:mod:`~airflow_mlserver.operators.artifacts.destination`, the manifest in
+:mod:`~airflow_mlserver.operators.artifacts.manifest`, the argument checks in
 :mod:`~airflow_mlserver.operators.arguments`, and the wait for the executions in
-:mod:`~airflow_mlserver.triggers.waiting`.
+:mod:`~airflow_mlserver.executions.waiting`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from airflow_mlserver.exceptions import (
     ExecutionWaitTimeoutError,
     OperatorArgumentError,
 )
+from airflow_mlserver.executions.polling import wait_for_executions
+from airflow_mlserver.executions.progress import ProgressLog, chunk_label
+from airflow_mlserver.executions.waiting import deadline_passed
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.operators.arguments import (
     Check,
@@ -42,14 +45,14 @@ from airflow_mlserver.operators.arguments import (
     text,
     whole_number,
 )
-from airflow_mlserver.operators.artifact_destination import (
+from airflow_mlserver.operators.artifacts.destination import (
     Destination,
     credentials_check,
     dest_check,
     destination_path,
     destination_uri,
 )
-from airflow_mlserver.operators.artifact_manifest import (
+from airflow_mlserver.operators.artifacts.manifest import (
     STATUS_COPIED,
     STATUS_FAILED,
     STATUS_REFUSED,
@@ -58,7 +61,7 @@ from airflow_mlserver.operators.artifact_manifest import (
     Manifest,
     read_previous,
 )
-from airflow_mlserver.operators.artifact_names import (
+from airflow_mlserver.operators.artifacts.names import (
     compile_file_filter,
     distinguishes_executions,
     file_names_check,
@@ -68,18 +71,16 @@ from airflow_mlserver.operators.artifact_names import (
     render_relative_path,
     select_records,
 )
-from airflow_mlserver.operators.artifact_plan import Plan
-from airflow_mlserver.operators.artifact_records import (
+from airflow_mlserver.operators.artifacts.plan import Plan
+from airflow_mlserver.operators.artifacts.records import (
     Executions,
     Given,
     execution_ids_check,
     read_executions,
 )
-from airflow_mlserver.operators.artifact_transfers import Listing, Planned, Transfers
-from airflow_mlserver.operators.artifact_writes import DEFAULT_CHUNK_SIZE
+from airflow_mlserver.operators.artifacts.transfers import Listing, Planned, Transfers
+from airflow_mlserver.operators.artifacts.writes import DEFAULT_CHUNK_SIZE
 from airflow_mlserver.operators.links import MLServerBatchLink
-from airflow_mlserver.triggers.progress import ProgressLog, chunk_label
-from airflow_mlserver.triggers.waiting import deadline_passed, wait_for_executions
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -1,8 +1,8 @@
 """Starting the batch operator's executions so that no crash window starts one twice.
 
-Before each start the operator stores a :class:`~airflow_mlserver.operators.batch_state.StartIntent` (which
-chunk, or which part of a rescore round, how many records, the service's execution ids just before); once the
-start answers, its execution id replaces the intent in one write. A worker killed in between (the answer still
+Before each start the operator stores a :class:`~airflow_mlserver.operators.batch.state.StartIntent` (which
+part of which round, how many records, the service's execution ids just before); once the start answers, its
+execution id replaces the intent in one write. A worker killed in between (the answer still
 in flight, or between the two writes) leaves the intent, and the next try reconciles against the server before
 it starts anything: the one new execution that carries that many records is adopted; none means the start never
 reached the server, and the part is started; several fail with
@@ -15,53 +15,69 @@ earlier try's failed execution), so a user who cancels all candidates but one re
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from airflow_mlserver.exceptions import AmbiguousStartError
-from airflow_mlserver.operators.batch_state import BatchState, Round, StartIntent
-from airflow_mlserver.triggers.progress import InfoLog
-from airflow_mlserver.triggers.waiting import ended
+from airflow_mlserver.executions.waiting import ended
+from airflow_mlserver.operators.batch.state import BatchState, StartIntent, StateStore
 
 if TYPE_CHECKING:
     import pandas as pd
-    from airflow.sdk import Context
 
     from airflow_mlserver.client.models import WebService
+    from airflow_mlserver.executions.progress import InfoLog
     from airflow_mlserver.hooks.mlserver import MLServerHook
 
 #: Longest sleep between two looks at the service's executions while an earlier start may still arrive.
 RECONCILE_POLL = 2.0
 
 
+@dataclass(frozen=True)
+class Clock:
+    """The time and the sleep the starts use (a test's model of the server passes its own)."""
+
+    now: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+
 def start_execution(
     hook: MLServerHook,
     service: WebService,
     state: BatchState,
-    round_: Round,
-    context: Context,
+    store: StateStore | None,
+    number: int,
     part: int,
     records: pd.DataFrame,
     parallel_count: int,
+    clock: Clock = Clock(),
 ) -> str:
-    """Start the execution of part ``part`` of ``round_``: the intent stored first, then the id in its place.
+    """Start the execution of part ``part`` of round ``number``: the intent stored first, then the id in its place.
 
     The client checks and encodes ``records`` in one pass and sends only the declared inputs; the task's
     ``extra_columns`` rule was applied to every record before anything was sent.
     """
     before = hook.list_batch_executions(service.name, service.version)
-    state.intent = StartIntent(round_.number, part, records=len(records), before=before, at=time.time())
-    state.save(context)  # from here until the id is stored, a new try reconciles instead of starting
+    state.intent = StartIntent(number, part, records=len(records), before=before, at=clock.now())
+    state.save(store)  # from here until the id is stored, a new try reconciles instead of starting
     execution_id = hook.start_batch(
         service.name, service.version, records, parallel_count, service=service, extra_columns="ignore"
     )
-    round_.executions[part], round_.executions_started[part] = execution_id, state.intent.at
+    stored = state.rounds[number].parts[part]
+    stored.execution_id, stored.started = execution_id, state.intent.at
     state.intent = None
-    state.save(context)
+    state.save(store)
     return execution_id
 
 
 def reconcile(
-    hook: MLServerHook, service: WebService, state: BatchState, intent: StartIntent, label: str
+    hook: MLServerHook,
+    service: WebService,
+    state: BatchState,
+    intent: StartIntent,
+    label: str,
+    clock: Clock = Clock(),
 ) -> str | None:
     """The execution an earlier try's unfinished start created, or None when it created none.
 
@@ -70,7 +86,7 @@ def reconcile(
     try's request could still reach the server (until the connection's timeout after the intent) an empty
     answer is looked at again.
     """
-    known = set(intent.before) | set(state.all_execution_ids())
+    known = set(intent.before) | set(state.execution_ids())
     wait_until = intent.at + hook.settings.timeout
     while True:
         candidates = []
@@ -92,30 +108,37 @@ def reconcile(
                 f"task: it adopts the one left, or starts {label} again if all are canceled.",
                 tuple(candidates),
             )
-        if candidates or time.time() >= wait_until:
+        if candidates or clock.now() >= wait_until:
             return candidates[0] if candidates else None
-        time.sleep(min(RECONCILE_POLL, max(0.0, wait_until - time.time())))
+        clock.sleep(min(RECONCILE_POLL, max(0.0, wait_until - clock.now())))
 
 
 def settle_intent(
     hook: MLServerHook,
     service: WebService,
     state: BatchState,
-    context: Context,
+    store: StateStore | None,
     label: str,
     prefix: str,
     log: InfoLog,
+    clock: Clock = Clock(),
 ) -> None:
     """An earlier try stopped while starting ``label``: adopt the execution it created, if it created one.
 
     ``prefix`` starts each log line (a mapped task's map index); the settled state is stored.
     """
     intent = state.intent
-    round_ = state.round(intent.round) if intent is not None and intent.round <= len(state.rescores) else None
-    if intent is not None and round_ is not None and intent.part not in round_.executions:
-        adopted = reconcile(hook, service, state, intent, label)
+    part = None
+    if (
+        intent is not None
+        and intent.round < len(state.rounds)
+        and intent.part < len(state.rounds[intent.round].parts)
+    ):
+        part = state.rounds[intent.round].parts[intent.part]
+    if intent is not None and part is not None and part.execution_id is None:
+        adopted = reconcile(hook, service, state, intent, label, clock)
         if adopted is not None:
-            round_.executions[intent.part], round_.executions_started[intent.part] = adopted, intent.at
+            part.execution_id, part.started = adopted, intent.at
             log.info(
                 "%sAdopted batch execution %s for %s: an earlier try started it and was stopped before it stored "
                 "its id",
@@ -131,4 +154,4 @@ def settle_intent(
                 label,
             )
     state.intent = None
-    state.save(context)
+    state.save(store)

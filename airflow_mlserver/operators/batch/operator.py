@@ -6,13 +6,13 @@ How a run goes:
    input record is checked against its declared inputs before anything is sent.
 2. The records are cut into chunks of ``chunk_size``; each chunk is one batch execution. At most
    ``max_active_executions`` run at once; each start is stored as an intent before it is sent and its id right
-   after it answers, before any waiting (:mod:`~airflow_mlserver.operators.batch_starts`).
+   after it answers, before any waiting (:mod:`~airflow_mlserver.operators.batch.starts`).
 3. While executions run the task defers to :class:`~airflow_mlserver.triggers.batch.MLServerBatchTrigger`
    (or polls in the worker when ``deferrable=False``) until the FIRST of them finishes, so the pipeline never
    drains: it then starts the next chunk(s) at once, stages the result rows of each newly complete chunk as a
-   part file next to the output (:mod:`~airflow_mlserver.operators.batch_parts`) while the others run, and
+   part file next to the output (:mod:`~airflow_mlserver.operators.batch.parts`) while the others run, and
    waits again, until every chunk is complete; then up to ``rescore_failed_records`` rounds send the failed
-   records again (:mod:`~airflow_mlserver.operators.batch_rounds`).
+   records again (:mod:`~airflow_mlserver.operators.batch.rounds`).
 4. A final pass reads the parts in chunk order, puts each rescored record's latest outcome in place (rescore
    rounds come after every chunk is complete, so their few results are read then), and writes ``output_path``
    in input order; the task fails when more than ``max_failed_records`` records failed, and returns a small
@@ -22,9 +22,9 @@ How a run goes:
 Nothing is kept on the operator across a deferral: the executions, the staged chunks (``written``) and the rounds
 live in the task-state store, the rows in the part files. Memory is bounded by a chunk or two, whatever the size.
 
-The log lines are :mod:`~airflow_mlserver.triggers.progress`'s; a mapped task's lines name its map index.
+The log lines are :mod:`~airflow_mlserver.executions.progress`'s; a mapped task's lines name its map index.
 
-Crash safety (:mod:`~airflow_mlserver.operators.batch_state`): the task-state store survives retries and
+Crash safety (:mod:`~airflow_mlserver.operators.batch.state`): the task-state store survives retries and
 worker crashes (XCom does not). Its key is the task instance's own ``(dag, run, task, map index)`` scope, never
 the try number, so a retry finds the executions of the earlier try and reattaches to every running or complete
 one; only a failed or canceled execution is started again. An execution that finished while nobody watched is
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -44,13 +44,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.sdk import BaseOperator, conf
 
-from airflow_mlserver.client.models import BatchStatus, WebService
 from airflow_mlserver.client.records import ExtraColumns, check_records
 from airflow_mlserver.exceptions import (
     MLServerBatchFailedError,
     MLServerBatchTimeoutError,
     MLServerConfigError,
 )
+from airflow_mlserver.executions.events import BatchEvent
+from airflow_mlserver.executions.polling import wait_for_executions
+from airflow_mlserver.executions.progress import ProgressLog, counted, duration, map_prefix, scored_sentence
+from airflow_mlserver.executions.waiting import Outcome, ended, ended_message
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.operators.arguments import (
     Check,
@@ -67,41 +70,20 @@ from airflow_mlserver.operators.arguments import (
     uri,
     whole_number,
 )
-from airflow_mlserver.operators.batch_parts import StagedParts
-from airflow_mlserver.operators.batch_results import batch_summary, check_failures, write_results
-from airflow_mlserver.operators.batch_rounds import (
-    check_deadline,
-    labels,
-    latest_outcomes,
-    plan_next_round,
-    wave_frames,
-)
-from airflow_mlserver.operators.batch_starts import settle_intent, start_execution
-from airflow_mlserver.operators.batch_state import BatchState
+from airflow_mlserver.operators.batch import planner
+from airflow_mlserver.operators.batch.driver import BatchRun, Waiting
+from airflow_mlserver.operators.batch.parts import StagedParts
+from airflow_mlserver.operators.batch.results import check_failures, latest_outcomes, write_results
+from airflow_mlserver.operators.batch.state import BatchState, Round
+from airflow_mlserver.operators.batch.summary import BatchSummary
 from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.tables import ResultsWriter, is_path_like, iter_frames, storage_path
 from airflow_mlserver.triggers.batch import MLServerBatchTrigger
-from airflow_mlserver.triggers.progress import (
-    ProgressLog,
-    counted,
-    duration,
-    map_prefix,
-    scored_sentence,
-)
-from airflow_mlserver.triggers.waiting import (
-    CANCELED,
-    COMPLETE,
-    FAILED,
-    FIRST,
-    TIMEOUT,
-    ended,
-    ended_message,
-    outcome,
-    wait_for_executions,
-)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_mlserver.client.models import WebService
 
 EXECUTIONS_XCOM_KEY = "execution_ids"
 CONNECTION_ID = "an Airflow connection id"
@@ -260,186 +242,161 @@ class MLServerBatchOperator(BaseOperator):
         index = getattr(context.get("ti"), "map_index", None)
         return index if isinstance(index, int) else None
 
+    def _run(self, context: Context, service: WebService, state: BatchState) -> BatchRun:
+        """The driver of this task instance's batch (see :mod:`~airflow_mlserver.operators.batch.driver`)."""
+        return BatchRun(
+            hook=self.hook,
+            service=service,
+            state=state,
+            store=context.get("task_state_store"),
+            config=planner.Config(
+                max_active=self.max_active_executions,
+                rescore_rounds=self.rescore_failed_records,
+                part_size=self.chunk_size,
+                stage=bool(self.output_path),
+            ),
+            frames=lambda: self._frames(self._chunk_size()),
+            parts=self._parts(service),
+            parallel_count=self.parallel_count,
+            log=self.log,
+            timeout=self.batch_timeout,
+            prefix=map_prefix(self._map_index(context)),
+            mapped=bool(map_prefix(self._map_index(context))),
+        )
+
     # -- the run ---------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         self._check_arguments(rendered=True)
-        hook = self.hook
-        state = BatchState.load(context)
+        state = BatchState.load(context.get("task_state_store"))
         if state is not None and state.service != self.service_name:
             state = None
-        version = state.version if state is not None else self.service_version
-        service = hook.get_service(self.service_name, version)
+        service = self.hook.get_service(self.service_name, state.version if state else self.service_version)
         if self.service_version is None and state is None:
             self.log.info("Latest version of web service '%s' is '%s'", service.name, service.version)
-        chunks = self._validate(service)
+        sizes = self._validate(service)
         if state is None:
+            now = time.time()
             state = BatchState(
                 service=service.name,
                 version=service.version,
-                chunks=chunks,
-                started=time.time(),
-                deadline=time.time() + self.batch_timeout if self.batch_timeout else None,
+                started=now,
+                deadline=now + self.batch_timeout if self.batch_timeout else None,
+                rounds=[Round.of(_chunk_records(sizes))],
             )
-        elif state.executions:
-            prefix = map_prefix(self._map_index(context))
-            found = ", ".join(
-                f"{labels(r, bool(prefix))[i]}: {e}"
-                for r in state.rounds()
-                for i, e in sorted(r.executions.items())
-            )
-            ago = duration(time.time() - state.started)
-            self.log.info("%sFound the executions of an earlier try (started %s ago): %s", prefix, ago, found)
-        return self._advance(context, service, state)
+        elif state.number_chunks(sizes):  # an earlier release's form: store it as this release's
+            state.save(context.get("task_state_store"))
+        run = self._run(context, service, state)
+        self._log_earlier_try(run)
+        run.settle()
+        return self._advance(context, run)
 
-    def _validate(self, service: WebService) -> int:
-        """Check every record against the service's inputs (chunk by chunk); answer the number of chunks."""
-        count = 0
+    def _log_earlier_try(self, run: BatchRun) -> None:
+        """Name the executions an earlier try started, if any."""
+        found = ", ".join(
+            f"{run.label(n, p)}: {e}"
+            for n, r in enumerate(run.state.rounds)
+            for p, e in sorted(r.executions.items())
+        )
+        if found:
+            ago = duration(time.time() - run.state.started)
+            self.log.info(
+                "%sFound the executions of an earlier try (started %s ago): %s", run.prefix, ago, found
+            )
+
+    def _validate(self, service: WebService) -> list[int]:
+        """Check every record against the service's inputs (chunk by chunk); answer each chunk's size."""
+        sizes = []
         for frame in self._frames(self._chunk_size()):
             check_records(frame, service, self.extra_columns)
-            count += 1
-        if count == 0:
+            sizes.append(len(frame))
+        if not sizes:
             raise MLServerConfigError("The records are empty: a batch needs at least one record.")
-        return count
+        return sizes
 
-    def _advance(self, context: Context, service: WebService, state: BatchState) -> Any:
-        """Reattach, start what is missing, and wait (defer or poll) until every part of every round is complete."""
-        hook = self.hook
-        prefix = map_prefix(self._map_index(context))
-        if state.intent is not None and state.intent.round <= len(state.rescores):
-            label = labels(state.round(state.intent.round), bool(prefix))[state.intent.part]
-            settle_intent(self.hook, service, state, context, label, prefix, self.log)
+    def _advance(self, context: Context, run: BatchRun) -> Any:
+        """Drive the batch until every round is complete: defer (or wait in the worker) whenever the planner
+        says to wait, then write the results."""
         while True:
-            round_ = state.current_round()
-            executions, label_of = round_.executions, labels(round_, bool(prefix))
-            statuses: dict[int, BatchStatus] = {}
-            for index, execution_id in list(executions.items()):
-                status = hook.get_batch(service.name, service.version, execution_id)
-                if ended(status):
-                    self.log.warning(
-                        "%sExecution %s of %s ended %s: starting it again",
-                        prefix,
-                        execution_id,
-                        label_of[index],
-                        status.state,
-                    )
-                    del executions[index]
-                else:
-                    statuses[index] = status
-            check_deadline(hook, service, state, round_, statuses, self.batch_timeout)
-            running = [i for i, s in statuses.items() if outcome(s) != COMPLETE]
-            missing = [i for i in range(round_.parts) if i not in executions]
-            to_start = missing[: max(0, self.max_active_executions - len(running))]
-            parts = self._parts(service)
-            to_write = parts.unstaged(state, round_, statuses)
-            staged = []  # complete chunks' records, staged once the next chunks are started (then look again)
-            frames = self._frames(self._chunk_size()) if to_start or to_write else iter(())
-            for index, offset, frame in wave_frames(frames, state, round_, to_start, to_write):
-                if index in to_write:
-                    staged.append((index, offset, frame))
-                    continue
-                execution_id = start_execution(
-                    hook, service, state, round_, context, index, frame, self.parallel_count
-                )  # its id stored before any waiting: a crash from here on reattaches
-                self.log.info(
-                    "%sStarted batch execution %s for %s (%s)",
-                    prefix,
-                    execution_id,
-                    label_of[index],
-                    counted(len(frame), "record"),
-                )
-                running.append(index)
-            context["ti"].xcom_push(key=EXECUTIONS_XCOM_KEY, value=state.execution_ids())
-            parts.stage(hook, state, context, staged, label_of, self.log, prefix)
-            if staged and running:
-                continue
-            if not running:
-                rescoring = plan_next_round(
-                    hook, service, state, statuses, self.rescore_failed_records, self.chunk_size
-                )
-                if not rescoring:
-                    return self._finish(service, state, prefix)
-                state.save(context)  # the round's records before any of its starts
-                self.log.info(
-                    "%sRescoring %s that failed (round %d of %d, %s)",
-                    prefix,
-                    counted(rescoring, "record"),
-                    len(state.rescores),
-                    self.rescore_failed_records,
-                    counted(state.current_round().parts, "execution"),
-                )
-                continue
-            watched = [executions[i] for i in running]
-            names = {executions[i]: label_of[i] for i in running}
-            started = {executions[i]: round_.executions_started.get(i, state.started) for i in running}
+            waiting = run.step()
+            context["ti"].xcom_push(key=EXECUTIONS_XCOM_KEY, value=run.state.chunk_execution_ids())
+            if waiting is None:
+                return self._finish(run)
             if self.deferrable:
-                self.defer(
-                    trigger=MLServerBatchTrigger(
-                        mlserver_conn_id=self.mlserver_conn_id,
-                        service_name=service.name,
-                        service_version=service.version,
-                        execution_ids=watched,
-                        poll_interval=self.poll_interval,
-                        deadline=state.deadline,
-                        cancel_on_kill=self.cancel_on_kill,
-                        labels=names,
-                        started=started,
-                        map_index=self._map_index(context),
-                        until=FIRST,
-                    ),
-                    method_name="execute_complete",
+                self._defer(context, run, waiting)
+            self._wait_in_worker(run, waiting)
+
+    def _defer(self, context: Context, run: BatchRun, waiting: Waiting) -> None:
+        """Free the worker slot until the first of ``waiting`` finishes (raises ``TaskDeferred``)."""
+        self.defer(
+            trigger=MLServerBatchTrigger(
+                mlserver_conn_id=self.mlserver_conn_id,
+                service_name=run.service.name,
+                service_version=run.service.version,
+                execution_ids=waiting.execution_ids,
+                poll_interval=self.poll_interval,
+                deadline=run.state.deadline,
+                cancel_on_kill=self.cancel_on_kill,
+                labels=waiting.labels,
+                started=waiting.started,
+                map_index=self._map_index(context),
+                until=waiting.until,
+            ),
+            method_name="execute_complete",
+        )
+
+    def _wait_in_worker(self, run: BatchRun, waiting: Waiting) -> None:
+        """Wait in this thread by the trigger's rule (until the first finished); fail as its event would."""
+        service = run.service
+        polled = wait_for_executions(
+            self.hook,
+            service.name,
+            service.version,
+            waiting.execution_ids,
+            self.poll_interval,
+            run.state.deadline,
+            ProgressLog(self.log, waiting.labels, waiting.started, run.prefix),
+            until=waiting.until,
+        )
+        for status in polled:
+            if ended(status):  # as the trigger's failed or canceled event
+                raise MLServerBatchFailedError(
+                    f"{ended_message(status.execution_id, service.name, service.version, status)}. Look at "
+                    "the execution on the server; a retry of this task starts the failed chunk again."
                 )
-            # not deferrable: wait in the worker, by the trigger's rule (until the first finished)
-            polled = wait_for_executions(
-                hook,
-                service.name,
-                service.version,
-                watched,
-                self.poll_interval,
-                state.deadline,
-                ProgressLog(self.log, names, started, prefix),
-                until=FIRST,
-            )
-            for status in polled:
-                if ended(status):  # as the trigger's failed or canceled event
-                    raise MLServerBatchFailedError(
-                        f"{ended_message(status.execution_id, service.name, service.version, status)}. Look at "
-                        "the execution on the server; a retry of this task starts the failed chunk again."
-                    )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after the trigger: fail on anything but ``complete``, else go on with the next chunks."""
-        status = event.get("status")
-        message = event.get("message", "")
-        if status == TIMEOUT:
+        ended_wait = BatchEvent.from_payload(event)
+        message = ended_wait.message
+        if ended_wait.status is Outcome.TIMEOUT:
             hook = self.hook
-            for execution_id in event.get("execution_ids", []):
-                hook.cancel_batch(event["service_name"], event["service_version"], execution_id)
+            for execution_id in ended_wait.execution_ids:
+                hook.cancel_batch(ended_wait.service_name, ended_wait.service_version, execution_id)
             raise MLServerBatchTimeoutError(
-                f"{message}; canceled {', '.join(event.get('execution_ids', []))}. Raise timeout, parallel_count or "
+                f"{message}; canceled {', '.join(ended_wait.execution_ids)}. Raise timeout, parallel_count or "
                 "max_active_executions, or score fewer records per run."
             )
-        if status in (FAILED, CANCELED):
+        if ended_wait.status in (Outcome.FAILED, Outcome.CANCELED):
             raise MLServerBatchFailedError(
                 f"{message}. Look at the execution on the server; a retry of this task starts the failed chunk again."
             )
-        if status != COMPLETE:
+        if ended_wait.status is not Outcome.COMPLETE:
             raise MLServerBatchFailedError(f"Waiting for the batch failed: {message or event!r}")
-        state = BatchState.load(context)
+        state = BatchState.load(context.get("task_state_store"))
         if state is None:
             raise MLServerBatchFailedError(
                 "The task-state store holds no batch for this task: it was cleared while the task was deferred. "
                 "Clear the task to score again."
             )
         service = self.hook.get_service(state.service, state.version)
-        return self._advance(context, service, state)
+        if state.number_chunks(self._validate(service)):  # deferred by an earlier release
+            state.save(context.get("task_state_store"))
+        return self._advance(context, self._run(context, service, state))
 
-    def _finish(self, service: WebService, state: BatchState, prefix: str) -> dict[str, Any]:
-        """Read every chunk's results in input order, write them, check failures, answer the summary.
-
-        ``prefix`` starts the last log line (a mapped task's map index).
-        """
-        parts = self._parts(service)
+    def _finish(self, run: BatchRun) -> dict[str, Any]:
+        """Read every chunk's results in input order, write them, check failures, answer the summary."""
+        service, state = run.service, run.state
         writer = None
         if self.output_path:
             path = storage_path(self.output_path, self.output_conn_id)
@@ -451,26 +408,27 @@ class MLServerBatchOperator(BaseOperator):
             state,
             lambda: self._frames(self._chunk_size()),
             writer,
-            parts,
+            run.parts,
             keep_rows=self.return_results,
             rescored=rescored,
             attempts=attempts if self.rescore_failed_records else None,
         )
-        parts.remove(state)  # the output is in place: the staged parts are not needed any more
+        run.parts.remove(state)  # the output is in place: the staged parts are not needed any more
         output_uri = str(writer.path) if writer is not None else None
-        summary = batch_summary(service, state, scored, rescored, output_uri)
+        summary = BatchSummary.of(state, scored.total, scored.failed, len(rescored), output_uri, time.time())
         if rescored:
             recovered = f"{sum(r.success for r in rescored.values()):,} succeeded on a later attempt"
-            rounds_run = counted(len(state.rescores), "round")
+            rounds_run = counted(state.rescore_rounds, "round")
             self.log.info(
-                "%sRescored %s in %s: %s", prefix, counted(len(rescored), "record"), rounds_run, recovered
+                "%sRescored %s in %s: %s", run.prefix, counted(len(rescored), "record"), rounds_run, recovered
             )
         check_failures(scored, state, self.max_failed_records, output_uri)
         self._lineage_service = (service.name, service.version)  # for the OpenLineage method, same process
-        self.log.info("%s", scored_sentence(summary, prefix))
+        value = summary.to_xcom()
+        self.log.info("%s", scored_sentence(value, run.prefix))
         if self.return_results:
-            summary["results"] = scored.rows
-        return summary
+            value["results"] = scored.rows
+        return value
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the records as input data set, the results as output, the service as a job facet.
@@ -504,14 +462,22 @@ class MLServerBatchOperator(BaseOperator):
             context = get_current_context()
         except Exception:  # pragma: no cover - no context outside a task
             return
-        state = BatchState.load(context)
+        state = BatchState.load(context.get("task_state_store"))
         if state is None:
             return
-        for execution_id in state.all_execution_ids():
+        for execution_id in state.execution_ids():
             try:
                 self.hook.cancel_batch(state.service, state.version, execution_id)
             except Exception as exc:
                 self.log.warning("Could not cancel batch execution %s: %s", execution_id, exc)
+
+
+def _chunk_records(sizes: Sequence[int]) -> Iterator[range]:
+    """The record numbers of each chunk, from the chunks' sizes."""
+    first = 0
+    for size in sizes:
+        yield range(first, first + size)
+        first += size
 
 
 __all__ = ["MLServerBatchOperator"]

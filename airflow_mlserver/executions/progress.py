@@ -12,8 +12,7 @@ both operators) and for the batch operator's start and final lines:
   records (``map index 3: ... chunk 1 of 2 of this task's records``);
 * all of it once a minute (:data:`PROGRESS_INTERVAL`), never on every poll.
 
-It lives in ``triggers/`` beside :mod:`~airflow_mlserver.triggers.waiting` so that operators and sensors can
-import it too.
+It lives in :mod:`airflow_mlserver.executions`, which the operators, the sensor and the trigger all import.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow_mlserver.triggers.waiting import pending
+from airflow_mlserver.executions.waiting import pending
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
@@ -98,7 +97,7 @@ def status_line(status: BatchStatus) -> str:
 class ProgressLog:
     """The progress lines of one wait on executions, logged at most once a minute.
 
-    Call it with each round of statuses (it fits :func:`~airflow_mlserver.triggers.waiting.wait_for_executions`'s
+    Call it with each round of statuses (it fits :func:`~airflow_mlserver.executions.waiting.wait_for_executions`'s
     ``on_poll``); most rounds log nothing. A due round logs one line per pending execution and one line for
     the records of the rest; an execution that was logged as pending logs once when it starts running.
 

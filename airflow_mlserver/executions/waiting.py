@@ -9,27 +9,53 @@ deadline is an absolute Unix timestamp (so that it holds across retries and trig
 passed the wait ends, and no sleep runs past it.
 
 The trigger applies the rule in its own async loop, which never blocks; a worker that waits (the batch
-operator with ``deferrable=False``, the artifacts operator) calls :func:`wait_for_executions`; the sensor
-checks once per poke.
+operator with ``deferrable=False``, the artifacts operator) calls
+:func:`~airflow_mlserver.executions.polling.wait_for_executions`; the sensor checks once per poke.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
-    from airflow_mlserver.hooks.mlserver import MLServerHook
-
-# Outcomes of a wait (the trigger's event carries one as its "status").
-COMPLETE, FAILED, CANCELED, TIMEOUT, ERROR = "complete", "failed", "canceled", "timeout", "error"
-# How long a wait lasts: until every execution has finished, or until the first one has.
-ALL, FIRST = "all", "first"
 
 
-def outcome(status: BatchStatus) -> str | None:
+class Outcome(StrEnum):
+    """How a wait ended: the trigger's event carries one as its ``status`` (its value, at the boundary)."""
+
+    COMPLETE = "complete"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+class Until(StrEnum):
+    """How long a wait lasts: until every execution has finished, or until the first one has."""
+
+    ALL = "all"
+    FIRST = "first"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Until:
+        raise ValueError(f"until must be {cls.ALL.value!r} or {cls.FIRST.value!r}, not {value!r}")
+
+
+COMPLETE, FAILED, CANCELED, TIMEOUT, ERROR = (
+    Outcome.COMPLETE,
+    Outcome.FAILED,
+    Outcome.CANCELED,
+    Outcome.TIMEOUT,
+    Outcome.ERROR,
+)
+ALL, FIRST = Until.ALL, Until.FIRST
+
+
+def outcome(status: BatchStatus) -> Outcome | None:
     """``COMPLETE``, ``FAILED`` or ``CANCELED`` once the execution has finished; None while it runs."""
     if status.is_complete:
         return COMPLETE
@@ -59,47 +85,21 @@ def ended_message(execution_id: str, service_name: str, service_version: str, st
     )
 
 
-def wait_over(statuses: Sequence[BatchStatus], until: str) -> bool:
+def wait_over(statuses: Sequence[BatchStatus], until: Until | str) -> bool:
     """Whether a wait on these executions ends: at once when one failed or was canceled, else when every one
     (``until`` :data:`ALL`) or any one (:data:`FIRST`) has finished."""
-    if until not in (ALL, FIRST):
-        raise ValueError(f"until must be {ALL!r} or {FIRST!r}, not {until!r}")
+    until = Until(until)
     if any(ended(s) for s in statuses):
         return True
     finished = [s.is_finished for s in statuses]
     return all(finished) if until == ALL else any(finished)
 
 
-def deadline_passed(deadline: float | None) -> bool:
-    """Whether the deadline (a Unix timestamp; None for none) has passed."""
-    return deadline is not None and time.time() >= deadline
+def deadline_passed(deadline: float | None, now: float | None = None) -> bool:
+    """Whether the deadline (a Unix timestamp; None for none) has passed at ``now`` (default: the clock's now)."""
+    return deadline is not None and (time.time() if now is None else now) >= deadline
 
 
 def sleep_time(interval: float, deadline: float | None) -> float:
     """Seconds to sleep before the next poll: ``interval``, but never past the deadline."""
     return interval if deadline is None else max(0.0, min(interval, deadline - time.time()))
-
-
-def wait_for_executions(
-    hook: MLServerHook,
-    service_name: str,
-    service_version: str,
-    execution_ids: Sequence[str],
-    poll_interval: float,
-    deadline: float | None,
-    on_poll: Callable[[list[BatchStatus]], None],
-    until: str = ALL,
-) -> list[BatchStatus]:
-    """Poll in this thread until :func:`wait_over` (every execution finished, or the first with ``until``
-    :data:`FIRST`; one failed or was canceled) or the deadline passed.
-
-    Answers the last statuses, in the order of ``execution_ids``; what to raise is the caller's. ``on_poll``
-    sees the statuses of each round that goes on waiting: a
-    :class:`~airflow_mlserver.triggers.progress.ProgressLog` there logs progress once a minute.
-    """
-    while True:
-        statuses = [hook.get_batch(service_name, service_version, e) for e in execution_ids]
-        if wait_over(statuses, until) or deadline_passed(deadline):
-            return statuses
-        on_poll(statuses)
-        time.sleep(sleep_time(poll_interval, deadline))

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlserver.operators.artifact_writes import WriteMode, write_bytes
+from airflow_mlserver.operators.artifacts.writes import WriteMode, write_bytes
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from airflow_mlserver.operators.artifact_records import Executions
+    from airflow_mlserver.operators.artifacts.records import Executions
 
 STATUS_COPIED = "copied"
 STATUS_SKIPPED = "skipped"

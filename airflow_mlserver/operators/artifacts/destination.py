@@ -14,8 +14,8 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_mlserver.exceptions import OperatorArgumentError
 from airflow_mlserver.operators.arguments import uri
-from airflow_mlserver.operators.artifact_names import static_prefix
-from airflow_mlserver.operators.artifact_writes import LOCAL_PROTOCOLS, WriteMode, write_mode
+from airflow_mlserver.operators.artifacts.names import static_prefix
+from airflow_mlserver.operators.artifacts.writes import LOCAL_PROTOCOLS, WriteMode, write_mode
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem

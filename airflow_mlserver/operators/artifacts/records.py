@@ -10,129 +10,19 @@ last rescore execution that carried it. Only the batch operator's summary (its r
 
 from __future__ import annotations
 
-import ast
 import bisect
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlserver.client.protocol import valid_segment
-from airflow_mlserver.client.quoting import quoted
-from airflow_mlserver.exceptions import OperatorArgumentError
-from airflow_mlserver.operators.batch_state import numbers, ranges
+from airflow_mlserver.operators.batch.state import ranges
+from airflow_mlserver.operators.batch.summary import Given, Rescore, execution_ids_check, read_executions
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
 
-#: How ``execution_ids`` may be given, for the messages that refuse one.
-_FORMS = (
-    "give the batch task's summary (score.output) or its execution_ids XCom (score.output['execution_ids']), a "
-    "list per map index for a mapped task, or a list of execution ids"
-)
-
-
-@dataclass(frozen=True)
-class Rescore:
-    """An execution of a rescore round: the records it scored again.
-
-    :param first_chunk: The first chunk execution of its batch task (map index), where its numbers start.
-    :param records: Its records' numbers in that batch task: its record ``i`` is ``records[i]``.
-    """
-
-    execution_id: str
-    round: int
-    first_chunk: str
-    records: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Given:
-    """The executions ``execution_ids`` names: the chunks' in record order, and the rescore rounds'."""
-
-    chunks: list[str]
-    rescores: list[Rescore] = field(default_factory=list)
-
-    @property
-    def ids(self) -> list[str]:
-        """Every execution: the chunks', then the rescores'."""
-        return self.chunks + [r.execution_id for r in self.rescores]
-
-
-def read_executions(value: Any, argument: str = "execution_ids") -> Given:
-    """The executions ``value`` names, in order, flattened one level.
-
-    ``value`` is a batch operator's summary (its ``execution_ids`` are the chunks; its ``executions`` of a round
-    above 0, the rescores) or a list of them (a mapped task, one per map index); a list of ids, or a list of
-    such lists (a mapped task's ``execution_ids`` XCom); or the text of such a list (what a Jinja template
-    renders from one). Refused (:class:`~airflow_mlserver.exceptions.OperatorArgumentError`): anything else, no
-    id at all, an id that is not one path segment, an id given twice (its records would be numbered twice).
-    """
-    given = value
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = ast.literal_eval(text) if text[:1] in ("[", "(") else [text] if text else []
-        except (ValueError, SyntaxError):
-            raise OperatorArgumentError(argument, given, f"{_FORMS} (the text is not a list)") from None
-    out = Given([])
-    for item in [value] if isinstance(value, Mapping) else _items(value, argument, given):
-        if isinstance(item, str):
-            out.chunks.append(item)
-        elif isinstance(item, Mapping):
-            _read_summary(item, argument, given, out)
-        else:
-            out.chunks.extend(_items(item, argument, given))
-    if not out.chunks:
-        raise OperatorArgumentError(
-            argument, given, f"{_FORMS}; this holds none (did the batch task run upstream?)"
-        )
-    seen: set[str] = set()
-    for execution_id in out.ids:
-        if not valid_segment(execution_id):
-            raise OperatorArgumentError(
-                argument,
-                given,
-                f"{_FORMS} ({quoted(execution_id)} is not an execution id: non-empty text "
-                "without '/', '\\' or control characters)",
-            )
-        if execution_id in seen:
-            raise OperatorArgumentError(
-                argument,
-                given,
-                f"give each execution once ({quoted(execution_id)} is there twice, so its "
-                "records would be numbered twice)",
-            )
-        seen.add(execution_id)
-    return out
-
-
-def _items(value: Any, argument: str, given: Any) -> list[Any]:
-    """The items of a list, a tuple or a lazy XCom sequence."""
-    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
-        raise OperatorArgumentError(argument, given, _FORMS)
-    return list(value)
-
-
-def _read_summary(summary: Mapping[Any, Any], argument: str, given: Any, out: Given) -> None:
-    """Add a batch operator's summary: its chunks, and the executions of its rescore rounds."""
-    chunks = _items(summary.get("execution_ids"), argument, given)
-    out.chunks.extend(chunks)
-    for line in summary.get("executions") or []:
-        try:
-            if int(line["round"]) > 0:
-                records = tuple(numbers(str(line["records"])))
-                out.rescores.append(Rescore(line["execution_id"], int(line["round"]), chunks[0], records))
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise OperatorArgumentError(
-                argument, given, f"{_FORMS} (its executions line {quoted(line)} is not the batch operator's)"
-            ) from None
-
-
-def execution_ids_check(name: str, value: Any) -> Any:
-    """``execution_ids``: readable by :func:`read_executions` (kept as given: a lazy XCom stays lazy)."""
-    read_executions(value, name)
-    return value
+__all__ = ["ExecutionSpan", "Executions", "Given", "Rescore", "execution_ids_check", "read_executions"]
 
 
 @dataclass(frozen=True)

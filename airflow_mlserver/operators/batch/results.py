@@ -1,31 +1,30 @@
 """The batch operator's results: written in input order, each record's latest outcome, failures counted.
 
 Memory stays bounded by a chunk (and the records rescored). Each chunk's result rows are its staged part file
-(:mod:`~airflow_mlserver.operators.batch_parts`, written while later chunks still ran) or, without an output
+(:mod:`~airflow_mlserver.operators.batch.parts`, written while later chunks still ran) or, without an output
 or where a part is missing, its input records read again (the same chunks as at the start) joined with its
 execution's results, streamed from the server one record at a time; a record that was rescored gets its latest
-result in place.
+result in place (:func:`latest_outcomes`).
 """
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlserver.exceptions import MLServerBatchFailedError
-from airflow_mlserver.operators.batch_state import BatchState, ranges
+from airflow_mlserver.executions.progress import counted
+from airflow_mlserver.operators.batch.state import BatchState
 from airflow_mlserver.tables import ResultColumns, ResultsWriter, patch_results
-from airflow_mlserver.triggers.progress import counted
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from airflow_mlserver.client.models import RecordResult, WebService
     from airflow_mlserver.hooks.mlserver import MLServerHook
-    from airflow_mlserver.operators.batch_parts import StagedParts
+    from airflow_mlserver.operators.batch.parts import StagedParts
 
 #: The failures a failed task names in its message.
 MAX_FAILURES_SHOWN = 5
@@ -38,14 +37,12 @@ class Scored:
     """What the results said: how many records, how many failed, the first failures and the rows kept.
 
     :param rows: The result rows (``return_results``), None when there were more than :data:`MAX_RETURNED_ROWS`.
-    :param chunks: The record numbers of each chunk, in chunk order.
     """
 
     total: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] | None = field(default_factory=list)
-    chunks: list[range] = field(default_factory=list)
 
     def add(self, chunk: pd.DataFrame, names: ResultColumns, keep_rows: bool) -> None:
         """Count one chunk's result rows (its records numbered from :attr:`total`), keep them if asked."""
@@ -54,7 +51,6 @@ class Scored:
         for position in failed[: MAX_FAILURES_SHOWN - len(self.failures)]:
             reason = (chunk[names.error_message].iloc[position] or "failed").splitlines()[0]
             self.failures.append(f"record {self.total + position}: {reason}")
-        self.chunks.append(range(self.total, self.total + len(chunk)))
         self.total += len(chunk)
         if keep_rows and self.rows is not None:
             if self.total > MAX_RETURNED_ROWS:
@@ -103,17 +99,15 @@ def write_results(
     """
     scored, inputs, patched = Scored(), _Chunks(frames), sorted(rescored)
     try:
-        for index in range(state.chunks):
-            execution_id, offset = state.executions[index], scored.total
+        for index, chunk in enumerate(state.chunks.parts):
+            execution_id, offset = chunk.execution_id or "", scored.total
             rows = parts.read(index, execution_id) if writer is not None else None
             if rows is None:
                 rows = parts.build(hook, execution_id, offset, inputs.get(index))
             end = offset + len(rows)
             numbers = patched[bisect_left(patched, offset) : bisect_left(patched, end)]
             patch_results(rows, [n - offset for n in numbers], [rescored[n] for n in numbers], service)
-            names = ResultColumns.after(
-                [str(c) for c in rows.columns[1 : -len(service.outputs) - 2]], service
-            )
+            names = ResultColumns.find([str(c) for c in rows.columns], service)
             if attempts is not None:
                 rows[names.attempts] = [attempts.get(n, 1) for n in range(offset, end)]
             if writer is not None:
@@ -132,53 +126,28 @@ def check_failures(scored: Scored, state: BatchState, max_failed: int, output_ur
     """Fail the task when more than ``max_failed`` records failed (after the last round of rescoring)."""
     if scored.failed <= max_failed:
         return
-    rounds = f", after {counted(len(state.rescores), 'round')} of rescoring" if state.rescores else ""
+    rounds = f", after {counted(state.rescore_rounds, 'round')} of rescoring" if state.rescore_rounds else ""
     raise MLServerBatchFailedError(
         f"{scored.failed} of {scored.total} records failed{rounds} (max_failed_records={max_failed}); first "
         "failures: " + "; ".join(scored.failures) + (f". Results are in {output_uri}." if output_uri else ".")
     )
 
 
-def executions_summary(state: BatchState, chunks: Sequence[range]) -> list[dict[str, Any]]:
-    """Every execution of the batch, in order, with the record numbers it carries (its record ``i`` is the
-    ``i``-th of them), as ranges: ``{"execution_id": ..., "round": 0, "records": "0-49999"}``.
+def latest_outcomes(
+    hook: MLServerHook, service: WebService, state: BatchState
+) -> tuple[dict[int, RecordResult], dict[int, int]]:
+    """The latest result of every record that was sent again, and how many times each was scored.
 
-    :param chunks: The record numbers of each chunk (:attr:`Scored.chunks`).
+    A record is in a rescore round only when it failed in every round before, so round ``n``'s result is its
+    latest when no later round has it, and it was scored ``n + 1`` times.
     """
-    rows = [
-        {"execution_id": state.executions[i], "round": 0, "records": ranges(chunk)}
-        for i, chunk in enumerate(chunks)
-    ]
-    for number, rescore in enumerate(state.rescores, start=1):
-        rows.extend(
-            {"execution_id": execution_id, "round": number, "records": rescore.records[part]}
-            for part, execution_id in sorted(rescore.executions.items())
-        )
-    return rows
-
-
-def batch_summary(
-    service: WebService,
-    state: BatchState,
-    scored: Scored,
-    rescored: Mapping[int, RecordResult],
-    output_uri: str | None,
-) -> dict[str, Any]:
-    """The task's return value (XCom): the service, the executions, the counts, the output, the duration.
-
-    ``execution_ids`` are the chunks' in chunk order; ``executions`` lists every execution, rescores included,
-    with the record numbers it carries (see :func:`executions_summary`).
-    """
-    return {
-        "service_name": service.name,
-        "service_version": service.version,
-        "execution_ids": state.execution_ids(),
-        "executions": executions_summary(state, scored.chunks),
-        "total": scored.total,
-        "succeeded": scored.total - scored.failed,
-        "failed": scored.failed,
-        "rescore_rounds": len(state.rescores),
-        "rescored_records": len(rescored),
-        "output_uri": output_uri,
-        "duration_seconds": round(time.time() - state.started, 3),
-    }
+    latest: dict[int, RecordResult] = {}
+    attempts: dict[int, int] = {}
+    for number, round_ in enumerate(state.rounds[1:], start=1):
+        for part in round_.parts:
+            if part.execution_id is None:
+                continue
+            results = hook.iter_batch_results(service.name, service.version, part.execution_id)
+            for record, result in zip(part.numbers(), results, strict=True):
+                latest[record], attempts[record] = result, number + 1
+    return latest, attempts

@@ -7,7 +7,7 @@ renamed, so a part file is always whole. The chunk's number then goes into the t
 list. Parts are named by execution as well as chunk, so a part left by an earlier, cleared run of the same
 output is never taken for this run's.
 
-The final pass (:func:`~airflow_mlserver.operators.batch_results.write_results`) reads the parts in chunk
+The final pass (:func:`~airflow_mlserver.operators.batch.results.write_results`) reads the parts in chunk
 order, puts each rescored record's latest outcome in place, and writes the output; then the folder is removed.
 A part that is missing (a crash between the rename and the store, a folder removed by hand) is built again
 from the server's results: nothing is ever scored twice, and every step is bounded by a chunk.
@@ -15,21 +15,17 @@ from the server's results: nothing is ever scored twice, and every step is bound
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from airflow_mlserver.tables import ResultsWriter, results_frame
-from airflow_mlserver.triggers.progress import InfoLog, counted
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
-    from airflow_mlserver.client.models import BatchStatus, WebService
+    from airflow_mlserver.client.models import WebService
     from airflow_mlserver.hooks.mlserver import MLServerHook
-    from airflow_mlserver.operators.batch_state import BatchState, Round
+    from airflow_mlserver.operators.batch.state import BatchState, StateStore
 
 
 class StagedParts:
@@ -82,30 +78,23 @@ class StagedParts:
             raise
         return len(rows)
 
-    def unstaged(self, state: BatchState, round_: Round, statuses: Mapping[int, BatchStatus]) -> list[int]:
-        """The chunks of ``round_`` that are complete and not staged yet, ascending (none without output, and
-        none in a rescore round: those results are read by the final pass)."""
-        if self.folder is None or round_.number != 0:
-            return []
-        return [i for i, s in sorted(statuses.items()) if s.is_complete and i not in state.written]
-
     def stage(
         self,
         hook: MLServerHook,
         state: BatchState,
-        context: Context,
-        chunks: Sequence[tuple[int, int, pd.DataFrame]],
-        labels: Mapping[int, str],
-        log: InfoLog,
-        prefix: str,
-    ) -> None:
-        """Write the part file of each of ``chunks`` (number, first record's number, input records) and store
-        it as ``written``; ``prefix`` starts each log line."""
-        for chunk, offset, frame in chunks:
-            rows = self.write(hook, chunk, state.executions[chunk], offset, frame)
-            state.written = sorted({*state.written, chunk})
-            state.save(context)  # a crash before this line writes the part again, from the same results
-            log.info("%sStaged the results of %s (%s)", prefix, labels[chunk], counted(rows, "record"))
+        store: StateStore | None,
+        chunk: int,
+        frame: pd.DataFrame,
+    ) -> int:
+        """Write the part file of the complete chunk ``chunk`` (its input records ``frame``) and store it as
+        ``written``; answer its row count."""
+        part = state.chunks.parts[chunk]
+        if part.execution_id is None:
+            raise ValueError(f"chunk {chunk} has no execution to stage")
+        rows = self.write(hook, chunk, part.execution_id, part.numbers()[0], frame)
+        state.written = sorted({*state.written, chunk})
+        state.save(store)  # a crash before this line writes the part again, from the same results
+        return rows
 
     def read(self, chunk: int, execution_id: str) -> pd.DataFrame | None:
         """Chunk ``chunk``'s result rows from its part file, or None when there is none."""
@@ -121,7 +110,7 @@ class StagedParts:
         task may stage beside them)."""
         if self.folder is None or not self.folder.exists():
             return
-        for chunk, execution_id in state.executions.items():
+        for chunk, execution_id in state.chunks.executions.items():
             path = self.path(chunk, execution_id)
             if path.exists():
                 path.unlink()

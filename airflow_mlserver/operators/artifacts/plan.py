@@ -14,14 +14,14 @@ from collections.abc import Callable, Iterable
 
 from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.exceptions import ArtifactsConfigError, UnsafeArtifactNameError
-from airflow_mlserver.operators.artifact_manifest import STATUS_REFUSED, ArtifactEntry
-from airflow_mlserver.operators.artifact_names import (
+from airflow_mlserver.operators.artifacts.manifest import STATUS_REFUSED, ArtifactEntry
+from airflow_mlserver.operators.artifacts.names import (
     check_artifact_name,
     may_render_to,
     places_apart,
     render_relative_path,
 )
-from airflow_mlserver.operators.artifact_transfers import Listing, Planned, WarningLog
+from airflow_mlserver.operators.artifacts.transfers import Listing, Planned, WarningLog
 
 
 class Plan:

@@ -2,7 +2,7 @@
 
 A :class:`Transfers` runs in the operator's thread pool: each thread gets its own hook (a hook holds one
 ``requests`` session and one token) and its own two chunk buffers, and each artifact streams from the server
-into the store in chunks (:func:`~airflow_mlserver.operators.artifact_writes.write_stream`), with a broken
+into the store in chunks (:func:`~airflow_mlserver.operators.artifacts.writes.write_stream`), with a broken
 transfer started over.
 """
 
@@ -15,17 +15,17 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from airflow_mlserver.exceptions import ArtifactSizeMismatchError, MLServerConnectionError
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.artifact_manifest import (
+from airflow_mlserver.operators.artifacts.manifest import (
     STATUS_COPIED,
     STATUS_FAILED,
     STATUS_SKIPPED,
     ArtifactEntry,
 )
-from airflow_mlserver.operators.artifact_writes import ChunkBuffers, write_stream
+from airflow_mlserver.operators.artifacts.writes import ChunkBuffers, write_stream
 
 if TYPE_CHECKING:
-    from airflow_mlserver.operators.artifact_destination import Destination
-    from airflow_mlserver.operators.artifact_records import Executions
+    from airflow_mlserver.operators.artifacts.destination import Destination
+    from airflow_mlserver.operators.artifacts.records import Executions
 
 
 class WarningLog(Protocol):

@@ -1,0 +1,227 @@
+"""The batch operator's driver: it reads the statuses, asks the planner what to do and does it with the hook.
+
+:class:`BatchRun` is the same for a task that defers and one that waits in its worker: :meth:`BatchRun.step`
+goes on until the planner says to wait (then it answers the :class:`Waiting` to defer on or to wait on in the
+thread) or that every round is complete (then it answers None, and the operator writes the results). Every
+decision is :func:`~airflow_mlserver.operators.batch.planner.plan`'s; here are only its effects and the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_mlserver.exceptions import MLServerBatchTimeoutError
+from airflow_mlserver.executions.progress import chunk_label, counted
+from airflow_mlserver.executions.waiting import Until
+from airflow_mlserver.operators.batch import planner
+from airflow_mlserver.operators.batch.frames import part_frames
+from airflow_mlserver.operators.batch.starts import Clock, settle_intent, start_execution
+from airflow_mlserver.operators.batch.state import BatchState, Round, StateStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from airflow_mlserver.client.models import BatchStatus, WebService
+    from airflow_mlserver.hooks.mlserver import MLServerHook
+    from airflow_mlserver.operators.batch.parts import StagedParts
+
+
+class Log(Protocol):
+    """The task's logger (``info`` and ``warning`` with %-style arguments)."""
+
+    def info(self, msg: str, /, *args: Any) -> Any: ...
+
+    def warning(self, msg: str, /, *args: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What to wait on: the executions of the current round that run, until the first has finished.
+
+    :param labels: How the log names each (``chunk 2 of 3``), by execution id.
+    :param started: When each was started (Unix timestamp), by execution id.
+    """
+
+    execution_ids: list[str]
+    labels: dict[str, str]
+    started: dict[str, float]
+    until: Until
+
+
+@dataclass
+class BatchRun:
+    """The batch of one task instance, driven from its stored state.
+
+    :param frames: Opens the input records, chunk by chunk (the chunks of round 0), in input order.
+    :param parts: The staging of complete chunks next to the output.
+    :param timeout: The task's ``timeout`` in seconds (named in the timeout's error), None for none.
+    :param prefix: The start of each log line (a mapped task's map index).
+    :param mapped: Whether the task instance is mapped (its chunks are "of this task's records").
+    """
+
+    hook: MLServerHook
+    service: WebService
+    state: BatchState
+    store: StateStore | None
+    config: planner.Config
+    frames: Callable[[], Iterator[pd.DataFrame]]
+    parts: StagedParts
+    parallel_count: int
+    log: Log
+    timeout: float | None = None
+    prefix: str = ""
+    mapped: bool = False
+    clock: Clock = field(default_factory=Clock)
+
+    def label(self, number: int, part: int) -> str:
+        """A part's name in the log: ``chunk 2 of 3`` or ``rescore round 1, part 1 of 2``."""
+        parts = len(self.state.rounds[number].parts)
+        if number == 0:
+            return chunk_label(part, parts, self.mapped)
+        return f"rescore round {number}, part {part + 1} of {parts}"
+
+    def settle(self) -> None:
+        """Reconcile an earlier try's unfinished start, if it left one (see :mod:`.starts`)."""
+        intent = self.state.intent
+        if intent is not None and intent.round < len(self.state.rounds):
+            label = self.label(intent.round, intent.part)
+            settle_intent(
+                self.hook, self.service, self.state, self.store, label, self.prefix, self.log, self.clock
+            )
+
+    def step(self) -> Waiting | None:
+        """Carry out the planner's actions until it says to wait (answered) or to finish (None)."""
+        while True:
+            statuses = self._read()
+            actions = planner.plan(self.state, statuses, self.config, self.clock.now())
+            if isinstance(actions[-1], planner.ReadFailures):
+                failed = self._failed(statuses)
+                actions = planner.plan(self.state, statuses, self.config, self.clock.now(), failed)
+            done = self._act(actions, statuses)
+            if done is not None:
+                return done.waiting
+
+    def _read(self) -> dict[int, BatchStatus]:
+        """The status of every started part of the current round."""
+        name, version = self.service.name, self.service.version
+        executions = self.state.rounds[-1].executions
+        return {part: self.hook.get_batch(name, version, eid) for part, eid in executions.items()}
+
+    def _act(self, actions: Sequence[planner.Action], statuses: Mapping[int, BatchStatus]) -> _Done | None:
+        """Carry out one step's actions; answer how the step ended, or None to look again."""
+        number = len(self.state.rounds) - 1
+        starts = [a.part for a in actions if isinstance(a, planner.Start)]
+        stages = [a.part for a in actions if isinstance(a, planner.Stage)]
+        for action in actions:
+            if isinstance(action, planner.Restart):
+                self._restart(number, action)
+            elif isinstance(action, planner.Timeout):
+                self._time_out(action, statuses)
+        if starts or stages:
+            self._start_and_stage(number, starts, stages)
+        last = actions[-1]
+        if isinstance(last, planner.Wait):
+            return _Done(self._waiting(number, last))
+        if isinstance(last, planner.Finish):
+            return _Done(None)
+        if isinstance(last, planner.AddRound):
+            self._add_round(last)
+        return None
+
+    def _restart(self, number: int, action: planner.Restart) -> None:
+        self.log.warning(
+            "%sExecution %s of %s ended %s: starting it again",
+            self.prefix,
+            action.execution_id,
+            self.label(number, action.part),
+            action.state,
+        )
+        part = self.state.rounds[number].parts[action.part]
+        part.execution_id, part.started = None, None
+
+    def _time_out(self, action: planner.Timeout, statuses: Mapping[int, BatchStatus]) -> None:
+        for execution_id in action.cancel:
+            self.hook.cancel_batch(self.service.name, self.service.version, execution_id)
+        raise MLServerBatchTimeoutError(
+            f"The batch on web service '{self.service.name}' version '{self.service.version}' did not finish "
+            f"within its timeout of {self.timeout or 0:g} s ({action.done} records done); canceled "
+            f"{', '.join(action.cancel) or 'nothing (no execution was running)'}. "
+            "Raise timeout, parallel_count or max_active_executions, or score fewer records per run."
+        )
+
+    def _start_and_stage(self, number: int, starts: Sequence[int], stages: Sequence[int]) -> None:
+        """Start ``starts`` as the pass over the input reaches them; then stage ``stages`` (chunks)."""
+        round_ = self.state.rounds[number]
+        wanted = {p: round_.parts[p].numbers() for p in sorted({*starts, *stages})}
+        staged = []
+        for part, frame in part_frames(self.frames(), wanted):
+            if part in stages:
+                staged.append((part, frame))
+                continue
+            execution_id = start_execution(
+                self.hook,
+                self.service,
+                self.state,
+                self.store,
+                number,
+                part,
+                frame,
+                self.parallel_count,
+                self.clock,
+            )  # its id stored before any waiting: a crash from here on reattaches
+            self.log.info(
+                "%sStarted batch execution %s for %s (%s)",
+                self.prefix,
+                execution_id,
+                self.label(number, part),
+                counted(len(frame), "record"),
+            )
+        for part, frame in staged:
+            rows = self.parts.stage(self.hook, self.state, self.store, part, frame)
+            self.log.info(
+                "%sStaged the results of %s (%s)", self.prefix, self.label(0, part), counted(rows, "record")
+            )
+
+    def _failed(self, statuses: Mapping[int, BatchStatus]) -> list[int]:
+        """The record numbers that failed in the complete current round, ascending; only the executions whose
+        status counts failures (or does not say) have their results read."""
+        failed: list[int] = []
+        for part, stored in enumerate(self.state.rounds[-1].parts):
+            if stored.execution_id is None or statuses[part].failed == 0:
+                continue
+            results = self.hook.iter_batch_results(
+                self.service.name, self.service.version, stored.execution_id
+            )
+            failed.extend(n for n, r in zip(stored.numbers(), results, strict=True) if not r.success)
+        return sorted(failed)
+
+    def _add_round(self, action: planner.AddRound) -> None:
+        self.state.rounds.append(Round.from_stored({"parts": [{"records": r} for r in action.parts]}))
+        self.state.save(self.store)  # the round's records before any of its starts
+        self.log.info(
+            "%sRescoring %s that failed (round %d of %d, %s)",
+            self.prefix,
+            counted(action.records, "record"),
+            self.state.rescore_rounds,
+            self.config.rescore_rounds,
+            counted(len(action.parts), "execution"),
+        )
+
+    def _waiting(self, number: int, wait: planner.Wait) -> Waiting:
+        parts = self.state.rounds[number].parts
+        ids = [parts[p].execution_id or "" for p in wait.parts]
+        return Waiting(
+            execution_ids=ids,
+            labels={parts[p].execution_id or "": self.label(number, p) for p in wait.parts},
+            started={parts[p].execution_id or "": parts[p].started or self.state.started for p in wait.parts},
+            until=wait.until,
+        )
+
+
+@dataclass(frozen=True)
+class _Done:
+    """How a step ended: waiting on these executions, or None once every round is complete."""
+
+    waiting: Waiting | None
