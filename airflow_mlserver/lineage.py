@@ -43,3 +43,18 @@ def uri_dataset(dataset_cls: Any, uri: Any) -> Any:
     if parts.scheme == "file":
         return dataset_cls(namespace="file", name=parts.path)
     return dataset_cls(namespace=f"{parts.scheme}://{parts.netloc}", name=parts.path.lstrip("/"))
+
+
+def batch_lineage(base_url: str, service: tuple[str, str], inputs: list[Any], outputs: list[Any]) -> Any:
+    """OpenLineage of a batch task: its records and results as data sets (URIs or paths), the service as a job
+    facet; None when the OpenLineage provider is not installed."""
+    try:
+        from airflow.providers.openlineage.extractors import OperatorLineage
+        from openlineage.client.event_v2 import Dataset
+    except ImportError:
+        return None
+    return OperatorLineage(
+        inputs=[uri_dataset(Dataset, i) for i in inputs],
+        outputs=[uri_dataset(Dataset, o) for o in outputs],
+        job_facets={"mlserverService": service_job_facet(base_url, service[0], service[1])},
+    )

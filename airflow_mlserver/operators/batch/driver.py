@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow_mlserver.exceptions import MLServerBatchTimeoutError
-from airflow_mlserver.executions.progress import chunk_label, counted
-from airflow_mlserver.executions.waiting import Until
+from airflow_mlserver.exceptions import MLServerBatchFailedError, MLServerBatchTimeoutError
+from airflow_mlserver.executions.polling import wait_for_executions
+from airflow_mlserver.executions.progress import ProgressLog, chunk_label, counted, duration
+from airflow_mlserver.executions.waiting import Until, ended, ended_message
 from airflow_mlserver.operators.batch import planner
 from airflow_mlserver.operators.batch.frames import part_frames
 from airflow_mlserver.operators.batch.starts import Clock, settle_intent, start_execution
@@ -82,6 +83,19 @@ class BatchRun:
             return chunk_label(part, parts, self.mapped)
         return f"rescore round {number}, part {part + 1} of {parts}"
 
+    def log_earlier_try(self) -> None:
+        """Name the executions an earlier try started, if any."""
+        found = ", ".join(
+            f"{self.label(n, p)}: {e}"
+            for n, r in enumerate(self.state.rounds)
+            for p, e in sorted(r.executions.items())
+        )
+        if found:
+            ago = duration(self.clock.now() - self.state.started)
+            self.log.info(
+                "%sFound the executions of an earlier try (started %s ago): %s", self.prefix, ago, found
+            )
+
     def settle(self) -> None:
         """Reconcile an earlier try's unfinished start, if it left one (see :mod:`.starts`)."""
         intent = self.state.intent
@@ -102,6 +116,26 @@ class BatchRun:
             done = self._act(actions, statuses)
             if done is not None:
                 return done.waiting
+
+    def wait_in_worker(self, waiting: Waiting, poll_interval: float) -> None:
+        """Wait in this thread by the trigger's rule (until the first finished); fail as its event would."""
+        name, version = self.service.name, self.service.version
+        polled = wait_for_executions(
+            self.hook,
+            name,
+            version,
+            waiting.execution_ids,
+            poll_interval,
+            self.state.deadline,
+            ProgressLog(self.log, waiting.labels, waiting.started, self.prefix),
+            until=waiting.until,
+        )
+        for status in polled:
+            if ended(status):  # as the trigger's failed or canceled event
+                raise MLServerBatchFailedError(
+                    f"{ended_message(status.execution_id, name, version, status)}. Look at "
+                    "the execution on the server; a retry of this task starts the failed chunk again."
+                )
 
     def _read(self) -> dict[int, BatchStatus]:
         """The status of every started part of the current round."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -51,26 +51,12 @@ from airflow_mlserver.exceptions import (
     MLServerConfigError,
 )
 from airflow_mlserver.executions.events import BatchEvent
-from airflow_mlserver.executions.polling import wait_for_executions
-from airflow_mlserver.executions.progress import ProgressLog, counted, duration, map_prefix, scored_sentence
-from airflow_mlserver.executions.waiting import Outcome, ended, ended_message
+from airflow_mlserver.executions.progress import counted, map_prefix, scored_sentence
+from airflow_mlserver.executions.waiting import Outcome
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.operators.arguments import (
-    Check,
-    batch_records,
-    check_arguments,
-    choice,
-    file_format,
-    flag,
-    optional,
-    records_file_format,
-    seconds,
-    segment,
-    text,
-    uri,
-    whole_number,
-)
+from airflow_mlserver.operators.arguments import check_arguments, optional, records_file_format, seconds
 from airflow_mlserver.operators.batch import planner
+from airflow_mlserver.operators.batch.arguments import ARGUMENT_CHECKS
 from airflow_mlserver.operators.batch.driver import BatchRun, Waiting
 from airflow_mlserver.operators.batch.parts import StagedParts
 from airflow_mlserver.operators.batch.results import check_failures, latest_outcomes, write_results
@@ -86,30 +72,6 @@ if TYPE_CHECKING:
     from airflow_mlserver.client.models import WebService
 
 EXECUTIONS_XCOM_KEY = "execution_ids"
-CONNECTION_ID = "an Airflow connection id"
-
-#: The check of each argument, by attribute (``timeout`` is checked as it is read, into ``batch_timeout``).
-ARGUMENT_CHECKS: dict[str, Check] = {
-    "service_name": segment("the name of a published web service"),
-    "service_version": optional(segment("a version of the service, or None for its latest")),
-    "records": batch_records,
-    "records_format": optional(file_format),
-    "records_conn_id": optional(text(CONNECTION_ID)),
-    "output_path": optional(uri("the path or URI of the results file, or None to write none")),
-    "output_format": choice("parquet", "csv"),
-    "output_conn_id": optional(text(CONNECTION_ID)),
-    "parallel_count": whole_number(1, 100, "the server's maximum threads per batch execution"),
-    "chunk_size": optional(whole_number(1, why="records per execution; None for all in one")),
-    "max_active_executions": whole_number(1),
-    "extra_columns": choice("keep", "ignore", "error"),
-    "max_failed_records": whole_number(0),
-    "rescore_failed_records": whole_number(0, why="rounds of rescoring"),
-    "poll_interval": seconds(),
-    "deferrable": flag(),
-    "cancel_on_kill": flag(),
-    "return_results": flag(),
-    "mlserver_conn_id": text(CONNECTION_ID),
-}
 
 
 class MLServerBatchOperator(BaseOperator):
@@ -282,27 +244,14 @@ class MLServerBatchOperator(BaseOperator):
                 version=service.version,
                 started=now,
                 deadline=now + self.batch_timeout if self.batch_timeout else None,
-                rounds=[Round.of(_chunk_records(sizes))],
+                rounds=[Round.chunks(sizes)],
             )
         elif state.number_chunks(sizes):  # an earlier release's form: store it as this release's
             state.save(context.get("task_state_store"))
         run = self._run(context, service, state)
-        self._log_earlier_try(run)
+        run.log_earlier_try()
         run.settle()
         return self._advance(context, run)
-
-    def _log_earlier_try(self, run: BatchRun) -> None:
-        """Name the executions an earlier try started, if any."""
-        found = ", ".join(
-            f"{run.label(n, p)}: {e}"
-            for n, r in enumerate(run.state.rounds)
-            for p, e in sorted(r.executions.items())
-        )
-        if found:
-            ago = duration(time.time() - run.state.started)
-            self.log.info(
-                "%sFound the executions of an earlier try (started %s ago): %s", run.prefix, ago, found
-            )
 
     def _validate(self, service: WebService) -> list[int]:
         """Check every record against the service's inputs (chunk by chunk); answer each chunk's size."""
@@ -324,7 +273,7 @@ class MLServerBatchOperator(BaseOperator):
                 return self._finish(run)
             if self.deferrable:
                 self._defer(context, run, waiting)
-            self._wait_in_worker(run, waiting)
+            run.wait_in_worker(waiting, self.poll_interval)  # by the trigger's rule, in this thread
 
     def _defer(self, context: Context, run: BatchRun, waiting: Waiting) -> None:
         """Free the worker slot until the first of ``waiting`` finishes (raises ``TaskDeferred``)."""
@@ -344,26 +293,6 @@ class MLServerBatchOperator(BaseOperator):
             ),
             method_name="execute_complete",
         )
-
-    def _wait_in_worker(self, run: BatchRun, waiting: Waiting) -> None:
-        """Wait in this thread by the trigger's rule (until the first finished); fail as its event would."""
-        service = run.service
-        polled = wait_for_executions(
-            self.hook,
-            service.name,
-            service.version,
-            waiting.execution_ids,
-            self.poll_interval,
-            run.state.deadline,
-            ProgressLog(self.log, waiting.labels, waiting.started, run.prefix),
-            until=waiting.until,
-        )
-        for status in polled:
-            if ended(status):  # as the trigger's failed or canceled event
-                raise MLServerBatchFailedError(
-                    f"{ended_message(status.execution_id, service.name, service.version, status)}. Look at "
-                    "the execution on the server; a retry of this task starts the failed chunk again."
-                )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after the trigger: fail on anything but ``complete``, else go on with the next chunks."""
@@ -436,21 +365,13 @@ class MLServerBatchOperator(BaseOperator):
         Used only when the OpenLineage provider is installed; answers None otherwise.
         """
         try:
-            from airflow.providers.openlineage.extractors import OperatorLineage
-            from openlineage.client.event_v2 import Dataset
+            from airflow_mlserver.lineage import batch_lineage  # needs the OpenLineage provider
         except ImportError:
             return None
-        from airflow_mlserver.lineage import service_job_facet, uri_dataset
-
-        inputs = [uri_dataset(Dataset, self.records)] if is_path_like(self.records) else []
-        outputs = [uri_dataset(Dataset, self.output_path)] if self.output_path else []
         service = getattr(self, "_lineage_service", None) or (self.service_name, self.service_version or "")
-        url = self.hook.settings.base_url
-        return OperatorLineage(
-            inputs=inputs,
-            outputs=outputs,
-            job_facets={"mlserverService": service_job_facet(url, service[0], service[1])},
-        )
+        inputs = [self.records] if is_path_like(self.records) else []
+        outputs = [self.output_path] if self.output_path else []
+        return batch_lineage(self.hook.settings.base_url, service, inputs, outputs)
 
     def on_kill(self) -> None:
         """A user killed the running (non-deferred) task: cancel its executions if ``cancel_on_kill``."""
@@ -470,14 +391,6 @@ class MLServerBatchOperator(BaseOperator):
                 self.hook.cancel_batch(state.service, state.version, execution_id)
             except Exception as exc:
                 self.log.warning("Could not cancel batch execution %s: %s", execution_id, exc)
-
-
-def _chunk_records(sizes: Sequence[int]) -> Iterator[range]:
-    """The record numbers of each chunk, from the chunks' sizes."""
-    first = 0
-    for size in sizes:
-        yield range(first, first + size)
-        first += size
 
 
 __all__ = ["MLServerBatchOperator"]

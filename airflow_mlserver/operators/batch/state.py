@@ -146,6 +146,15 @@ class Round:
         return cls([Part(ranges(r)) for r in records])
 
     @classmethod
+    def chunks(cls, sizes: Iterable[int]) -> Round:
+        """Round 0, not started yet: the chunks of the input, of these sizes, in input order."""
+        first, records = 0, []
+        for size in sizes:
+            records.append(range(first, first + size))
+            first += size
+        return cls.of(records)
+
+    @classmethod
     def from_stored(cls, value: dict[str, Any]) -> Round:
         return cls([Part.from_stored(p) for p in value["parts"]])
 
