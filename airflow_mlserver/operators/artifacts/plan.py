@@ -6,22 +6,71 @@ fails the task (:class:`~airflow_mlserver.exceptions.ArtifactsConfigError`) when
 manifest, would land on one path. When the path template provably keeps artifacts apart and away from the
 manifest (:attr:`Plan.streams`), each record is copied as soon as it is listed; otherwise every record is
 listed and checked before the first copy, so a collision fails before anything is written.
+
+The operator's other decisions are here too, each a function of data answering data (no hook, no store, no
+Airflow), so that the operator and its helpers only carry them out: which executions are read
+(:func:`executions_given`, :func:`check_records_apart`), where the manifest goes (:func:`manifest_rel`), which
+records start next while others are copied (:func:`next_records`), whether the destination holds an artifact
+already (:func:`already_there`), which executions are still waited for and the message when the wait times out
+(:func:`unfinished`, :func:`late_message`), and whether the task fails (:func:`task_failure`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.exceptions import ArtifactsConfigError, UnsafeArtifactNameError
-from airflow_mlserver.operators.artifacts.manifest import STATUS_REFUSED, ArtifactEntry
+from airflow_mlserver.operators.artifacts.manifest import (
+    STATUS_FAILED,
+    STATUS_REFUSED,
+    ArtifactEntry,
+)
 from airflow_mlserver.operators.artifacts.names import (
     check_artifact_name,
+    distinguishes_executions,
     may_render_to,
     places_apart,
     render_relative_path,
 )
-from airflow_mlserver.operators.artifacts.transfers import Listing, Planned, WarningLog
+from airflow_mlserver.operators.artifacts.records import Given, read_executions
+
+if TYPE_CHECKING:
+    from airflow_mlserver.client.models import BatchStatus
+    from airflow_mlserver.operators.artifacts.records import Executions
+
+
+class WarningLog(Protocol):
+    """What a :class:`Plan` (and a :class:`~airflow_mlserver.operators.artifacts.transfers.Transfers`) logs to
+    (a task's logger)."""
+
+    def warning(self, msg: str, /, *args: Any) -> Any: ...
+
+    def error(self, msg: str, /, *args: Any) -> Any: ...
+
+
+@dataclass
+class Listing:
+    """The artifact names of one record: its number in the task, its execution and its index there."""
+
+    record: int
+    execution_id: str
+    index: int
+    files: list[Any]
+
+
+@dataclass
+class Planned:
+    """An artifact to copy: its record, its name, and its path below ``dest`` and in the store."""
+
+    record: int
+    execution_id: str
+    index: int
+    file_name: str
+    rel: str = ""
+    path: str = ""
 
 
 class Plan:
@@ -104,3 +153,115 @@ class Plan:
                 f"{item.record} and '{other.file_name}' of record {other.record} to the same place "
                 f"({item.rel!r}): include {{record}} (or {{index}}) and {{file_name}}."
             )
+
+
+# -- the run's decisions ----------------------------------------------------------------------------------------
+
+
+def executions_given(execution_id: str | None, execution_ids: Any) -> Given:
+    """The executions to read: the one ``execution_id``, or every one ``execution_ids`` names (in any form)."""
+    return Given([str(execution_id)]) if execution_ids is None else read_executions(execution_ids)
+
+
+def check_records_apart(path_template: str, ids: Sequence[str]) -> None:
+    """Refuse a path template that would send the records of several executions to one place."""
+    if len(ids) > 1 and not distinguishes_executions(path_template):
+        raise ArtifactsConfigError(
+            f"path_template {quoted(path_template)} places record index {{index}} without "
+            f"{{execution_id}} or {{record}}, so the records of the {len(ids)} executions would overwrite each "
+            "other: use {record} (the record's number in the task, as in the results file)."
+        )
+
+
+def manifest_rel(template: str, service: Mapping[str, str], execution_id: str | None) -> str:
+    """The manifest's path below ``dest``: ``template`` with the service, and ``execution_id`` when there is one
+    execution (None with ``execution_ids``)."""
+    fields = {**service, "execution_id": execution_id} if execution_id is not None else service
+    return render_relative_path(template, **fields)
+
+
+def executions_text(executions: Executions) -> str:
+    """The executions copied from, as the log line that starts the copy names them."""
+    count = len(executions.statuses)
+    if count == 1:
+        return f"Execution '{executions.ids[0]}'"
+    return f"The {count} executions ({executions.total:,} records, {executions.rescored:,} rescored)"
+
+
+def unfinished(waiting: Sequence[str], statuses: Mapping[str, BatchStatus]) -> list[str]:
+    """The executions of ``waiting`` still to wait for: those whose last status is not finished."""
+    return [e for e in waiting if not statuses[e].is_finished]
+
+
+def late_message(
+    waiting: Sequence[str],
+    statuses: Mapping[str, BatchStatus],
+    waited: float,
+    timeout: float,
+    service: str,
+) -> str:
+    """The message of the timeout when ``waiting`` have not finished after ``waited`` seconds (three named)."""
+    late = [
+        f"'{e}' ({statuses[e].state}, {statuses[e].completed} of {statuses[e].total} records)"
+        for e in waiting
+    ]
+    more = f" and {len(late) - 3} more" if len(late) > 3 else ""
+    return (
+        f"Not finished after {waited:.0f} s (timeout is {timeout:g} s): batch "
+        f"execution {', '.join(late[:3])}{more} of {service}. Raise timeout, or set "
+        "wait_for_completion=False to copy what exists so far."
+    )
+
+
+def next_records(
+    records: Sequence[int], started: int, running: int, window: int, failed: bool
+) -> Sequence[int]:
+    """The records to list and copy now, when ``started`` of ``records`` were started and ``running`` still run.
+
+    Up to ``window`` records run at a time (a few ahead of the transfers, so that a listing never waits for
+    a thread); none starts once a listing failed (those running finish).
+    """
+    if failed:
+        return []
+    return records[started : started + max(window - running, 0)]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An artifact that the destination holds already: its size, and its SHA-256 when the previous manifest knew it."""
+
+    bytes: int
+    sha256: str | None
+
+
+def already_there(
+    existing_size: int | None, announced: int | None, known: ArtifactEntry | None
+) -> Skip | None:
+    """Whether an artifact is skipped: its destination holds ``existing_size`` bytes (None: no file there, or
+    ``overwrite``), the size the server ``announced`` (or, unannounced, the size the previous manifest's entry
+    ``known`` gives); that entry's SHA-256 is carried over when its size is the one there.
+    """
+    if existing_size is None:
+        return None
+    known_size = known.bytes if known is not None else None
+    size = announced if announced is not None else known_size
+    if size != existing_size:
+        return None
+    return Skip(existing_size, known.sha256 if known is not None and known_size == existing_size else None)
+
+
+def task_failure(
+    counts: Mapping[str, int], entries: Sequence[ArtifactEntry], manifest_uri: str, fail_on_refused: bool
+) -> str | None:
+    """Why the task fails once the manifest is written (an artifact failed, or one was refused and
+    ``fail_on_refused``), naming the first such entry; None when it succeeds."""
+    if not (counts[STATUS_FAILED] or (counts[STATUS_REFUSED] and fail_on_refused)):
+        return None
+    first = next(e for e in entries if e.status in (STATUS_FAILED, STATUS_REFUSED))
+    return (
+        f"{counts[STATUS_FAILED]} artifacts failed to copy and {counts[STATUS_REFUSED]} were refused "
+        f"(first: record {first.record} '{first.file_name}': {first.error}). The manifest {manifest_uri} "
+        "lists each one. Failed copies left nothing behind: run the task again and only they are copied. "
+        "Refused names must be fixed in the service (or excluded with file_names, or allowed to pass "
+        "with fail_on_refused=False)."
+    )

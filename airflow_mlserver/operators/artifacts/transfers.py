@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING
 
 from airflow_mlserver.exceptions import ArtifactSizeMismatchError, MLServerConnectionError
 from airflow_mlserver.hooks.mlserver import MLServerHook
@@ -21,41 +20,12 @@ from airflow_mlserver.operators.artifacts.manifest import (
     STATUS_SKIPPED,
     ArtifactEntry,
 )
+from airflow_mlserver.operators.artifacts.plan import Listing, Planned, WarningLog, already_there
 from airflow_mlserver.operators.artifacts.writes import ChunkBuffers, write_stream
 
 if TYPE_CHECKING:
     from airflow_mlserver.operators.artifacts.destination import Destination
     from airflow_mlserver.operators.artifacts.records import Executions
-
-
-class WarningLog(Protocol):
-    """What a :class:`Transfers` logs to (a task's logger)."""
-
-    def warning(self, msg: str, /, *args: Any) -> Any: ...
-
-    def error(self, msg: str, /, *args: Any) -> Any: ...
-
-
-@dataclass
-class Listing:
-    """The artifact names of one record: its number in the task, its execution and its index there."""
-
-    record: int
-    execution_id: str
-    index: int
-    files: list[Any]
-
-
-@dataclass
-class Planned:
-    """An artifact to copy: its record, its name, and its path below ``dest`` and in the store."""
-
-    record: int
-    execution_id: str
-    index: int
-    file_name: str
-    rel: str = ""
-    path: str = ""
 
 
 def _content_length(reader: IO[bytes]) -> int | None:
@@ -121,7 +91,8 @@ class Transfers:
         existing_size: int | None,
         previous: dict[str, ArtifactEntry],
     ) -> ArtifactEntry:
-        """Copy one artifact (skipped when its destination holds the announced size), retrying a broken transfer."""
+        """Copy one artifact (skipped when its destination holds it: :func:`~.plan.already_there`), retrying a
+        broken transfer."""
         uri = dest.uri_of(item.path)
         entry = ArtifactEntry(
             item.record, item.index, item.file_name, STATUS_FAILED, item.execution_id, destination=uri
@@ -132,15 +103,10 @@ class Transfers:
                     self.name, self.version, item.execution_id, item.index, item.file_name
                 ) as source:
                     announced = _content_length(source)
-                    if existing_size is not None:
-                        known = previous.get(uri)
-                        known_size = known.bytes if known is not None else None
-                        size = announced if announced is not None else known_size
-                        if size == existing_size:
-                            entry.status, entry.bytes = STATUS_SKIPPED, existing_size
-                            if known is not None and known_size == existing_size:
-                                entry.sha256 = known.sha256
-                            return entry
+                    skip = already_there(existing_size, announced, previous.get(uri))
+                    if skip is not None:
+                        entry.status, entry.bytes, entry.sha256 = STATUS_SKIPPED, skip.bytes, skip.sha256
+                        return entry
                     written, digest = write_stream(
                         dest.fs, dest.mode, item.path, source, self.buffers(), announced
                     )
