@@ -343,6 +343,32 @@ def test_a_state_stored_by_an_older_version_reattaches(
     assert re.search(r"Scored 4 records with web service 'scorer' version 'v1' in 1m3\ds ", log)
 
 
+def test_a_task_deferred_by_the_earlier_release_resumes_on_this_one(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The earlier release's state (no record numbers per chunk) and trigger: the resume numbers the chunks from
+    the input, stores this release's form, uses both executions and starts none."""
+    frame = _frame(5)
+    first = api.start_batch("scorer", "v1", frame.iloc[:3].to_dict("records"), 2)
+    second = api.start_batch("scorer", "v1", frame.iloc[3:].to_dict("records"), 2)
+    before = set(api.get("/api/scorer/v1/batch").json())
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        "mlserver_test_deferred_by_earlier_release", records=_write(frame, tmp_path / "in.csv"), output=str(out),
+        execution_id=first, rescore_execution=second,
+    )  # fmt: skip
+    assert dagrun.state == "success"
+    assert set(api.get("/api/scorer/v1/batch").json()) == before  # nothing started
+    assert _summary(dagrun)["execution_ids"] == [first, second]
+    assert pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    stored = _stored_batch(dagrun)
+    assert [(p["records"], p["execution_id"]) for p in stored["rounds"][0]["parts"]] == [
+        ("0-2", first),
+        ("3-4", second),
+    ]
+    assert "Started batch execution" not in capfd.readouterr().out
+
+
 def test_mapped_task_names_its_map_index_and_its_own_chunks(
     run_dag: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -365,18 +391,30 @@ def test_mapped_task_names_its_map_index_and_its_own_chunks(
 
 
 def test_pending_execution_says_so_while_the_server_is_busy(
-    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    run_dag: Any,
+    api: Api,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Both workers busy: the task's execution is Pending, and its progress line says that, not 0.0 records/s."""
+    from airflow_mlserver.executions.progress import ProgressLog
+
     busy = api.start_batch("slowpoke", "v1", [{"x": float(i), "name": "b"} for i in range(60)], 2)
-    before = set(api.get("/api/scorer/v1/batch").json())
+    said_pending = threading.Event()
+    lines = ProgressLog.lines
+
+    def noting_lines(self: ProgressLog, *args: Any, **kwargs: Any) -> list[str]:
+        answer = lines(self, *args, **kwargs)
+        if any(" is Pending: waiting " in line for line in answer):
+            said_pending.set()
+        return answer
+
+    monkeypatch.setattr(ProgressLog, "lines", noting_lines)
 
     def free_the_server() -> None:
-        """Once the task's execution exists (and its first poll has seen it Pending), cancel the blocker."""
-        deadline = time.monotonic() + 120
-        while not set(api.get("/api/scorer/v1/batch").json()) - before and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(2)
+        """Once the task's first poll has seen its execution Pending (and said so), cancel the blocker."""
+        said_pending.wait(timeout=120)
         api.delete(f"/api/slowpoke/v1/batch/{busy}")
 
     freer = threading.Thread(target=free_the_server)

@@ -77,6 +77,41 @@ def _store_legacy_state(context: Any) -> None:
 legacy_state = _batch("mlserver_test_legacy_state", deferrable=False, pre_execute=_store_legacy_state)
 
 
+class _DeferredByEarlierRelease(MLServerBatchOperator):
+    """Its first run is what release 0.1.0 left of a deferred task: its state's form (chunks and rescores apart,
+    no record numbers) and its trigger's kwargs, exactly as the fixtures in ``tests/fixtures/earlier_release``
+    hold them; the resume is this release's ``execute_complete``."""
+
+    def execute(self, context: Any) -> Any:
+        from airflow_mlserver.triggers.batch import MLServerBatchTrigger
+
+        params, started = context["params"], time.time() - 30
+        context["task_state_store"].set("mlserver_batch", {
+            "service": params["service"], "version": params["version"], "chunks": 2,
+            "executions": {"0": params["execution_id"], "1": params["rescore_execution"]},
+            "executions_started": {"0": started, "1": started}, "started": started, "deadline": None,
+            "rescores": [], "intent": None, "written": "",
+        })  # fmt: skip
+        ids = [params["execution_id"], params["rescore_execution"]]
+        self.defer(
+            trigger=MLServerBatchTrigger(
+                mlserver_conn_id="mlserver_default", service_name=params["service"],
+                service_version=params["version"], execution_ids=ids, poll_interval=0.3, deadline=None,
+                cancel_on_kill=True, labels={ids[0]: "chunk 1 of 2", ids[1]: "chunk 2 of 2"},
+                started=dict.fromkeys(ids, started), map_index=None, until="first",
+            ),
+            method_name="execute_complete",
+        )  # fmt: skip
+
+
+with DAG("mlserver_test_deferred_by_earlier_release", **COMMON) as deferred_by_earlier_release:  # type: ignore[arg-type]
+    _DeferredByEarlierRelease(
+        task_id="score", service_name="{{ params.service }}", service_version="{{ params.version }}",
+        records="{{ params.records }}", output_path="{{ params.output }}", poll_interval=0.3, deferrable=True,
+        chunk_size=3,
+    )  # fmt: skip
+
+
 def _store_intent(context: Any) -> None:
     """Store what a try killed while starting the only chunk leaves: an intent and no execution id.
 

@@ -319,7 +319,8 @@ class MLServerBatchOperator(BaseOperator):
                 "Clear the task to score again."
             )
         service = self.hook.get_service(state.service, state.version)
-        if state.number_chunks(self._validate(service)):  # deferred by an earlier release
+        if state.unnumbered:  # deferred by an earlier release: its chunks' records, from the input's chunking
+            state.number_chunks([len(frame) for frame in self._frames(self._chunk_size())])
             state.save(context.get("task_state_store"))
         return self._advance(context, self._run(context, service, state))
 

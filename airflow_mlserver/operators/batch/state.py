@@ -231,10 +231,15 @@ class BatchState:
         """How many rounds of rescoring were planned."""
         return len(self.rounds) - 1
 
+    @property
+    def unnumbered(self) -> bool:
+        """Whether some chunk does not say which records it carries (a state an older release stored)."""
+        return any(not p.records for p in self.chunks.parts)
+
     def number_chunks(self, sizes: Sequence[int]) -> bool:
         """Give the chunks an older release stored their record numbers, from the input's chunk ``sizes``;
         answer whether any was missing."""
-        missing = any(not p.records for p in self.chunks.parts)
+        missing = self.unnumbered
         if missing and len(sizes) == len(self.chunks.parts):
             first = 0
             for part, size in zip(self.chunks.parts, sizes, strict=True):
