@@ -12,7 +12,8 @@ How a run goes:
    drains: it then starts the next chunk(s) at once, stages the result rows of each newly complete chunk as a
    part file next to the output (:mod:`~airflow_mlserver.operators.batch.parts`) while the others run, and
    waits again, until every chunk is complete; then up to ``rescore_failed_records`` rounds send the failed
-   records again (:mod:`~airflow_mlserver.operators.batch.rounds`).
+   records again. What to do next is :mod:`~airflow_mlserver.operators.batch.planner`'s decision, and
+   :mod:`~airflow_mlserver.operators.batch.driver` carries it out, the same whether the task defers or waits.
 4. A final pass reads the parts in chunk order, puts each rescored record's latest outcome in place (rescore
    rounds come after every chunk is complete, so their few results are read then), and writes ``output_path``
    in input order; the task fails when more than ``max_failed_records`` records failed, and returns a small
