@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 
 from airflow_mlserver.server.process import LocalMLServer
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
+    """Call ``probe`` until it answers something truthy (answered), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = probe()
+        if answer:
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 class Api:
@@ -79,6 +94,15 @@ class Api:
         assert answer.status_code == 200, answer.text
         status: dict[str, Any] = answer.json()
         return status
+
+    def workers_idle(self) -> bool:
+        """No worker of the server runs anything: every group of records taken so far has ended and is committed.
+
+        A lane frees its worker and commits its group's results in one step of the server's event loop, and
+        takes its next group in that same step, so an execution that goes on never shows its workers idle.
+        """
+        busy: int = self.get("/status").json()["details"]["busyWorkers"]
+        return busy == 0
 
     def wait(self, name: str, version: str, execution_id: str, timeout: float = 120) -> dict[str, Any]:
         """Poll until the execution has finished; answer its full results."""

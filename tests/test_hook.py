@@ -20,7 +20,7 @@ from airflow_mlserver.client.models import BatchStatus, TokenInfo
 from airflow_mlserver.exceptions import MLServerAuthError
 from airflow_mlserver.hooks.mlserver import ConnectionSettings, MLServerHook
 from airflow_mlserver.server.process import LocalMLServer
-from tests.helpers import Api
+from tests.helpers import Api, wait_for
 
 CONN_ID = "mlserver_test"
 
@@ -200,7 +200,8 @@ def test_cancel_running_batch(hook: MLServerHook, api: Api) -> None:
     execution_id = hook.start_batch("hookslow", "1", {"x": list(range(100))}, parallel_count=1)
     status = hook.cancel_batch("hookslow", "1", execution_id)
     assert status.is_canceled and status.is_finished
-    time.sleep(0.5)
+    # the record in flight (if any) has finished and is committed; no lane took another group
+    wait_for("the workers to be idle", api.workers_idle, timeout=30, interval=0.05)
     after = hook.get_batch("hookslow", "1", execution_id)
     assert after.is_canceled and after.completed < 100
 

@@ -36,7 +36,7 @@ from airflow_mlserver.client.mlserver import MLServerClient
 from airflow_mlserver.client.models import ServiceDefinition
 from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.server.process import LocalMLServer
-from tests.helpers import Api
+from tests.helpers import Api, wait_for
 from tests.msclient_shim import patched_client
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "dags_examples"
@@ -231,11 +231,11 @@ def test_cancel_batch(client: Any, api: Api) -> None:
 
         status = api.status(name, "1.0", batch.execution_id)
         assert status["state"] == "Canceled"
-        time.sleep(1.0)  # the record in flight finishes; no further record starts
+        # the record in flight finishes and is committed; no further record starts
+        wait_for("the workers to be idle", api.workers_idle, timeout=30, interval=0.05)
         settled = api.status(name, "1.0", batch.execution_id, partial=True)
         assert settled["state"] == "Canceled"
         assert settled["completedItemCount"] < len(records)
-        time.sleep(0.7)
         assert (
             api.status(name, "1.0", batch.execution_id)["completedItemCount"] == settled["completedItemCount"]
         )

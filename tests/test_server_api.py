@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from airflow_mlserver.server.process import LocalMLServer
-from tests.helpers import Api
+from tests.helpers import Api, wait_for
 
 SQUARE = "y = x * x\nprint('squared', x)\n"
 ARTIFACT = (
@@ -193,7 +193,12 @@ def test_poll_without_partial_results_is_constant_size(api: Api) -> None:
     api.publish("slowish", "v1", "import time\ntime.sleep(0.05)\ny = x", {"x": "integer"}, {"y": "integer"})
     small = api.start_batch("slowish", "v1", [{"x": 1}] * 100, 1)
     large = api.start_batch("slowish", "v1", [{"x": 1}] * 5000, 1)
-    time.sleep(1.0)
+    wait_for(
+        "both executions to have finished records",
+        lambda: all(api.status("slowish", "v1", e)["completedItemCount"] > 0 for e in (small, large)),
+        timeout=60,
+        interval=0.05,
+    )
     a = api.get(f"/api/slowish/v1/batch/{small}?showPartialResults=false")
     b = api.get(f"/api/slowish/v1/batch/{large}?showPartialResults=false")
     assert "batchExecutionResults" not in b.json()
@@ -208,13 +213,18 @@ def test_poll_without_partial_results_is_constant_size(api: Api) -> None:
 def test_cancel_stops_records_that_have_not_started(api: Api) -> None:
     api.publish("sleepy", "v1", "import time\ntime.sleep(0.2)\ny = x", {"x": "integer"}, {"y": "integer"})
     execution_id = api.start_batch("sleepy", "v1", [{"x": i} for i in range(100)], 1)
-    time.sleep(0.8)
+    wait_for(
+        "a record to finish",
+        lambda: api.status("sleepy", "v1", execution_id)["completedItemCount"] > 0,
+        timeout=60,
+        interval=0.05,
+    )
     answer = api.delete(f"/api/sleepy/v1/batch/{execution_id}")
     assert answer.status_code == 200
     assert answer.json()["state"] == "Canceled"
-    time.sleep(1.0)
+    # the record in flight has finished and is committed, and no lane took another group
+    wait_for("the workers to be idle", api.workers_idle, timeout=30, interval=0.05)
     first = api.status("sleepy", "v1", execution_id, partial=True)
-    time.sleep(1.0)
     second = api.status("sleepy", "v1", execution_id, partial=True)
     assert first["state"] == second["state"] == "Canceled"
     assert first["completedItemCount"] == second["completedItemCount"] < 20

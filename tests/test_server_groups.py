@@ -16,7 +16,7 @@ import pytest
 
 from airflow_mlserver.server.process import LocalMLServer
 from airflow_mlserver.server.runner import GROUP_SECONDS
-from tests.helpers import Api
+from tests.helpers import Api, wait_for
 
 MIDDLE = 40
 
@@ -66,9 +66,9 @@ def test_cancel_stops_between_records_of_a_group(api: Api, tmp_path: Path) -> No
     answer = api.delete(f"/api/grouped_cancel/v1/batch/{execution_id}")
     canceled_at = time.time()
     assert answer.json()["state"] == "Canceled"
-    time.sleep(1.0)
+    # the groups in flight at the cancel have stopped and are committed, and no lane took another group
+    wait_for("the workers to be idle", api.workers_idle, timeout=30, interval=0.05)
     first = api.status("grouped_cancel", "v1", execution_id, partial=True)
-    time.sleep(0.5)
     final = api.status("grouped_cancel", "v1", execution_id, partial=True)
     assert final["completedItemCount"] == first["completedItemCount"] < 3000
     runs = _runs(log)
