@@ -13,16 +13,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 import psutil
 import requests
 
 from airflow_mlserver.server.process import LocalMLServer
-from tests.helpers import Api
+from tests.helpers import Api, wait_for
 from tests.ui_fixtures import free_port
 
 __all__ = ["AIRFLOW", "SLOW", "Deployment", "free_port", "slow_batch", "wait_for"]
@@ -30,19 +30,6 @@ __all__ = ["AIRFLOW", "SLOW", "Deployment", "free_port", "slow_batch", "wait_for
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 #: The crash tests' service: 0.2 s a record, so that a batch is still running when a process is killed.
 SLOW = "import time\ntime.sleep(0.2)\ny = x * 2\n"
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """Call ``probe`` until it answers something truthy (answered), or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = probe()
-        if answer:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def slow_batch(ml: LocalMLServer, tmp_path: Path, service: str, rows: int) -> tuple[Api, dict[str, Any]]:
@@ -126,6 +113,16 @@ class Deployment:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.home.glob("*.log")))
+
+    def task_log(self, dag_id: str, run_id: str, try_number: int = 1, task_id: str = "score") -> str:
+        """A task try's log files as written on this machine: the worker's and the triggerer's (its trigger's lines).
+
+        Read from the files, not through the API server, so that a deferred task's trigger lines are seen as soon
+        as the triggerer writes them.
+        """
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        files = sorted(folder.glob(f"attempt={try_number}.log*"))
+        return "".join(p.read_text(errors="replace") for p in files)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         answer = requests.request(method, f"{self.url}{path}", timeout=30, **kwargs)

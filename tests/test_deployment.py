@@ -8,6 +8,7 @@ API and kill or restart the real processes. Nothing of the provider is called di
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -20,7 +21,7 @@ import pytest
 import requests
 
 from airflow_mlserver.server.process import LocalMLServer
-from tests.deployment import AIRFLOW, Deployment, free_port, slow_batch
+from tests.deployment import AIRFLOW, Deployment, free_port, slow_batch, wait_for
 from tests.helpers import Api
 
 DAGS = Path(__file__).parent / "deploy_dags"
@@ -186,7 +187,15 @@ def test_user_kill_cancels_the_execution_once(
     ) is None:
         assert time.monotonic() < deadline, "no triggerer picked the trigger up"
         time.sleep(0.5)
-    time.sleep(2)
+    # ... and running: its first round of polls has logged where the execution stands
+    wait_for(
+        "the trigger's first progress line",
+        lambda: re.search(
+            rf"Batch progress|Batch execution {execution_id} is Pending",
+            deployment.task_log("mlserver_deploy_deferrable", run_id),
+        ),
+        timeout=60,
+    )
     deployment.request(
         "PATCH",
         f"/dags/mlserver_deploy_deferrable/dagRuns/{run_id}/taskInstances/score",
@@ -196,7 +205,15 @@ def test_user_kill_cancels_the_execution_once(
     while api.status("kill_svc", "v1", execution_id)["state"] != "Canceled":
         assert time.monotonic() < deadline, f"the execution was not canceled\n{deployment.logs()}"
         time.sleep(0.5)
-    time.sleep(3)  # a second cancel would have come by now
+    # on_kill has ended (it logs after its cancel answered): the trigger that ran it cancels nothing more
+    wait_for(
+        "the trigger's on_kill to log its cancel",
+        lambda: (
+            f"Canceled batch execution {execution_id} on kill"
+            in deployment.task_log("mlserver_deploy_deferrable", run_id)
+        ),
+        timeout=60,
+    )
     status = api.status("kill_svc", "v1", execution_id)
     assert status["cancelRequestCount"] == 1
     assert status["completedItemCount"] < 400
