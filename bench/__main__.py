@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 
-from bench import artifacts, hook, operator, scale, server, server_r
+from bench import artifacts, hook, operator, scale, server, server_r, starts
 from bench.common import Benchmark, BenchResult, Figure
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "server.batch_r": server_r.bench_batch_r,
     "hook.poll": hook.bench_poll,
     "hook.results": hook.bench_results,
+    "hook.start": starts.bench_starts,
     "artifacts.copy": artifacts.bench_copy,
     "operator.overhead": operator.bench_overhead,
     "operator.triggers": operator.bench_triggers,

@@ -13,6 +13,7 @@ store, as a retry of the task does.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from airflow_mlserver.client.models import (
     ResultsPage,
     WebService,
 )
+from airflow_mlserver.client.reconcile import Adopt, Ambiguous, Candidate, judge, outcome, sample_indexes
 from airflow_mlserver.exceptions import MLServerBatchFailedError
 from airflow_mlserver.executions.waiting import ended
 from airflow_mlserver.operators.batch import planner
@@ -45,6 +47,15 @@ SERVICE = WebService(
     outputs=(ParameterDefinition("y", "numeric"),),
 )
 ALWAYS = 99  # a record that fails in every attempt
+
+
+def _outcome(model: Model, x: float, attempt: int) -> tuple[bool, Any]:
+    result = (
+        {"success": False}
+        if model._fails(x, attempt)
+        else {"success": True, "outputParameters": {"y": 2 * x}}
+    )
+    return outcome(result["success"], result.get("outputParameters"))
 
 
 class Crash(BaseException):
@@ -70,6 +81,8 @@ class Model:
     now: float = 1_780_000_000.0
     calls: int = 0
     executions: dict[str, Execution] = field(default_factory=dict)
+    keyed: bool = True
+    keys: dict[str, str] = field(default_factory=dict)
     store: dict[str, Any] = field(default_factory=dict)
 
     def tick(self, where: str) -> None:
@@ -124,19 +137,75 @@ class Hook:
         self.model.tick("list")
         return list(self.model.executions)
 
+    def honours_idempotency_keys(self, name: str, version: str) -> bool:
+        return self.model.keyed
+
     def start_batch(
-        self, name: str, version: str, records: pd.DataFrame, parallel_count: int, **_: Any
+        self,
+        name: str,
+        version: str,
+        records: pd.DataFrame,
+        parallel_count: int,
+        idempotency_key: str | None = None,
+        **_: Any,
     ) -> str:
+        return self._start(records, idempotency_key)[0]
+
+    def resend_start(
+        self, service: WebService, records: pd.DataFrame, parallel_count: int, key: str
+    ) -> tuple[str, bool]:
+        assert self.model.keyed
+        return self._start(records, key)
+
+    def _start(self, records: pd.DataFrame, key: str | None) -> tuple[str, bool]:
         m = self.model
         m.tick("start, before the server saw it")
+        if m.keyed and key in m.keys:
+            return m.keys[key], True  # the server answers the execution that key's first send created
         xs = [float(x) for x in records["x"]]
         scored = [e for e in m.executions.values() if not e.fails and not e.canceled]
         attempt = {x: 1 + sum(x in e.records for e in scored) for x in xs}  # the round the record is in, + 1
         eid = f"e{len(m.executions)}"
         fails = m.rng.random() < 0.08
         m.executions[eid] = Execution(xs, attempt, m.now + m.rng.uniform(1, 20), fails)
+        if m.keyed and key is not None:
+            m.keys[key] = eid
         m.tick("start, after the server started it")
-        return eid
+        return eid, False
+
+    def find_started_batch(
+        self,
+        service: WebService,
+        records: pd.DataFrame,
+        before: list[str],
+        exclude: list[str],
+        look_until: float,
+        label: str,
+    ) -> str | None:
+        """The client's rule (:func:`~airflow_mlserver.client.reconcile.judge`) on the model's executions; the
+        model's service answers a record as in its round (the label's), as the rounds number its attempts."""
+        m = self.model
+        m.tick("find")
+        xs = [float(x) for x in records["x"]]
+        m.now = max(m.now, look_until)  # the earlier try's start could still arrive until then
+        candidates = []
+        for eid, e in m.executions.items():
+            if eid in before or eid in exclude or len(e.records) != len(xs) or ended(m.status(eid)):
+                continue
+            m.now = max(m.now, e.ends_at)  # waited for it to finish
+            if not ended(m.status(eid)):
+                candidates.append(eid)
+        found = re.match(r"rescore round (\d+)", label)
+        attempt = 1 + (int(found.group(1)) if found else 0)
+        samples = sample_indexes(len(xs))
+        expected = [_outcome(m, xs[i], attempt) for i in samples]
+        judged = [Candidate(e, tuple(_outcome(m, xs[i], m.executions[e].attempt[xs[i]]) for i in samples)) if
+                  m.executions[e].records == xs else Candidate(e, tuple((False, None) for _ in samples))
+                  for e in candidates]  # fmt: skip
+        verdict = judge(judged, expected, expected)
+        if isinstance(verdict, Ambiguous):
+            raise AssertionError(f"the model's own executions were ambiguous: {verdict}")
+        return verdict.execution_id if isinstance(verdict, Adopt) else None
 
     def get_batch(self, name: str, version: str, execution_id: str) -> BatchStatus:
         self.model.tick("status")
@@ -249,10 +318,12 @@ def _scenario(seed: int) -> tuple[pd.DataFrame, planner.Config, dict[float, int]
     return records, config, fail_attempts
 
 
-def _run_to_the_end(seed: int, crash_at: int | None, out: Path) -> tuple[Model, dict[str, Any]]:
+def _run_to_the_end(
+    seed: int, crash_at: int | None, out: Path, keyed: bool = True
+) -> tuple[Model, dict[str, Any]]:
     """Tries of the task until one finishes (a crash or a failed execution ends a try; at most 30 tries)."""
     records, config, fail_attempts = _scenario(seed)
-    model = Model(random.Random(seed * 7919 + (crash_at or 0)), fail_attempts, crash_at)
+    model = Model(random.Random(seed * 7919 + (crash_at or 0)), fail_attempts, crash_at, keyed=keyed)
     for _ in range(30):
         try:
             return model, _try(model, records, config, out)
@@ -291,15 +362,19 @@ def _check(seed: int, model: Model, finished: dict[str, Any], out: Path) -> None
     )
 
 
-@pytest.mark.parametrize("seed", range(24))
-def test_random_batches_reach_the_same_results_with_each_part_started_once(seed: int, tmp_path: Path) -> None:
-    model, finished = _run_to_the_end(seed, None, tmp_path / "out.parquet")
+@pytest.mark.parametrize("keyed", [True, False], ids=["keys honoured", "keys ignored"])
+@pytest.mark.parametrize("seed", range(12))
+def test_random_batches_reach_the_same_results_with_each_part_started_once(
+    seed: int, keyed: bool, tmp_path: Path
+) -> None:
+    """With a server that honours idempotency keys (the local one) and one that ignores them (a real one)."""
+    model, finished = _run_to_the_end(seed, None, tmp_path / "out.parquet", keyed)
     _check(seed, model, finished, tmp_path / "out.parquet")
     calls = model.calls
     rng = random.Random(seed)
     for crash_at in sorted(rng.sample(range(1, calls + 1), min(calls, 8))):  # a crash after any call
         out = tmp_path / f"crash-{crash_at}.parquet"
-        crashed, result = _run_to_the_end(seed, crash_at, out)
+        crashed, result = _run_to_the_end(seed, crash_at, out, keyed)
         _check(seed, crashed, result, out)
 
 

@@ -482,38 +482,75 @@ def test_an_intent_without_a_new_execution_starts_the_chunk(
     assert re.search(rf"Started batch execution {started} for chunk 1 of 1 \(4 records\)", log)
 
 
-def test_an_intent_with_several_candidates_fails_until_only_one_is_left(
+def test_an_intent_never_adopts_a_siblings_execution_of_the_same_size(
     run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Two new executions of 4 records: none is adopted, none started; once one is canceled the other is."""
-    before = api.get("/api/sleeper/v1/batch").json()
-    # one record at a time, 4 s each: both still run when the user cancels one
-    first, second = (api.start_batch("sleeper", "v1", _frame(4).to_dict("records"), 1) for _ in range(2))
-    out = tmp_path / "results.parquet"
-    records = _write(_frame(4), tmp_path / "in.csv")
-    params = {
-        "service": "sleeper",
-        "records": records,
-        "output": str(out),
-        "before": before,
-        "intent_records": 4,
-    }
-    dagrun = run_dag("mlserver_test_intent", **params)
+    """A mapped sibling (or another run) started 4 other records while this try was stopped between its intent
+    and its start: its results are not this chunk's, so it is never adopted; the chunk is started."""
+    before = api.get("/api/scorer/v1/batch").json()
+    sibling = api.start_batch("scorer", "v1", _frame(8).iloc[4:].to_dict("records"))
+    api.wait("scorer", "v1", sibling)
+    dagrun, out = _run_with_intent(run_dag, api, tmp_path, before)
+    assert dagrun.state == "success"
+    (started,) = set(api.get("/api/scorer/v1/batch").json()) - set(before) - {sibling}
+    assert _summary(dagrun)["execution_ids"] == [started]
+    assert pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0]
+    assert "starting it" in capfd.readouterr().out
+
+
+def test_an_intent_whose_candidates_cannot_be_told_apart_fails_and_names_them(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Two new executions of this chunk's very records: none is adopted, none started, both named."""
+    before = api.get("/api/scorer/v1/batch").json()
+    first, second = (api.start_batch("scorer", "v1", _frame(4).to_dict("records")) for _ in range(2))
+    for execution_id in (first, second):
+        api.wait("scorer", "v1", execution_id)
+    dagrun, _ = _run_with_intent(run_dag, api, tmp_path, before)
     assert dagrun.state == "failed"
-    assert set(api.get("/api/sleeper/v1/batch").json()) - set(before) == {first, second}
+    assert set(api.get("/api/scorer/v1/batch").json()) - set(before) == {first, second}
     log = capfd.readouterr().out
     assert (
-        "AmbiguousStartError: An earlier try of this task was stopped while it started the batch execution of "
-        "chunk 1 of 1 (4 records) on web service 'sleeper' version 'v1', and the service now has 2 new "
-        f"executions of 4 records: {first}, {second}. Cannot tell which one is the execution of chunk 1 of 1, so "
-        "none is adopted and none is started." in log
+        "AmbiguousStartError: The start of chunk 1 of 1 (4 records) on web service 'scorer' version 'v1' may have "
+        "created an execution, and the service has 2 new executions of 4 records that could be it: "
+        f"{first}, {second}. Cannot tell which one is the execution of chunk 1 of 1: their results for the "
+        "sampled records are the same as this start's. None is adopted and none is started." in log
     ), log[-3000:]
-    api.delete(f"/api/sleeper/v1/batch/{first}")  # the user cancels the one that is not this chunk's
-    assert api.status("sleeper", "v1", first)["state"] == "Canceled"
-    dagrun = run_dag("mlserver_test_intent", **params)
+
+
+@pytest.mark.parametrize("reached", [True, False], ids=["start reached the server", "start lost"])
+def test_an_intent_with_a_key_is_settled_by_sending_the_start_again(
+    run_dag: Any, api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str], reached: bool
+) -> None:
+    """This release's intents carry the start's idempotency key: the server that honours keys answers the
+    execution the earlier try's start created (adopted), or starts it now; a sibling's is never taken."""
+    before = api.get("/api/scorer/v1/batch").json()
+    sibling = api.start_batch("scorer", "v1", _frame(8).iloc[4:].to_dict("records"))
+    key = f"intent-{reached}-{time.time()}"
+    earlier = None
+    if reached:
+        answer = api.post(
+            "/api/scorer/v1/batch?parallelCount=2",
+            json=_frame(4).to_dict("records"),
+            headers={"Idempotency-Key": key},
+        )
+        earlier = answer.json()["batchExecutionId"]
+    out = tmp_path / "results.parquet"
+    dagrun = run_dag(
+        "mlserver_test_intent", records=_write(_frame(4), tmp_path / "in.csv"), output=str(out), before=before,
+        intent_records=4, intent_key=key,
+    )  # fmt: skip
     assert dagrun.state == "success"
-    assert _summary(dagrun)["execution_ids"] == [second]
-    assert set(api.get("/api/sleeper/v1/batch").json()) - set(before) == {first, second}
+    new = set(api.get("/api/scorer/v1/batch").json()) - set(before) - {sibling}
+    (chunk,) = new
+    assert chunk == earlier if reached else chunk != sibling
+    assert _summary(dagrun)["execution_ids"] == [chunk]
+    assert pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0]
+    log = capfd.readouterr().out
+    if reached:
+        assert f"Adopted batch execution {chunk} for chunk 1 of 1: an earlier try started it" in log
+    else:
+        assert re.search(rf"Started batch execution {chunk} for chunk 1 of 1 \(4 records\)", log)
 
 
 def _with_ids(n: int) -> pd.DataFrame:

@@ -27,7 +27,7 @@ def test_this_release_stores_a_list_of_rounds_of_parts_and_reads_it_back() -> No
         "svc", "1", started=1_780_000_000.25, deadline=1_780_003_600.0,
         rounds=[Round([Part("0-9", "a", 1_780_000_001.5), Part("10-14")]),
                 Round([Part("3,5,10-12", "c", 1_780_000_100.0)])],
-        intent=StartIntent(0, 1, 5, ["a", "c", "other"], 1_780_000_200.0), written=[0],
+        intent=StartIntent(0, 1, 5, ["a", "c", "other"], 1_780_000_200.0, "k-1"), written=[0],
     )  # fmt: skip
     stored = state.to_stored()
     assert stored == {
@@ -43,7 +43,7 @@ def test_this_release_stores_a_list_of_rounds_of_parts_and_reads_it_back() -> No
             {"parts": [{"records": "3,5,10-12", "execution_id": "c", "started": "2026-05-28T20:28:20.000+00:00"}]},
         ],
         "intent": {"round": 0, "part": 1, "records": 5, "before": ["a", "c", "other"],
-                   "at": "2026-05-28T20:30:00.000+00:00"},
+                   "at": "2026-05-28T20:30:00.000+00:00", "key": "k-1"},
         "written": "0",
     }  # fmt: skip
     assert json.loads(json.dumps(stored)) == stored  # plain JSON, as the store keeps it

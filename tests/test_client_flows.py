@@ -25,10 +25,10 @@ from airflow_mlserver.client import auth as auth_module
 from airflow_mlserver.client.auth import Auth
 from airflow_mlserver.client.calls import Calls
 from airflow_mlserver.client.errors import (
-    AmbiguousStartError,
     ExecutionNotFoundError,
     MLServerApiError,
     MLServerAuthError,
+    MLServerConfigError,
     MLServerConnectionError,
     MLServerError,
     ServiceExistsError,
@@ -214,59 +214,60 @@ def test_publish_over_an_existing_version_patches_only_with_replace() -> None:
     assert server.done and server.result.name == "svc"
 
 
-# --- starting a batch: never twice silently ---------------------------------------------------------------
+# --- starting a batch: never twice silently, never another's (the rule: tests/test_reconcile.py) -------------
 
 
-def start(c: Calls) -> Server:
-    server = Server(c.start_batch("svc", "1", [{"x": 1}, {"x": 2}], 5, WebService.from_api(SERVICE), "error"))
-    server.expect("GET", "/api/svc/1/batch", ok(["old"]))
-    return server
+def start(c: Calls, key: str = "k-1") -> Server:
+    return Server(c.send_start("svc", "1", [{"x": 1}, {"x": 2}], 5, key))
 
 
-def test_start_sends_the_checked_records() -> None:
+def test_start_sends_the_checked_records_with_its_idempotency_key() -> None:
     server = start(calls(login=None, password=None, access_token="tok"))
     post = server.expect("POST", "/api/svc/1/batch", ok({"batchExecutionId": "new"}))
     assert post.spec.params == (("parallelCount", "5"),) and not post.spec.idempotent
     assert json.loads(post.spec.body or b"") == [{"x": 1}, {"x": 2}]
-    assert server.done and server.result == "new"
+    assert post.headers["Idempotency-Key"] == "k-1" and post.headers["Authorization"] == "Bearer tok"
+    assert server.done and server.result == ("new", False)
 
 
-def test_an_ambiguous_start_adopts_the_one_new_execution() -> None:
+def test_a_start_sent_again_with_its_key_says_when_the_server_answers_the_first_send() -> None:
     server = start(calls(login=None, password=None, access_token="tok"))
-    server.expect("POST", "/api/svc/1/batch", AmbiguousSend("no answer in time"))
-    server.expect("GET", "/api/svc/1/batch", ok(["old", "e-2"]))
-    assert server.done and server.result == "e-2"
+    replayed = Answer(200, {"Idempotent-Replayed": "true"}, value={"BatchExecutionId": "first"})
+    server.expect("POST", "/api/svc/1/batch", replayed)
+    assert server.done and server.result == ("first", True)
 
 
-def test_an_ambiguous_start_with_no_new_execution_looks_again_then_resends() -> None:
-    server = start(calls(login=None, password=None, access_token="tok", timeout=3.0))
-    server.expect("POST", "/api/svc/1/batch", AmbiguousSend("connection reset"))
-    server.expect("GET", "/api/svc/1/batch", ok(["old"]))
-    assert server.expect_sleep() == 3.0  # a slow server may still be creating it
-    server.expect("GET", "/api/svc/1/batch", ok(["old"]))
-    server.expect("POST", "/api/svc/1/batch", ok({"BatchExecutionId": "e-3"}))
-    assert server.done and server.result == "e-3"
-
-
-def test_an_ambiguous_start_with_several_new_executions_names_them() -> None:
+def test_an_ambiguous_start_is_left_to_the_rule() -> None:
+    """The flow sends once: a lost answer goes up to the starter, which applies the reconciliation rule."""
     server = start(calls(login=None, password=None, access_token="tok"))
-    server.expect("POST", "/api/svc/1/batch", AmbiguousSend("HTTP 502: bad gateway"))
-    with pytest.raises(AmbiguousStartError, match=r"2 executions appeared \(a, b\)") as raised:
-        server.expect("GET", "/api/svc/1/batch", ok(["old", "b", "a"]))
-    assert raised.value.candidates == ("a", "b")
+    with pytest.raises(AmbiguousSend, match="no answer in time"):
+        server.expect("POST", "/api/svc/1/batch", AmbiguousSend("no answer in time"))
 
 
-def test_a_start_that_keeps_failing_before_the_server_acts_gives_up() -> None:
-    server = start(calls(login=None, password=None, access_token="tok", max_retries=1))
-    for _ in range(2):
-        server.expect("POST", "/api/svc/1/batch", AmbiguousSend("reset"))
-        server.expect("GET", "/api/svc/1/batch", ok(["old"]))
-        server.expect_sleep()
-        if _ == 1:
-            with pytest.raises(AmbiguousStartError, match=r"kept failing .*no execution was created"):
-                server.expect("GET", "/api/svc/1/batch", ok(["old"]))
-        else:
-            server.expect("GET", "/api/svc/1/batch", ok(["old"]))
+@pytest.mark.parametrize(
+    ("headers", "honoured"),
+    [({"X-Idempotency-Keys": "honoured"}, True), ({"x-idempotency-keys": "Honoured "}, True), ({}, False)],
+)
+def test_whether_a_server_honours_keys_is_read_from_its_answers(
+    headers: dict[str, str], honoured: bool
+) -> None:
+    c = calls(
+        login=None, password=None, access_token="tok", base_url=f"http://keys-{abs(hash(str(headers)))}:1"
+    )
+    assert c.honours_keys() is None  # nothing said yet
+    server = Server(c.list_batch_executions("svc", "1"))
+    server.expect("GET", "/api/svc/1/batch", Answer(200, headers, value=["a"]))
+    assert server.done and c.honours_keys() is honoured
+
+
+def test_the_records_of_a_start_are_checked_before_anything_is_sent() -> None:
+    c = calls(login=None, password=None, access_token="tok")
+    with pytest.raises(MLServerConfigError, match="parallel_count must be a whole number from 1 to 100"):
+        next(c.batch_records("svc", "1", [{"x": 1}], 0, WebService.from_api(SERVICE), "error"))
+    flow = c.batch_records("svc", "1", [{"x": 1}], 3, WebService.from_api(SERVICE), "error")
+    with pytest.raises(StopIteration) as done:
+        next(flow)  # the service is known: no request at all
+    assert done.value.value[1] == [{"x": 1}]
 
 
 # --- retry classification -------------------------------------------------------------------------------

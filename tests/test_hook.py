@@ -309,18 +309,24 @@ def test_faulty_server_batch_completes_exactly_once(tmp_path: Path, monkeypatch:
         assert hook.list_batch_executions("hookinc", "1") == [execution_id]  # no second execution
 
 
+@pytest.mark.parametrize(
+    ("keys", "logged"),
+    [("honoured", "sending it again with the same idempotency key"), ("ignored", "adopting execution")],
+)
 def test_ambiguous_start_adopts_the_created_execution(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], keys: str, logged: str
 ) -> None:
-    """Answers dropped after the server acted: each start still yields exactly one execution."""
-    with LocalMLServer(tmp_path, workers=1, extra_args=["--faults", "drop:0.4,seed:3"]) as server:
+    """Answers dropped after the server acted: each start still yields exactly one execution, whether the server
+    answers a start sent again with its key, or the new execution's results show it is the start's."""
+    faults = ["--faults", "drop:0.4,seed:3"] + (["--ignore-idempotency-keys"] if keys == "ignored" else [])
+    with LocalMLServer(tmp_path, workers=1, extra_args=faults) as server:
         use_connection(monkeypatch, server_uri(server, "max_retries=30"))
         hook = MLServerHook(CONN_ID, retry_wait=0.01, retry_wait_max=0.05)
         hook.publish_service("hookdrop", "1", "y = x", inputs={"x": "integer"}, outputs={"y": "integer"})
         ids = [hook.start_batch("hookdrop", "1", [{"x": 1}], parallel_count=1) for _ in range(8)]
         assert len(set(ids)) == 8
         assert sorted(hook.list_batch_executions("hookdrop", "1")) == sorted(ids)
-        assert "adopting execution" in capfd.readouterr().out  # the hook logs through Airflow's structlog
+        assert logged in capfd.readouterr().out  # the hook logs through Airflow's structlog
 
 
 def test_settings_from_connection_object() -> None:

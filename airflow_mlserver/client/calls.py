@@ -19,7 +19,6 @@ import msgspec
 
 from airflow_mlserver.client.auth import Auth
 from airflow_mlserver.client.errors import (
-    AmbiguousStartError,
     MalformedResponseError,
     MLServerApiError,
     MLServerConfigError,
@@ -39,9 +38,9 @@ from airflow_mlserver.client.models import (
 )
 from airflow_mlserver.client.protocol import (
     AmbiguousSend,
+    Answer,
     Flow,
     ReadMode,
-    Sleep,
     Spec,
     check_segment,
     quote,
@@ -55,6 +54,11 @@ if TYPE_CHECKING:
     from airflow_mlserver.client.records import ExtraColumns, RecordsInput
 
 MAX_PARALLEL_COUNT = 100
+
+#: The answer header of a server that honours a batch start's ``Idempotency-Key``, and its value.
+KEYS_HEADER = "x-idempotency-keys"
+#: Whether each server (by base URL) honours idempotency keys, as its latest answer said, in this process.
+HONOURS_KEYS: dict[str, bool] = {}
 
 
 class Calls:
@@ -101,6 +105,7 @@ class Calls:
         service = ServiceRef(name, version, latest=True)
         spec = service.spec("GET", f"/services{service.segments}", "get")
         answer = yield from self.auth.exchange(spec)
+        self.note(answer)
         value = answer.value
         items = value if isinstance(value, list) else [value]
         if not items:
@@ -195,9 +200,10 @@ class Calls:
         ref = ServiceRef(name, version)
         spec = ref.spec("GET", ref.batch_path, "list the batch executions of")
         answer = yield from self.auth.exchange(spec)
+        self.note(answer)
         return names_list(answer.value, spec, "execution ids")
 
-    def start_batch(
+    def batch_records(
         self,
         name: str,
         version: str,
@@ -205,9 +211,8 @@ class Calls:
         parallel_count: int,
         service: WebService | None,
         extra_columns: ExtraColumns,
-    ) -> Flow[str]:
-        """Check the records, start an execution; never a second one silently (see the hook's docstring)."""
-        ref = ServiceRef(name, version)
+    ) -> Flow[tuple[WebService, list[dict[str, Any]]]]:
+        """The service and the records of a batch start, checked (nothing is sent but the service's lookup)."""
         if (
             isinstance(parallel_count, bool)
             or not isinstance(parallel_count, int)
@@ -220,48 +225,40 @@ class Calls:
         known = service or (yield from self.get_service(name, version))
         from airflow_mlserver.client.records import prepare_records
 
-        body = _encode_records(prepare_records(records, known, extra_columns))
-        before = set((yield from self.list_batch_executions(name, version)))
-        params = (("parallelCount", str(parallel_count)),)
+        return known, prepare_records(records, known, extra_columns)
+
+    def send_start(
+        self, name: str, version: str, records: list[dict[str, Any]], parallel_count: int, key: str
+    ) -> Flow[tuple[str, bool]]:
+        """Send one batch start with its idempotency key; answer the execution id and whether the server says it
+        answered an earlier send of this key (``Idempotent-Replayed``). A failure that leaves unknown whether
+        the server acted is raised as :class:`~airflow_mlserver.client.protocol.AmbiguousSend` (see
+        :mod:`.reconcile`)."""
+        ref = ServiceRef(name, version)
         spec = ref.spec(
-            "POST", ref.batch_path, "start a batch of", params=params, body=body, idempotent=False
+            "POST",
+            ref.batch_path,
+            "start a batch of",
+            params=(("parallelCount", str(parallel_count)),),
+            body=_encode_records(records),
+            idempotent=False,
+            headers=(("Idempotency-Key", key),),
         )
-        reason = ""
-        for _ in range(self.settings.max_retries + 1):
-            try:
-                answer = yield from self.auth.exchange(spec)
-                return start_answer_execution_id(answer.value)
-            except AmbiguousSend as exc:
-                reason = exc.reason
-            # The server may or may not have started an execution: look before sending again.
-            new: set[str] = set()
-            for wait in (0.0, min(self.settings.timeout, 5.0)):
-                if wait:
-                    yield Sleep(wait)
-                new = set((yield from self.list_batch_executions(name, version))) - before
-                if new:
-                    break
-            if len(new) == 1:
-                adopted = new.pop()
-                self.log.warning(
-                    "Starting the batch failed after sending (%s); adopting execution %s, the one it created",
-                    reason,
-                    adopted,
-                )
-                return adopted
-            if new:
-                raise AmbiguousStartError(
-                    f"Starting a batch of {ref.words} failed after sending ({reason}), and meanwhile {len(new)} "
-                    f"executions appeared ({shortened(', '.join(sorted(new)))}): cannot tell "
-                    "which is this one. Check them with get_batch() and cancel the ones not wanted.",
-                    tuple(sorted(new)),
-                )
-            self.log.warning(
-                "Starting the batch failed before the server acted on it (%s); sending it again", reason
-            )
-        raise AmbiguousStartError(
-            f"Starting a batch of {ref.words} kept failing ({reason}); no execution was created. Retry later."
+        answer = yield from self.auth.exchange(spec)
+        self.note(answer)
+        replayed = any(
+            k.lower() == "idempotent-replayed" and v.lower() == "true" for k, v in answer.headers.items()
         )
+        return start_answer_execution_id(answer.value), replayed
+
+    def note(self, answer: Answer) -> None:
+        """Remember whether the server honours idempotency keys, as its answer says."""
+        said = next((v for k, v in answer.headers.items() if k.lower() == KEYS_HEADER), "")
+        HONOURS_KEYS[self.settings.base_url] = said.strip().lower() == "honoured"
+
+    def honours_keys(self) -> bool | None:
+        """Whether the server honours a start's idempotency key (None: none of its answers said yet)."""
+        return HONOURS_KEYS.get(self.settings.base_url)
 
     def get_batch(self, name: str, version: str, execution_id: str, partial: bool) -> Flow[BatchStatus]:
         spec = batch_spec(name, version, execution_id, partial, "batch_full" if partial else "batch_head")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
@@ -33,6 +33,7 @@ from airflow_mlserver.client.protocol import CHUNK_SIZE, Flow, RetryPolicy
 from airflow_mlserver.client.publishing import encode_model_objects, publish_with_objects
 from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.client.settings import ConnectionSettings
+from airflow_mlserver.client.starting import Starter
 from airflow_mlserver.client.streaming import BatchAnswerParser
 from airflow_mlserver.client.sync import (
     ArtifactReader,
@@ -84,6 +85,7 @@ class MLServerClient:
         policy = RetryPolicy(settings.max_retries, retry_wait, retry_wait_max)
         self.sync = SyncDriver(self.auth, policy, self.log, self.stats, mask)
         self.aio = AsyncDriver(self.auth, policy, self.log, self.stats, amask)
+        self.starter = Starter(self)
 
     def run(self, flow: Flow[T]) -> T:
         """Run any flow of :class:`~airflow_mlserver.client.calls.Calls` synchronously."""
@@ -185,21 +187,64 @@ class MLServerClient:
         parallel_count: int = 10,
         service: WebService | None = None,
         extra_columns: ExtraColumns = "error",
+        idempotency_key: str | None = None,
+        before: Sequence[str] | None = None,
     ) -> str:
         """Check the records against the service's inputs, start a batch execution and answer its id.
 
-        Starting is not idempotent, so it is never blindly resent: after a failure that leaves unknown whether
-        the server acted, the service's execution ids are compared with those from before; a single new one
-        is adopted, none means it is safe to send again, several raise :class:`AmbiguousStartError`.
+        Starting is not idempotent, so it is never blindly resent, and no one else's execution is ever taken for
+        it (:mod:`~airflow_mlserver.client.reconcile` has the rule): the start carries an ``Idempotency-Key``;
+        after a failure that leaves unknown whether the server acted, a server that honours keys is sent it
+        again with the same key, another has the new executions of that size compared with this start's
+        records, and :class:`AmbiguousStartError` names them when that cannot tell.
 
         :param records: A DataFrame, a list of dicts or a dict of columns (see :mod:`airflow_mlserver.client.records`).
         :param parallel_count: Records run at a time on the server (1 to 100).
         :param service: The service's description, if already fetched (saves a request).
         :param extra_columns: ``"error"`` or ``"drop"`` for columns the service does not declare.
+        :param idempotency_key: The start's key (a new random one by default; give the same one only to send the
+            same start again).
+        :param before: The service's execution ids just before, if the caller has them (saves listing them).
         """
-        return self.run(
-            self.calls.start_batch(name, version, records, parallel_count, service, extra_columns)
+        known, prepared = self.run(
+            self.calls.batch_records(name, version, records, parallel_count, service, extra_columns)
         )
+        return self.starter.start(known, prepared, parallel_count, idempotency_key, before)
+
+    def resend_start(
+        self, service: WebService, records: RecordsInput, parallel_count: int, idempotency_key: str
+    ) -> tuple[str, bool]:
+        """Send a start again with the key an earlier send had (a server that honours keys answers the execution
+        that send created, if it did, else starts it now); answer the execution id and whether it was the
+        earlier send's."""
+        known, prepared = self.run(
+            self.calls.batch_records(
+                service.name, service.version, records, parallel_count, service, "ignore"
+            )
+        )
+        return self.starter.send(known, prepared, parallel_count, idempotency_key, None, True)
+
+    def honours_idempotency_keys(self, name: str, version: str) -> bool:
+        """Whether the server honours a batch start's ``Idempotency-Key`` (the local server does, a real one
+        does not)."""
+        return self.starter.honours_keys(name, version)
+
+    def find_started_batch(
+        self,
+        service: WebService,
+        records: RecordsInput,
+        before: Sequence[str],
+        exclude: Sequence[str] = (),
+        look_until: float = 0.0,
+        label: str = "the batch",
+    ) -> str | None:
+        """The execution that a start of ``records`` whose answer was lost created, proven by its results; None
+        when it created none; :class:`AmbiguousStartError` when that cannot be told (see
+        :meth:`~airflow_mlserver.client.starting.Starter.find`)."""
+        _, prepared = self.run(
+            self.calls.batch_records(service.name, service.version, records, 1, service, "ignore")
+        )
+        return self.starter.find(service, prepared, before, exclude, look_until, label)
 
     def get_batch(self, name: str, version: str, execution_id: str, partial: bool = False) -> BatchStatus:
         """State and counts of an execution; with ``partial=True`` also the results finished so far.

@@ -87,7 +87,7 @@ def _head(execution: Execution) -> dict[str, Any]:
 
 
 @router.post("/api/{name}/{version}/batch")
-async def start(ctx: Ctx, request: Request, name: str, version: str) -> dict[str, Any]:
+async def start(ctx: Ctx, request: Request, name: str, version: str) -> JSONResponse:
     service, _ = ctx.service(name, version)
     parallel = _parallel_count(ctx, request)
     records = parse_json(await request.body(), "a list of input records")
@@ -97,14 +97,31 @@ async def start(ctx: Ctx, request: Request, name: str, version: str) -> dict[str
         raise bad_request("The batch has no records: send at least one input record.")
     texts = record_texts(service, records)
     del records
-    execution = ctx.store.create_execution(name, version, texts, parallel, current_user(request))
-    ctx.runner.launch(execution.id)
-    return {
+    key = _idempotency_key(ctx, request)
+    execution, new = ctx.store.create_execution(name, version, texts, parallel, current_user(request), key)
+    if new:
+        ctx.runner.launch(execution.id)
+    answer = {
         "name": name,
         "version": version,
         "batchExecutionId": execution.id,
         "BatchExecutionId": execution.id,
     }
+    headers = {} if new else {"Idempotent-Replayed": "true"}
+    return JSONResponse(answer, headers=headers)
+
+
+def _idempotency_key(ctx: ServerContext, request: Request) -> str | None:
+    """The start's ``Idempotency-Key`` header, when the server honours keys (a real server ignores it)."""
+    key = request.headers.get("idempotency-key")
+    if key is None or not ctx.config.idempotency_keys:
+        return None
+    if not 0 < len(key) <= 255 or not key.isprintable():
+        raise bad_request(
+            f"The Idempotency-Key header must be 1 to 255 printable characters, not {quoted(key)}: send a new "
+            "random key (a UUID) with each batch you start, and the same key only when you send that start again."
+        )
+    return key
 
 
 @router.get("/api/{name}/{version}/batch")

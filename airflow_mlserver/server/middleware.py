@@ -86,11 +86,14 @@ class ServerMiddleware:
             return message
 
         started = False
+        advertised = [(b"x-idempotency-keys", b"honoured")] if self.ctx.config.idempotency_keys else []
 
         async def tracking_send(message: Any) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if advertised:
+                    message = {**message, "headers": [*message.get("headers", []), *advertised]}
             await send(message)
 
         try:

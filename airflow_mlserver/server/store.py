@@ -46,10 +46,19 @@ CREATE TABLE IF NOT EXISTS executions (
     created REAL NOT NULL, finished REAL, error TEXT NOT NULL DEFAULT '',
     cancel_requests INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS executions_by_service ON executions (name, version, seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, key TEXT NOT NULL, execution_id TEXT NOT NULL,
+    PRIMARY KEY (owner, name, version, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, input TEXT NOT NULL, result TEXT,
     PRIMARY KEY (execution_id, idx)) WITHOUT ROWID;
 """
+
+#: The columns of an :class:`Execution`, in its fields' order.
+_EXECUTION_COLUMNS = (
+    "id, name, version, state, parallel_count, total, completed, failed, owner, created, finished, error,"
+    " cancel_requests"
+)
 
 # Execution states (compared case-insensitively by clients).
 PENDING, RUNNING, COMPLETE, FAILED, CANCELED = "Pending", "Running", "Complete", "Failed", "Canceled"
@@ -216,14 +225,36 @@ class Store:
         return self.data_dir / "executions" / execution_id
 
     def create_execution(
-        self, name: str, version: str, records: list[str], parallel_count: int, owner: str
-    ) -> Execution:
-        """Register an execution and its records (each already a JSON text) in one transaction."""
+        self,
+        name: str,
+        version: str,
+        records: list[str],
+        parallel_count: int,
+        owner: str,
+        key: str | None = None,
+    ) -> tuple[Execution, bool]:
+        """Register an execution and its records (each already a JSON text) in one transaction; answer it and
+        whether it is new. With an idempotency ``key`` that this owner already started this service with, the
+        execution that start created is answered instead (not new)."""
         execution_id = str(uuid.uuid4())
         now = time.time()
         with self._lock:
+            if key is not None:
+                found = self._db.execute(
+                    f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE id = (SELECT execution_id FROM"
+                    " idempotency_keys WHERE owner=? AND name=? AND version=? AND key=?)",
+                    (owner, name, version, key),
+                ).fetchone()
+                if found is not None:
+                    return Execution(*found), False
             self._db.execute("BEGIN")
             try:
+                if key is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO idempotency_keys (owner, name, version, key, execution_id)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (owner, name, version, key, execution_id),
+                    )
                 seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM executions").fetchone()[0]
                 self._db.execute(
                     "INSERT INTO executions (id, seq, name, version, state, parallel_count, total, owner, created)"
@@ -238,16 +269,13 @@ class Store:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return Execution(
+        execution = Execution(
             execution_id, name, version, PENDING, parallel_count, len(records), 0, 0, owner, now, None, ""
         )
+        return execution, True
 
     def get_execution(self, execution_id: str) -> Execution | None:
-        row = self._one(
-            "SELECT id, name, version, state, parallel_count, total, completed, failed, owner, created,"
-            " finished, error, cancel_requests FROM executions WHERE id=?",
-            (execution_id,),
-        )
+        row = self._one(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE id=?", (execution_id,))
         return Execution(*row) if row else None
 
     def list_execution_ids(self, name: str, version: str) -> list[str]:

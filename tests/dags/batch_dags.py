@@ -14,7 +14,7 @@ from airflow_mlserver.operators.batch.state import BatchState
 from airflow_mlserver.sensors.batch import MLServerBatchSensor
 
 PARAMS = {"service": "scorer", "version": "v1", "records": "", "output": "", "execution_id": "", "before": [],
-          "intent_records": 0, "rescore_execution": "", "rescore_records": ""}  # fmt: skip
+          "intent_records": 0, "intent_key": "", "rescore_execution": "", "rescore_records": ""}  # fmt: skip
 COMMON = {"schedule": None, "start_date": datetime(2026, 1, 1), "catchup": False,
           "render_template_as_native_obj": True, "params": PARAMS}  # fmt: skip
 
@@ -125,7 +125,7 @@ def _store_intent(context: Any) -> None:
             "service": params["service"], "version": params["version"], "chunks": 1, "executions": {},
             "started": started, "deadline": None,
             "intent": {"round": 0, "part": 0, "records": params["intent_records"], "before": params["before"],
-                       "at": started},
+                       "at": started, "key": params["intent_key"] or None},
         })  # fmt: skip
 
 

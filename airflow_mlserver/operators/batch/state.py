@@ -13,8 +13,8 @@ and when it was started::
        {"parts": [{"records": "0-49999", "execution_id": "<id>", "started": "2026-11-30T12:00:00.000+00:00"},
                   {"records": "50000-99999", "execution_id": null, "started": null}]},
        {"parts": [{"records": "3,5,10-12", "execution_id": "<id>", "started": "..."}]}],
-     "intent": {"round": 1, "part": 0, "records": 5, "before": ["<execution id>", "..."],
-                "at": "2026-11-30T12:05:00.000+00:00"},
+     "intent": {"round": 1, "part": 0, "records": 5, "before": [], "at": "2026-11-30T12:05:00.000+00:00",
+                "key": "<the start's idempotency key>"},
      "written": "0-1"}
 
 Round 0 are the chunks of the input; each later round sends again the records that failed in the one before.
@@ -60,8 +60,9 @@ class StartIntent:
     :param round: 0 for the chunks, n for the n-th round of rescoring.
     :param part: The chunk number, or the part of the rescore round (0-based).
     :param records: How many records the execution carries.
-    :param before: The service's execution ids just before the start.
+    :param before: The service's execution ids just before the start (none where the server honours keys).
     :param at: When the start was about to be sent (Unix timestamp).
+    :param key: The start's idempotency key (None in an intent an earlier release stored).
     """
 
     round: int
@@ -69,6 +70,7 @@ class StartIntent:
     records: int
     before: list[str]
     at: float
+    key: str | None = None
 
     @classmethod
     def from_stored(cls, value: dict[str, Any]) -> StartIntent:
@@ -78,6 +80,7 @@ class StartIntent:
             records=int(value["records"]),
             before=[str(e) for e in value["before"]],
             at=_timestamp(value["at"]),
+            key=None if value.get("key") is None else str(value["key"]),
         )
 
     def to_stored(self) -> dict[str, Any]:
@@ -87,6 +90,7 @@ class StartIntent:
             "records": self.records,
             "before": list(self.before),
             "at": _iso(self.at),
+            "key": self.key,
         }
 
 
