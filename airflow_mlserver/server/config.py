@@ -27,6 +27,10 @@ class ServerConfig:
     :param execution_timeout: Seconds one execution (one record) may run before it is stopped.
     :param max_body_bytes: Largest request body accepted; a larger one is answered 413.
     :param faults: Fault-injection spec (see :mod:`airflow_mlserver.server.faults`), empty for none.
+    :param idempotency_keys: Honour a batch start's ``Idempotency-Key`` header (a start sent again with the same
+        key answers the execution the first one created) and say so in every answer's
+        ``X-Idempotency-Keys: honoured`` header. False answers as a real Machine Learning Server does: the header
+        is ignored.
     """
 
     data_dir: Path
@@ -39,6 +43,7 @@ class ServerConfig:
     execution_timeout: float = 600.0
     max_body_bytes: int = 512 * 1024 * 1024
     faults: str = ""
+    idempotency_keys: bool = True
 
     def all_users(self) -> dict[str, str]:
         return {"admin": self.admin_password, **self.users}
