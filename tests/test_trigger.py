@@ -255,3 +255,71 @@ def test_final_sentence() -> None:
     assert "Scored 4 records with web service 'TxService' version '1.0' in 1m30s (0.044 records/s)" in (
         scored_sentence(slow)
     )
+
+
+# --- the token cache's login locks, one set per event loop -----------------------------------------------------
+
+
+def _auth() -> Any:
+    from types import SimpleNamespace
+
+    from airflow_mlserver.client.auth import Auth
+
+    settings = SimpleNamespace(
+        conn_id="locks", base_url="http://127.0.0.1:1", login="u", password="p", secrets=()
+    )
+    return Auth(settings, logging.getLogger("test_auth"))  # type: ignore[arg-type]
+
+
+def test_login_is_single_flight_per_loop_and_a_finished_loop_leaves_no_entry() -> None:
+    import gc
+    import weakref
+
+    from airflow_mlserver.client import auth as auth_module
+
+    auth, order = _auth(), []
+
+    async def login(n: int) -> None:
+        async with auth.async_lock():
+            entry = auth_module._ASYNC_LOCKS[asyncio.get_running_loop()][auth.key]
+            order.append(("in", n, entry.users))
+            await asyncio.sleep(0.01)
+            order.append(("out", n))
+
+    async def contend() -> None:
+        await asyncio.gather(login(1), login(2), login(3))
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(contend())
+    # one at a time; the others waited (and counted as users while they did)
+    assert order == [("in", 1, 1), ("out", 1), ("in", 2, 2), ("out", 2), ("in", 3, 1), ("out", 3)]
+    assert loop not in auth_module._ASYNC_LOCKS  # the last to leave dropped the loop's entry
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None  # nothing of the module keeps the loop alive (a waited-on lock refers to its loop)
+
+
+def test_a_loop_closed_while_a_login_holds_the_lock_leaves_no_entry_once_collected() -> None:
+    import gc
+    import weakref
+
+    from airflow_mlserver.client import auth as auth_module
+
+    auth = _auth()
+
+    async def hold() -> None:
+        async with auth.async_lock():
+            await asyncio.get_running_loop().create_future()  # never resolved
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(hold())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert auth.key in auth_module._ASYNC_LOCKS[loop]
+    gone = weakref.ref(loop)
+    loop.close()  # without finishing the task: its exit never runs
+    del loop, task
+    gc.collect()
+    assert gone() is None
+    assert not any(auth.key in locks for locks in auth_module._ASYNC_LOCKS.values())

@@ -4,6 +4,12 @@ Tokens are shared by every client of the same server, user and password in a pro
 hundreds of triggers logs in once per connection, not once per trigger. That also keeps a secrets masker
 small (each new secret recompiles its pattern of every secret). Login is single-flight: the drivers hold
 :meth:`Auth.sync_lock` or :meth:`Auth.async_lock` while they log in, and whoever waited adopts the token.
+
+An asyncio lock belongs to one event loop, so the async locks are kept per loop, keyed by the loop object
+itself (never its ``id``, which a later loop may reuse) in a :class:`weakref.WeakKeyDictionary`, and only while a
+coroutine holds or awaits one: the last to leave drops its entry, and its loop's once it has none left. A
+lock that was waited on refers to its loop, so keeping it longer would keep the loop alive too; a closed loop
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ import hashlib
 import json
 import logging
 import threading
+import weakref
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from airflow_mlserver.client.errors import MLServerAuthError
@@ -26,7 +35,54 @@ TokenKey = tuple[str, str, str, str]
 #: The latest token of each (connection, server, user, password hash), shared within the process.
 TOKENS: dict[TokenKey, TokenInfo] = {}
 _SYNC_LOCKS: dict[TokenKey, threading.Lock] = {}
-_ASYNC_LOCKS: dict[tuple[int, TokenKey], asyncio.Lock] = {}
+#: The login locks of each running event loop, by token key, while a coroutine holds or awaits one.
+_ASYNC_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[TokenKey, _LoopLock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@dataclass
+class _LoopLock:
+    """One loop's login lock for one token key, and how many coroutines hold or await it."""
+
+    lock: asyncio.Lock
+    users: int = 0
+
+
+class LoginLock:
+    """``async with auth.async_lock():``: the running loop's login lock of one token key, dropped from the
+    module's state by the last coroutine that leaves it."""
+
+    def __init__(self, key: TokenKey) -> None:
+        self.key = key
+        self._held: tuple[asyncio.AbstractEventLoop, _LoopLock] | None = None
+
+    async def __aenter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        entry = _ASYNC_LOCKS.setdefault(loop, {}).setdefault(self.key, _LoopLock(asyncio.Lock()))
+        entry.users += 1
+        try:
+            await entry.lock.acquire()
+        except BaseException:
+            self._leave(loop, entry)
+            raise
+        self._held = (loop, entry)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._held is not None
+        (loop, entry), self._held = self._held, None
+        entry.lock.release()
+        self._leave(loop, entry)
+
+    def _leave(self, loop: asyncio.AbstractEventLoop, entry: _LoopLock) -> None:
+        entry.users -= 1
+        locks = _ASYNC_LOCKS.get(loop)
+        if entry.users == 0 and locks is not None and locks.get(self.key) is entry:
+            del locks[self.key]
+            if not locks:
+                _ASYNC_LOCKS.pop(loop, None)
 
 
 class Auth:
@@ -60,9 +116,9 @@ class Auth:
         """The lock a thread holds while it logs in for this connection."""
         return _SYNC_LOCKS.setdefault(self.key, threading.Lock())
 
-    def async_lock(self) -> asyncio.Lock:
-        """The lock a coroutine of the running loop holds while it logs in for this connection."""
-        return _ASYNC_LOCKS.setdefault((id(asyncio.get_running_loop()), self.key), asyncio.Lock())
+    def async_lock(self) -> LoginLock:
+        """The lock a coroutine of the running loop holds while it logs in for this connection (``async with``)."""
+        return LoginLock(self.key)
 
     def login_due(self) -> bool:
         """True when a call would have to log in or refresh (no usable token here or in the shared cache)."""
