@@ -98,6 +98,10 @@ NUMBERS_AND_FLAGS = [
     ({"timeout": math.nan}, DURATION),
     ({"timeout": math.inf}, DURATION),
     ({"timeout": timedelta(seconds=-1)}, DURATION),
+    ({"unreachable_timeout": 0}, DURATION),
+    ({"unreachable_timeout": None}, DURATION),
+    ({"unreachable_timeout": math.inf}, DURATION),
+    ({"unreachable_timeout": "30m"}, DURATION),
     ({"overwrite": "false"}, FLAG),
     ({"overwrite": 1}, FLAG),
     ({"wait_for_completion": "yes"}, FLAG),
@@ -334,6 +338,8 @@ def test_good_arguments_are_kept_and_defaults_follow_the_form() -> None:
     assert (
         one.poll_interval == 5.0 and one.timeout == 120.0 and one.indexes == "0-999999999"
     )  # never expanded
+    assert one.unreachable_timeout == 1800.0  # 30 minutes by default
+    assert _operator(unreachable_timeout=timedelta(minutes=5)).unreachable_timeout == 300.0
     assert (one.path_template, one.manifest_template) == (
         "{execution_id}/{index}/{file_name}",
         "{execution_id}/manifest.json",

@@ -73,6 +73,12 @@ DURATIONS = [
     ("timeout", math.inf, DURATION),
     ("timeout", 0, DURATION),
     ("timeout", "1h", DURATION),
+    ("unreachable_timeout", 0, DURATION),
+    ("unreachable_timeout", -60, DURATION),
+    ("unreachable_timeout", None, DURATION),
+    ("unreachable_timeout", math.nan, DURATION),
+    ("unreachable_timeout", "30m", DURATION),
+    ("unreachable_timeout", timedelta(0), DURATION),
 ]
 NAMES = [
     ("service_name", "", SERVICE),
@@ -193,6 +199,8 @@ def test_good_arguments_are_kept_as_given_or_as_seconds() -> None:
         records=pd.DataFrame({"x": [1.0]}), output_path="s3://bucket/out.parquet", records_format=None,
     )  # fmt: skip
     assert (operator.poll_interval, operator.batch_timeout, operator.parallel_count) == (0.5, 3600.0, 100)
+    assert operator.unreachable_timeout == 1800.0  # 30 minutes by default
+    assert _operator(unreachable_timeout=timedelta(minutes=2)).unreachable_timeout == 120.0
 
 
 @pytest.mark.parametrize(
@@ -258,6 +266,9 @@ EXECUTION = f"give the id of a batch execution of that service version {SEGMENT}
         ("timeout", math.nan, DURATION_0),
         ("timeout", math.inf, DURATION_0),
         ("timeout", "60", DURATION_0),
+        ("unreachable_timeout", 0, DURATION),
+        ("unreachable_timeout", None, DURATION),
+        ("unreachable_timeout", math.inf, DURATION),
     ],
 )
 def test_a_bad_argument_of_the_sensor_fails_when_the_dag_is_parsed(
@@ -274,3 +285,5 @@ def test_the_sensor_keeps_good_durations_and_templates() -> None:
         0.0,
         "{{ params.execution_id }}",
     )
+    assert _sensor().unreachable_timeout == 1800.0  # 30 minutes by default
+    assert _sensor(unreachable_timeout=timedelta(seconds=90)).unreachable_timeout == 90.0

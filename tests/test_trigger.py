@@ -257,6 +257,51 @@ def test_final_sentence() -> None:
     )
 
 
+# --- unreachable_timeout: the trigger's side of the rule of tests/test_unreachable.py --------------------------
+
+
+def test_unreachable_timeout_is_stored_only_when_given_and_an_earlier_trigger_gets_the_default() -> None:
+    path, kwargs = _trigger(["a"], unreachable_timeout=120).serialize()
+    assert kwargs["unreachable_timeout"] == 120.0
+    assert MLServerBatchTrigger(**kwargs).serialize() == (path, kwargs)
+    _, default = _trigger(["a"]).serialize()
+    assert "unreachable_timeout" not in default  # stored as earlier releases stored it
+    assert MLServerBatchTrigger(**default).unreachable_timeout == 30 * 60
+
+
+def _down_trigger(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> MLServerBatchTrigger:
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLSERVER_DOWN", f"mlserver://admin:pw@127.0.0.1:{port}?max_retries=0&timeout=1"
+    )
+    return MLServerBatchTrigger(
+        mlserver_conn_id="mlserver_down", service_name="trig", service_version="v1", execution_ids=["x"],
+        poll_interval=0.2, **kwargs,
+    )  # fmt: skip
+
+
+def test_an_unreadable_server_ends_the_wait_after_unreachable_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = time.monotonic()
+    (event,) = _events(_down_trigger(monkeypatch, unreachable_timeout=1, deadline=time.time() + 30))
+    assert 1.0 <= time.monotonic() - started < 5
+    assert (event["status"], event["unreachable"]) == ("error", True)
+    assert event["message"].startswith("The server was not readable for 1.")
+    assert "Last error: Could not log in: POST /login at http://127.0.0.1:" in event["message"]
+
+
+def test_the_deadline_wins_over_unreachable_timeout_when_it_comes_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = time.monotonic()
+    (event,) = _events(_down_trigger(monkeypatch, unreachable_timeout=30, deadline=time.time() + 1))
+    assert event["status"] == "timeout" and "unreachable" not in event
+    assert time.monotonic() - started < 5
+
+
 # --- the token cache's login locks, one set per event loop -----------------------------------------------------
 
 

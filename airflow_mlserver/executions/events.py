@@ -2,8 +2,8 @@
 stored by the triggerer) and read back from it only at the boundary.
 
 Payloads keep the keys earlier releases wrote (``status``, ``message``, ``service_name``, ``service_version``,
-``execution_ids``, ``executions``, and ``complete`` or ``execution_id`` where they apply), so an event written
-before an upgrade still reads.
+``execution_ids``, ``executions``, and ``complete`` or ``execution_id`` where they apply; ``unreachable`` is
+new, and only in an ``error`` event of an outage), so an event written before an upgrade still reads.
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ class BatchEvent:
 
     :param status: The outcome: complete (all, or the first with ``until="first"``), failed or canceled (one
         ended), timeout (the deadline passed), error (an execution or the service is unknown, or the credentials
-        are refused).
+        are refused, or the server could not be read for ``unreachable_timeout``).
     :param message: A sentence for the task's error or log.
     :param execution_ids: The executions the wait watched.
     :param executions: What the last poll saw of each, by execution id.
     :param complete: With ``complete``: the executions that are (all of them, or the first ones).
     :param execution_id: With ``failed`` or ``canceled``: the execution that ended.
+    :param unreachable: With ``error``: the server could not be read for ``unreachable_timeout`` (a retry of the
+        task may find it again), rather than an input the server refuses.
     """
 
     status: Outcome
@@ -54,6 +56,7 @@ class BatchEvent:
     executions: Mapping[str, Counts] = field(default_factory=dict)
     complete: tuple[str, ...] = ()
     execution_id: str | None = None
+    unreachable: bool = False
 
     def to_payload(self) -> dict[str, Any]:
         """The trigger event's payload: plain JSON values."""
@@ -72,6 +75,8 @@ class BatchEvent:
             payload["complete"] = list(self.complete)
         if self.execution_id is not None:
             payload["execution_id"] = self.execution_id
+        if self.unreachable:
+            payload["unreachable"] = True
         return payload
 
     @classmethod
@@ -100,6 +105,7 @@ class BatchEvent:
             },
             complete=_ids(payload.get("complete")),
             execution_id=None if payload.get("execution_id") is None else str(payload["execution_id"]),
+            unreachable=payload.get("unreachable") is True,
         )
 
 

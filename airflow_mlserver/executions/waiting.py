@@ -10,7 +10,8 @@ passed the wait ends, and no sleep runs past it.
 
 The trigger applies the rule in its own async loop, which never blocks; a worker that waits (the batch
 operator with ``deferrable=False``, the artifacts operator) calls
-:func:`~airflow_mlserver.executions.polling.wait_for_executions`; the sensor checks once per poke.
+:func:`~airflow_mlserver.executions.polling.wait_for_executions`; the sensor checks once per poke. How long a
+server that cannot be read is waited out, by all of them, is :mod:`~airflow_mlserver.executions.outage`'s rule.
 """
 
 from __future__ import annotations

@@ -6,9 +6,12 @@ execution says how long it has waited, a mapped task names its map index), and y
 ``complete`` when every execution is complete (or, with ``until="first"``, as soon as one is: its
 ``complete`` list names those that are), ``failed`` or ``canceled`` as soon as one is, ``timeout`` once
 the deadline (computed once, before deferring, and passed in as a timestamp so that it holds across triggerer
-restarts) has passed, or ``error`` when an execution is unknown to the server. While the server cannot be read
-it keeps polling with backoff and logs the state as unknown, never as failed. What counts as complete, failed
-or past the deadline is :mod:`airflow_mlserver.executions.waiting`'s rule, the same in workers.
+restarts) has passed, or ``error`` when an execution is unknown to the server (or the credentials are refused),
+or when the server could not be read for ``unreachable_timeout``. While the server cannot be read it keeps
+polling with backoff, logs the state as unknown (never as failed) once a minute, and gives up after
+``unreachable_timeout`` with the last error, unless the deadline comes first. What counts as complete, failed or
+past the deadline is :mod:`airflow_mlserver.executions.waiting`'s rule, what counts as an outage and how long it
+is waited out :mod:`airflow_mlserver.executions.outage`'s, the same in workers and in the sensor.
 
 Cancelling the executions is not its job, except in :meth:`MLServerBatchTrigger.on_kill`, which Airflow
 calls only when a user kills the task (mark failed, mark success, clear), never on a triggerer restart;
@@ -24,15 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_mlserver.exceptions import (
-    ExecutionNotFoundError,
-    MLServerAuthError,
-    MLServerConfigError,
-    MLServerError,
-    ServiceNotFoundError,
-)
+from airflow_mlserver.exceptions import MLServerError
 from airflow_mlserver.executions.events import BatchEvent, Counts
-from airflow_mlserver.executions.progress import PROGRESS_INTERVAL, ProgressLog, duration, map_prefix
+from airflow_mlserver.executions.outage import (
+    DEFAULT_UNREACHABLE_TIMEOUT,
+    GIVE_UP,
+    PERMANENT,
+    OutageWatch,
+    waited_for,
+)
+from airflow_mlserver.executions.progress import PROGRESS_INTERVAL, ProgressLog, map_prefix
 from airflow_mlserver.executions.waiting import (
     ALL,
     Outcome,
@@ -47,8 +51,6 @@ from airflow_mlserver.hooks.mlserver import MLServerHook
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
-
-_PERMANENT = (ExecutionNotFoundError, ServiceNotFoundError, MLServerAuthError, MLServerConfigError)
 
 
 class MLServerBatchTrigger(BaseTrigger):
@@ -68,6 +70,9 @@ class MLServerBatchTrigger(BaseTrigger):
     :param map_index: The task instance's map index, named in every log line of a mapped task.
     :param until: ``"all"`` (default) to wait until every execution is complete, ``"first"`` to end the wait as
         soon as one is (the batch operator then starts its next chunk).
+    :param unreachable_timeout: Seconds the server may stay unreadable (refused connections, timeouts, server
+        errors after the client's retries) before an ``error`` event with the last error; default 30 minutes.
+        Counted within one run of the trigger (a triggerer restart counts again).
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class MLServerBatchTrigger(BaseTrigger):
         started: dict[str, float] | None = None,
         map_index: int | None = None,
         until: Until | str = ALL,
+        unreachable_timeout: float = DEFAULT_UNREACHABLE_TIMEOUT,
     ) -> None:
         super().__init__()
         self.mlserver_conn_id = mlserver_conn_id
@@ -98,25 +104,28 @@ class MLServerBatchTrigger(BaseTrigger):
         self.started = dict(started or {})
         self.map_index = map_index
         self.until = Until(until)  # a trigger an earlier release stored passes the text
+        self.unreachable_timeout = float(unreachable_timeout)  # an earlier release stored none: the default
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "mlserver_conn_id": self.mlserver_conn_id,
-                "service_name": self.service_name,
-                "service_version": self.service_version,
-                "execution_ids": self.execution_ids,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "cancel_on_kill": self.cancel_on_kill,
-                "progress_interval": self.progress_interval,
-                "labels": self.labels,
-                "started": self.started,
-                "map_index": self.map_index,
-                "until": self.until.value,
-            },
-        )
+        kwargs: dict[str, Any] = {
+            "mlserver_conn_id": self.mlserver_conn_id,
+            "service_name": self.service_name,
+            "service_version": self.service_version,
+            "execution_ids": self.execution_ids,
+            "poll_interval": self.poll_interval,
+            "deadline": self.deadline,
+            "cancel_on_kill": self.cancel_on_kill,
+            "progress_interval": self.progress_interval,
+            "labels": self.labels,
+            "started": self.started,
+            "map_index": self.map_index,
+            "until": self.until.value,
+        }
+        if (
+            self.unreachable_timeout != DEFAULT_UNREACHABLE_TIMEOUT
+        ):  # the default stores as earlier releases did
+            kwargs["unreachable_timeout"] = self.unreachable_timeout
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def _hook(self) -> MLServerHook:
         return MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
@@ -128,6 +137,7 @@ class MLServerBatchTrigger(BaseTrigger):
         statuses: dict[str, BatchStatus],
         complete: list[str] | None = None,
         execution_id: str | None = None,
+        unreachable: bool = False,
     ) -> TriggerEvent:
         event = BatchEvent(
             status=status,
@@ -138,6 +148,7 @@ class MLServerBatchTrigger(BaseTrigger):
             executions={eid: Counts.of(s) for eid, s in statuses.items()},
             complete=tuple(complete or ()),
             execution_id=execution_id,
+            unreachable=unreachable,
         )
         return TriggerEvent(event.to_payload())
 
@@ -153,12 +164,17 @@ class MLServerBatchTrigger(BaseTrigger):
     async def _watch(self, hook: MLServerHook) -> AsyncIterator[TriggerEvent]:
         statuses: dict[str, BatchStatus] = {}
         pending = list(self.execution_ids)
-        progress = ProgressLog(
-            self.log, self.labels, self.started, map_prefix(self.map_index), self.progress_interval
+        prefix = map_prefix(self.map_index)
+        progress = ProgressLog(self.log, self.labels, self.started, prefix, self.progress_interval)
+        watch = OutageWatch(
+            self.log,
+            self.unreachable_timeout,
+            waited_for(self.execution_ids, self.service_name, self.service_version),
+            prefix,
         )
-        unknown_since: float | None = None
         backoff = self.poll_interval
         while True:
+            began = time.monotonic()
             try:
                 for execution_id in list(pending):
                     status = await hook.async_get_batch(self.service_name, self.service_version, execution_id)
@@ -174,20 +190,20 @@ class MLServerBatchTrigger(BaseTrigger):
                             execution_id=execution_id,
                         )
                         return
-                unknown_since = None
+                watch.readable(time.monotonic())
                 backoff = self.poll_interval
-            except _PERMANENT as exc:
-                yield self._event(Outcome.ERROR, str(exc), statuses)
-                return
-            except MLServerError as exc:  # the server cannot be read for now: unknown, not failed
-                unknown_since = unknown_since or time.monotonic()
+            except MLServerError as exc:
+                # the server cannot be read for now (the state is unknown, not failed), or the input is wrong
+                verdict = watch.failed(exc, began, time.monotonic())
+                if verdict is PERMANENT:
+                    yield self._event(Outcome.ERROR, str(exc), statuses)
+                    return
+                if verdict is GIVE_UP and not deadline_passed(self.deadline):  # else the timeout, below
+                    yield self._event(
+                        Outcome.ERROR, watch.message(time.monotonic()), statuses, unreachable=True
+                    )
+                    return
                 backoff = min(max(backoff * 2, 1.0), max(self.poll_interval, 60.0))
-                self.log.warning(
-                    "Batch state unknown for %s (server not readable: %s); polling again in %s",
-                    duration(time.monotonic() - unknown_since),
-                    exc,
-                    duration(backoff),
-                )
             if len(statuses) == len(self.execution_ids) and wait_over(list(statuses.values()), self.until):
                 complete = [e for e in self.execution_ids if e not in pending]
                 yield self._event(
@@ -198,20 +214,20 @@ class MLServerBatchTrigger(BaseTrigger):
                     complete=complete,
                 )
                 return
-            if statuses and unknown_since is None:  # while unreadable, the warning above says so
+            if statuses and watch.outage is None:  # while unreadable, the outage's lines say so
                 progress([statuses[e] for e in self.execution_ids if e in statuses])
             if deadline_passed(self.deadline):
-                done, total = (
-                    sum(s.completed for s in statuses.values()),
-                    sum(s.total for s in statuses.values()),
-                )
-                yield self._event(
-                    Outcome.TIMEOUT,
-                    f"The batch did not finish before its timeout: {done}/{total} records done",
-                    statuses,
-                )
+                yield self._timeout_event(statuses)
                 return
-            await asyncio.sleep(sleep_time(backoff, self.deadline))
+            await asyncio.sleep(watch.sleep(sleep_time(backoff, self.deadline), time.monotonic()))
+
+    def _timeout_event(self, statuses: dict[str, BatchStatus]) -> TriggerEvent:
+        done, total = sum(s.completed for s in statuses.values()), sum(s.total for s in statuses.values())
+        return self._event(
+            Outcome.TIMEOUT,
+            f"The batch did not finish before its timeout: {done}/{total} records done",
+            statuses,
+        )
 
     async def on_kill(self) -> None:
         """A user killed the task: cancel each watched execution once (only if ``cancel_on_kill``)."""

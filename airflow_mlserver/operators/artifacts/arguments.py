@@ -61,6 +61,7 @@ _ARGUMENT_CHECKS: dict[str, Check] = {
     "wait_for_completion": flag(),
     "poll_interval": seconds(),
     "timeout": optional(seconds()),
+    "unreachable_timeout": seconds(),
     "fail_on_refused": flag(),
     "transfer_retries": whole_number(0, 100, "further attempts of a broken transfer"),
     "chunk_size": whole_number(4096, MAX_CHUNK_SIZE, "bytes per read and write"),

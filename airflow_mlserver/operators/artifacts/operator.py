@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, ObjectStoragePath, XComArg
 
 from airflow_mlserver.exceptions import ArtifactTransferError
+from airflow_mlserver.executions.outage import DEFAULT_UNREACHABLE_TIMEOUT
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.operators.arguments import Check, check_arguments, flag
 from airflow_mlserver.operators.artifacts.arguments import (
@@ -125,6 +126,10 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
     :param poll_interval: Seconds (or a timedelta) between two status polls while waiting.
     :param timeout: Longest wait for the executions, in seconds or a timedelta (``None``: no limit besides the
         task's).
+    :param unreachable_timeout: Longest time (seconds or a timedelta, default 30 minutes) the server may stay
+        unreadable while the task waits for the executions (refused connections, unknown host, timeouts, server
+        errors after the connection's retries): the wait goes on, says so once a minute, then fails with the last
+        error. ``timeout`` still ends the wait when it comes first.
     :param fail_on_refused: Fail the task (after copying the rest) when an artifact name was refused.
     :param transfer_retries: Further attempts of a transfer that broke off (each starts over), 0 to 100.
     :param chunk_size: Bytes moved per read and write, 4 KiB to 64 MiB.
@@ -168,6 +173,7 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         wait_for_completion: bool = True,
         poll_interval: float = 10.0,
         timeout: float | None = None,
+        unreachable_timeout: float = DEFAULT_UNREACHABLE_TIMEOUT,
         fail_on_refused: bool = True,
         transfer_retries: int = 2,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -196,6 +202,7 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.unreachable_timeout = unreachable_timeout
         self.fail_on_refused = fail_on_refused
         self.transfer_retries = transfer_retries
         self.chunk_size = chunk_size
@@ -237,7 +244,7 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         statuses = statuses_once_finished(
             transfers.hook(), name, version, ids,
             wait_for_completion=self.wait_for_completion, poll_interval=self.poll_interval,
-            timeout=self.timeout, log=self.log,
+            timeout=self.timeout, unreachable_timeout=self.unreachable_timeout, log=self.log,
         )  # fmt: skip
         executions = Executions.number(given, dict(zip(ids, statuses, strict=True)))
         records = select_records(self.indexes, executions.total)

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from airflow_mlserver.exceptions import ExecutionWaitTimeoutError
+from airflow_mlserver.executions.outage import DEFAULT_UNREACHABLE_TIMEOUT, WarningLog
 from airflow_mlserver.executions.polling import wait_for_executions
-from airflow_mlserver.executions.progress import InfoLog, ProgressLog, chunk_label
+from airflow_mlserver.executions.progress import ProgressLog, chunk_label
 from airflow_mlserver.executions.waiting import deadline_passed
 from airflow_mlserver.operators.artifacts.plan import late_message, unfinished
 
@@ -31,10 +32,13 @@ def statuses_once_finished(
     wait_for_completion: bool,
     poll_interval: float,
     timeout: float | None,
-    log: InfoLog,
+    log: WarningLog,
+    unreachable_timeout: float = DEFAULT_UNREACHABLE_TIMEOUT,
 ) -> list[BatchStatus]:
     """The executions' statuses once all have finished (or now, without ``wait_for_completion``), in the order of
-    ``ids``; :class:`~airflow_mlserver.exceptions.ExecutionWaitTimeoutError` when ``timeout`` seconds pass first.
+    ``ids``; :class:`~airflow_mlserver.exceptions.ExecutionWaitTimeoutError` when ``timeout`` seconds pass first,
+    :class:`~airflow_mlserver.exceptions.MLServerConnectionError` when the server cannot be read for
+    ``unreachable_timeout`` seconds (see :mod:`~airflow_mlserver.executions.outage`).
     """
     if not wait_for_completion:
         return [hook.get_batch(name, version, e) for e in ids]
@@ -46,7 +50,10 @@ def statuses_once_finished(
     statuses: dict[str, BatchStatus] = {}
     waiting = list(ids)
     while waiting:  # a wait ends early when one execution ends (fails): wait on for the others
-        polled = wait_for_executions(hook, name, version, waiting, poll_interval, deadline, progress)
+        polled = wait_for_executions(
+            hook, name, version, waiting, poll_interval, deadline, progress,
+            unreachable_timeout=unreachable_timeout, log=log,
+        )  # fmt: skip
         statuses.update(zip(waiting, polled, strict=True))
         waiting = unfinished(waiting, statuses)
         if waiting and timeout is not None and deadline_passed(deadline):

@@ -3,6 +3,7 @@ for the checks and their messages)."""
 
 from __future__ import annotations
 
+from airflow_mlserver.executions.outage import DEFAULT_UNREACHABLE_TIMEOUT  # every wait's, and the operator's
 from airflow_mlserver.operators.arguments import (
     Check,
     batch_records,
@@ -19,7 +20,8 @@ from airflow_mlserver.operators.arguments import (
 
 CONNECTION_ID = "an Airflow connection id"
 
-#: The check of each argument, by attribute (``timeout`` is checked as it is read, into ``batch_timeout``).
+#: The check of each argument, by attribute (``timeout`` is checked as it is read, into ``batch_timeout``, and
+#: ``unreachable_timeout`` into seconds).
 ARGUMENT_CHECKS: dict[str, Check] = {
     "service_name": segment("the name of a published web service"),
     "service_version": optional(segment("a version of the service, or None for its latest")),
@@ -41,3 +43,5 @@ ARGUMENT_CHECKS: dict[str, Check] = {
     "return_results": flag(),
     "mlserver_conn_id": text(CONNECTION_ID),
 }
+
+__all__ = ["ARGUMENT_CHECKS", "CONNECTION_ID", "DEFAULT_UNREACHABLE_TIMEOUT"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_mlserver.exceptions import MLServerBatchFailedError, MLServerBatchTimeoutError
+from airflow_mlserver.executions.outage import DEFAULT_UNREACHABLE_TIMEOUT
 from airflow_mlserver.executions.polling import wait_for_executions
 from airflow_mlserver.executions.progress import ProgressLog, chunk_label, counted, duration
 from airflow_mlserver.executions.waiting import Until, ended, ended_message
@@ -117,8 +118,11 @@ class BatchRun:
             if done is not None:
                 return done.waiting
 
-    def wait_in_worker(self, waiting: Waiting, poll_interval: float) -> None:
-        """Wait in this thread by the trigger's rule (until the first finished); fail as its event would."""
+    def wait_in_worker(
+        self, waiting: Waiting, poll_interval: float, unreachable_timeout: float = DEFAULT_UNREACHABLE_TIMEOUT
+    ) -> None:
+        """Wait in this thread by the trigger's rules (until the first finished; an outage waited out for up to
+        ``unreachable_timeout`` seconds); fail as its event would."""
         name, version = self.service.name, self.service.version
         polled = wait_for_executions(
             self.hook,
@@ -129,6 +133,9 @@ class BatchRun:
             self.state.deadline,
             ProgressLog(self.log, waiting.labels, waiting.started, self.prefix),
             until=waiting.until,
+            unreachable_timeout=unreachable_timeout,
+            log=self.log,
+            prefix=self.prefix,
         )
         for status in polled:
             if ended(status):  # as the trigger's failed or canceled event

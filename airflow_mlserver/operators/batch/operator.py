@@ -57,7 +57,7 @@ from airflow_mlserver.executions.waiting import Outcome
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.operators.arguments import check_arguments, optional, records_file_format, seconds
 from airflow_mlserver.operators.batch import planner
-from airflow_mlserver.operators.batch.arguments import ARGUMENT_CHECKS
+from airflow_mlserver.operators.batch.arguments import ARGUMENT_CHECKS, DEFAULT_UNREACHABLE_TIMEOUT
 from airflow_mlserver.operators.batch.driver import BatchRun, Waiting
 from airflow_mlserver.operators.batch.parts import StagedParts
 from airflow_mlserver.operators.batch.results import check_failures, latest_outcomes, write_results
@@ -103,6 +103,8 @@ class MLServerBatchOperator(BaseOperator):
     :param poll_interval: Seconds between status polls (default 10).
     :param timeout: Longest time the batch may take (seconds or timedelta); the executions are then canceled
         and the task fails. Measured from the first start, across retries. None for no limit.
+    :param unreachable_timeout: Longest time the server may stay unreadable during a wait (seconds or timedelta,
+        default 30 minutes); the task then fails with the last error. ``timeout`` still wins when earlier.
     :param deferrable: Free the worker slot while the server works (default ``[operators] default_deferrable``).
     :param cancel_on_kill: Cancel the executions when a user kills the task (default True).
     :param return_results: Also return the result rows in the summary (small batches only, at most 1,000).
@@ -140,6 +142,7 @@ class MLServerBatchOperator(BaseOperator):
         rescore_failed_records: int = 0,
         poll_interval: float = 10.0,
         timeout: float | timedelta | None = None,
+        unreachable_timeout: float | timedelta = DEFAULT_UNREACHABLE_TIMEOUT,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         cancel_on_kill: bool = True,
         return_results: bool = False,
@@ -172,6 +175,7 @@ class MLServerBatchOperator(BaseOperator):
         self.rescore_failed_records = rescore_failed_records
         self.poll_interval = poll_interval
         self.batch_timeout = optional(seconds())("timeout", timeout)
+        self.unreachable_timeout = seconds()("unreachable_timeout", unreachable_timeout)
         self.deferrable = deferrable
         self.cancel_on_kill = cancel_on_kill
         self.return_results = return_results
@@ -182,8 +186,6 @@ class MLServerBatchOperator(BaseOperator):
         """Every argument checked (see :mod:`~airflow_mlserver.operators.arguments`); templates once rendered."""
         check_arguments(self, ARGUMENT_CHECKS, rendered)
         records_file_format(self.records, self.records_format, rendered)
-
-    # -- helpers ---------------------------------------------------------------------------------------------
 
     @cached_property
     def hook(self) -> MLServerHook:
@@ -226,8 +228,6 @@ class MLServerBatchOperator(BaseOperator):
             prefix=map_prefix(self._map_index(context)),
             mapped=bool(map_prefix(self._map_index(context))),
         )
-
-    # -- the run ---------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         self._check_arguments(rendered=True)
@@ -274,7 +274,7 @@ class MLServerBatchOperator(BaseOperator):
                 return self._finish(run)
             if self.deferrable:
                 self._defer(context, run, waiting)
-            run.wait_in_worker(waiting, self.poll_interval)  # by the trigger's rule, in this thread
+            run.wait_in_worker(waiting, self.poll_interval, self.unreachable_timeout)  # the trigger's rules
 
     def _defer(self, context: Context, run: BatchRun, waiting: Waiting) -> None:
         """Free the worker slot until the first of ``waiting`` finishes (raises ``TaskDeferred``)."""
@@ -291,6 +291,7 @@ class MLServerBatchOperator(BaseOperator):
                 started=waiting.started,
                 map_index=self._map_index(context),
                 until=waiting.until,
+                unreachable_timeout=self.unreachable_timeout,
             ),
             method_name="execute_complete",
         )
