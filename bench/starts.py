@@ -24,13 +24,19 @@ from bench.hook import _hook
 VERSION = "1.0"
 CODE = "y = x"
 STARTS = 20  # starts measured per case (the median counts)
-TARGET = 1.5  # a start with a long history / a start with none: at most this (bounded, not growing with it)
+TARGET = (
+    1.5  # keys honoured: a start with a long history / one with none (bounded, not growing with the history)
+)
+LISTINGS = 1.5  # keys ignored: what the history adds to a start, in listings of it (once, never twice)
 
 
 def _history(api: Api, name: str, count: int) -> None:
-    """``count`` earlier executions of one record each, started over one keep-alive session."""
+    """``count`` earlier executions of one record each, started over one keep-alive session, and finished (so
+    that the server is idle again when the starts are timed)."""
+    last = ""
     for i in range(count):
-        api.start_batch(name, VERSION, [{"x": float(i)}], 1)
+        last = api.start_batch(name, VERSION, [{"x": float(i)}], 1)
+    api.wait_finished(name, VERSION, last, poll=0.2, timeout=600.0)
 
 
 def _start_ms(hook: Any, name: str) -> float:
@@ -79,21 +85,30 @@ def bench_starts(quick: bool) -> BenchResult:
         for label, extra in (("keys honoured", []), ("keys ignored", ["--ignore-idempotency-keys"])):
             cases[label], peak = _case(Path(tmp), extra, history, first=not cases)
             peaks += [peak] if peak is not None else []
-    for label, figures in cases.items():
-        ratio = figures["long"] / figures["fresh"]
-        result.figures.append(Figure(f"{label}: start, no history", figures["fresh"], "ms"))
-        result.figures.append(
-            Figure(
-                f"{label}: start, {history:,} earlier", figures["long"], "ms", f"x{ratio:.2f} vs no history",
-                "PASS" if ratio <= TARGET else "MISS",
-            )
-        )  # fmt: skip
+    keyed, ignored = cases["keys honoured"], cases["keys ignored"]
+    ratio = keyed["long"] / keyed["fresh"]
+    result.figures.append(Figure("keys honoured: start, no history", keyed["fresh"], "ms"))
+    result.figures.append(
+        Figure(
+            f"keys honoured: start, {history:,} earlier", keyed["long"], "ms", f"x{ratio:.2f} vs no history",
+            "PASS" if ratio <= TARGET else "MISS",
+        )
+    )  # fmt: skip
+    listings = (ignored["long"] - ignored["fresh"]) / ignored["list"]
+    result.figures.append(Figure("keys ignored: start, no history", ignored["fresh"], "ms"))
+    result.figures.append(
+        Figure(
+            f"keys ignored: start, {history:,} earlier", ignored["long"], "ms",
+            f"the history adds {listings:.2f} listings of it (target <= {LISTINGS:g}: listed once)",
+            "PASS" if listings <= LISTINGS else "MISS",
+        )
+    )  # fmt: skip
     result.figures.append(Figure(f"one listing of {history:,} ids", cases["keys ignored"]["list"], "ms"))
     result.notes.append(
         f"median of {STARTS} starts of 10 records each (hook.start_batch: check, encode, send; parallelCount 2); "
-        f"the history: {history:,} executions of one record on the same service; target: the start with the "
-        f"history at most x{TARGET:g} the start without (bounded: keys honoured list nothing, keys ignored list "
-        "once)"
+        f"the history: {history:,} finished executions of one record on the same service; keys honoured list "
+        f"nothing (target: at most x{TARGET:g} the start without history), keys ignored list the executions once "
+        "before the start (the contract has no other way to see what a lost start created)"
     )
     result.server_peak_mib = max(peaks) if peaks else None
     result.client_peak_mib = client_peak_mib()

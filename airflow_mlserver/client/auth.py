@@ -181,6 +181,7 @@ class Auth:
     def wire(self, spec: Spec) -> Wire:
         """``spec`` with the headers of this attempt: content type and, if authenticated, the bearer token."""
         headers = {"Content-Type": spec.content_type} if spec.body is not None else {}
+        headers.update(spec.headers)
         if spec.authenticated:
             token = self.settings.bearer_token or (self.token.access_token if self.token else None)
             if token:

@@ -98,13 +98,24 @@ class BatchRun:
             )
 
     def settle(self) -> None:
-        """Reconcile an earlier try's unfinished start, if it left one (see :mod:`.starts`)."""
+        """Settle an earlier try's unfinished start, if it left one (see :mod:`.starts`)."""
         intent = self.state.intent
-        if intent is not None and intent.round < len(self.state.rounds):
-            label = self.label(intent.round, intent.part)
-            settle_intent(
-                self.hook, self.service, self.state, self.store, label, self.prefix, self.log, self.clock
-            )
+        if intent is None:
+            return
+        parts = self.state.rounds[intent.round].parts if intent.round < len(self.state.rounds) else []
+        frame = None
+        if intent.part < len(parts) and parts[intent.part].execution_id is None:
+            wanted = {intent.part: parts[intent.part].numbers()}
+            frame = next((f for _, f in part_frames(self.frames(), wanted)), None)
+        if frame is None:  # nothing to settle: the part is gone or has its execution
+            self.state.intent = None
+            self.state.save(self.store)
+            return
+        label = self.label(intent.round, intent.part)
+        settle_intent(
+            self.hook, self.service, self.state, self.store, frame, self.parallel_count, label, self.prefix, self.log,
+            self.clock,
+        )  # fmt: skip
 
     def step(self) -> Waiting | None:
         """Carry out the planner's actions until it says to wait (answered) or to finish (None)."""
