@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-mb", type=float, default=512.0, help="largest request body in MiB (default 512)"
     )
     serve.add_argument("--faults", default="", help="fault injection, e.g. 503:0.3,reset:0.1,delay:2s:0.1")
+    serve.add_argument(
+        "--ignore-idempotency-keys",
+        action="store_true",
+        help="ignore a batch start's Idempotency-Key header, as a real Machine Learning Server does",
+    )
     serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     return parser
 
@@ -106,6 +111,7 @@ def serve(args: argparse.Namespace) -> int:
         execution_timeout=args.execution_timeout,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         faults=args.faults,
+        idempotency_keys=not args.ignore_idempotency_keys,
     )
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on connections accepted from a socket whose
     # protocol says TCP; without it, keep-alive answers sent in two writes wait ~40 ms (Nagle + delayed ACK).

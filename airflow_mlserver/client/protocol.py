@@ -63,6 +63,7 @@ class Spec:
     :param scope: What a 404 means: which thing was not found.
     :param subject: The thing named in a not-found message ("Web service 'x' version '1'").
     :param content_type: The body's media type (a model object's bytes are ``application/octet-stream``).
+    :param headers: Further request headers (a batch start's ``Idempotency-Key``).
     """
 
     method: str
@@ -76,6 +77,7 @@ class Spec:
     scope: Scope = "none"
     subject: str = ""
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:

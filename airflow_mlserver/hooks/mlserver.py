@@ -239,9 +239,39 @@ class MLServerHook(BaseHook):
         parallel_count: int = 10,
         service: WebService | None = None,
         extra_columns: ExtraColumns = "error",
+        idempotency_key: str | None = None,
+        before: Sequence[str] | None = None,
     ) -> str:
-        """Check the records, start a batch execution and answer its id; never two silently."""
-        return self.get_conn().start_batch(name, version, records, parallel_count, service, extra_columns)
+        """Check the records, start a batch execution and answer its id; never two, never another's (see
+        :meth:`~airflow_mlserver.client.mlserver.MLServerClient.start_batch`)."""
+        return self.get_conn().start_batch(
+            name, version, records, parallel_count, service, extra_columns, idempotency_key, before
+        )
+
+    def resend_start(
+        self, service: WebService, records: RecordsInput, parallel_count: int, idempotency_key: str
+    ) -> tuple[str, bool]:
+        """Send a start again with an earlier send's key; answer the execution id and whether it was that
+        send's (see :meth:`~airflow_mlserver.client.mlserver.MLServerClient.resend_start`)."""
+        return self.get_conn().resend_start(service, records, parallel_count, idempotency_key)
+
+    def honours_idempotency_keys(self, name: str, version: str) -> bool:
+        """Whether the server honours a batch start's ``Idempotency-Key`` (the local server does)."""
+        return self.get_conn().honours_idempotency_keys(name, version)
+
+    def find_started_batch(
+        self,
+        service: WebService,
+        records: RecordsInput,
+        before: Sequence[str],
+        exclude: Sequence[str] = (),
+        look_until: float = 0.0,
+        label: str = "the batch",
+    ) -> str | None:
+        """The execution a start of ``records`` whose answer was lost created, proven; None if none (see
+        :meth:`~airflow_mlserver.client.mlserver.MLServerClient.find_started_batch`)."""
+        return self.get_conn().find_started_batch(service, records, before, exclude, look_until, label)
+
 
     def get_batch(self, name: str, version: str, execution_id: str, partial: bool = False) -> BatchStatus:
         """State and counts of an execution (a cheap poll); with ``partial=True`` also its results so far."""
