@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import secrets
+import ssl
 import sys
 from pathlib import Path
 
@@ -76,8 +77,54 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ignore a batch start's Idempotency-Key header, as a real Machine Learning Server does",
     )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="CERT",
+        help="serve https with this certificate (a PEM file: the server's certificate, then any intermediate "
+        "ones); needs --tls-key",
+    )
+    serve.add_argument(
+        "--tls-key",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help="the certificate's private key (a PEM file, unencrypted)",
+    )
     serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     return parser
+
+
+def tls_problem(cert: Path | None, key: Path | None) -> str | None:
+    """What keeps ``--tls-cert`` and ``--tls-key`` from serving https (a sentence for the person who started the
+    server), or None when they are usable or both absent (plain http)."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        return (
+            "--tls-cert and --tls-key go together: give both (the certificate and its private key, PEM files) to "
+            "serve https, or neither to serve http"
+        )
+    for flag, path, what in (("--tls-cert", cert, "certificate"), ("--tls-key", key, "private key")):
+        if not path.is_file():
+            found = "is not a file" if path.exists() else "does not exist"
+            return f"{flag} {path} {found}: give the path of the server's {what}, a PEM file"
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            return f"{flag} {path} cannot be read ({exc.strerror}): make it readable by the user running the server"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # a password callback that gives none: an encrypted key fails here rather than prompting on the terminal
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        return (
+            f"--tls-cert {cert} and --tls-key {key} are not a usable certificate and key ({exc}): give PEM files, "
+            "the key unencrypted and the one the certificate was issued for"
+        )
+    return None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -101,6 +148,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.max_parallel_count < 1:
         print("airflow-mlserver: --workers and --max-parallel-count must be at least 1", file=sys.stderr)
         return 2
+    if problem := tls_problem(args.tls_cert, args.tls_key):
+        print(f"airflow-mlserver: {problem}.", file=sys.stderr)
+        return 2
+    tls = args.tls_cert is not None
     config = ServerConfig(
         data_dir=args.data_dir.expanduser().resolve(),
         workers=args.workers,
@@ -126,7 +177,14 @@ def serve(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     app = create_app(config)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app,
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            ssl_certfile=str(args.tls_cert) if tls else None,
+            ssl_keyfile=str(args.tls_key) if tls else None,
+        )
     )
 
     async def main() -> None:
@@ -135,7 +193,8 @@ def serve(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.02)
         if server.started:
             host = f"[{args.host}]" if ":" in args.host else args.host
-            print(f"{READY_LINE} http://{host}:{port} (data dir {config.data_dir})", flush=True)
+            scheme = "https" if tls else "http"
+            print(f"{READY_LINE} {scheme}://{host}:{port} (data dir {config.data_dir})", flush=True)
         await task
 
     asyncio.run(main())

@@ -29,6 +29,7 @@ from airflow_mlserver.client.protocol import (
 )
 from airflow_mlserver.client.quoting import shortened
 from airflow_mlserver.client.sync import TransferStats, environment_settings
+from airflow_mlserver.client.tls import ca_context, unverified
 
 if TYPE_CHECKING:
     import aiohttp
@@ -87,12 +88,10 @@ class AsyncDriver:
                 environment_settings, self.settings.base_url, self.settings.verify
             )
             ssl: Any = None
-            if verify is False:
-                ssl = False
-            elif isinstance(verify, str):
-                import ssl as ssl_module
-
-                ssl = await asyncio.to_thread(ssl_module.create_default_context, cafile=verify)
+            if self.settings.base_url.startswith("https:"):
+                # a CA bundle loaded (and checked) off the loop; Verify TLS false said once, as by the sync driver
+                ssl = False if verify is False else await asyncio.to_thread(ca_context, self.settings, verify)
+                unverified(self.settings, verify, self.log)
             timeout = aiohttp.ClientTimeout(
                 total=None, sock_connect=min(10.0, self.settings.timeout), sock_read=self.settings.timeout
             )
@@ -152,7 +151,7 @@ class AsyncDriver:
         spec = wire.spec
         if spec.read == "stream":
             raise MLServerConfigError(f"{spec.label} streams its answer, which the async side does not do.")
-        with classified(wire, aiohttp_failure):
+        with classified(wire, aiohttp_failure, self.settings):
             async with session.request(
                 spec.method,
                 self.settings.base_url + spec.path,

@@ -16,6 +16,15 @@ class MLServerConfigError(MLServerError):
     """The connection settings (or a call's argument) are not usable as they are; the message names the field."""
 
 
+class MLServerTLSError(MLServerConfigError):
+    """The TLS handshake with the server failed in a way no retry mends: its certificate was refused (issued by a
+    CA the connection does not trust, for another host name, expired) or the server does not answer in TLS.
+
+    Never retried; the message names the server's URL, what failed and the connection field to set (Verify TLS:
+    the path of the CA bundle on the workers, or false to skip the check).
+    """
+
+
 class MLServerConnectionError(MLServerError):
     """The server could not be reached, or kept failing, after every retry."""
 

@@ -32,6 +32,7 @@ from airflow_mlserver.client.errors import (
 from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.client.streaming import BatchReader, ErrorBodyReader, JsonReader
+from airflow_mlserver.client.tls import tls_error, tls_refusal
 
 T = TypeVar("T")
 
@@ -245,13 +246,26 @@ def check_status(wire: Wire, status: int, headers: Mapping[str, str], message: s
 
 
 @contextlib.contextmanager
-def classified(wire: Wire, failure_of: Callable[[BaseException], Transient | None]) -> Iterator[None]:
-    """Turn a transport failure into its retry class; ``failure_of`` knows one driver's exceptions."""
+def classified(
+    wire: Wire,
+    failure_of: Callable[[BaseException], Transient | None],
+    settings: ConnectionSettings | None = None,
+) -> Iterator[None]:
+    """Turn a transport failure into its retry class; ``failure_of`` knows one driver's exceptions.
+
+    A TLS failure that no retry mends (:func:`~airflow_mlserver.client.tls.tls_refusal`: a refused certificate,
+    a server that does not answer in TLS) is looked for first, whatever the driver, and raised at once as
+    :class:`~airflow_mlserver.client.errors.MLServerTLSError`, for ``settings`` (the drivers always give them:
+    the message names the server's URL and the connection).
+    """
     try:
         yield
     except (Transient, AmbiguousSend, MLServerError):
         raise
     except Exception as exc:
+        refusal = tls_refusal(exc)
+        if refusal is not None:
+            raise tls_error(settings, wire.spec, refusal) from None
         failure = failure_of(exc)
         if failure is None:
             raise

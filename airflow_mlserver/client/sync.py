@@ -32,6 +32,7 @@ from airflow_mlserver.client.protocol import (
     resume,
 )
 from airflow_mlserver.client.quoting import shortened
+from airflow_mlserver.client.tls import ca_context, unverified
 
 T = TypeVar("T")
 
@@ -109,11 +110,17 @@ class SyncDriver:
 
         ``requests`` would read the environment and ``~/.netrc`` again for every request (a large share of
         a small request's cost); the settings it would find are the same for every request to one server.
-        A ``~/.netrc`` entry for the server is never used: the token is the only credential sent.
+        A ``~/.netrc`` entry for the server is never used: the token is the only credential sent. For an https
+        server, a CA bundle is loaded once here to check it, and Verify TLS false is said once
+        (:mod:`~airflow_mlserver.client.tls`).
         """
         if self._session is None:
+            proxy, verify = environment_settings(self.settings.base_url, self.settings.verify)
+            if self.settings.base_url.startswith("https:"):
+                ca_context(self.settings, verify)
+                unverified(self.settings, verify, self.log)
             session = requests.Session()
-            proxy, session.verify = environment_settings(self.settings.base_url, self.settings.verify)
+            session.verify = verify
             session.proxies = {"all": proxy} if proxy else {}
             session.trust_env = False
             session.headers["Accept"] = "application/json"
@@ -167,7 +174,7 @@ class SyncDriver:
         started = time.monotonic()
         response = None
         try:
-            with classified(wire, requests_failure):
+            with classified(wire, requests_failure, self.settings):
                 response = self.session.request(
                     spec.method,
                     self.settings.base_url + spec.path,

@@ -28,6 +28,8 @@ class LocalMLServer:
     :param password: The admin password (generated when not given).
     :param extra_args: Further ``serve`` flags, e.g. ``["--token-ttl", "3"]``.
     :param port: A fixed port; by default a free one is picked at the first start and kept across restarts.
+    :param tls_cert: Serve https with this certificate (a PEM file, for 127.0.0.1); needs ``tls_key``.
+    :param tls_key: The certificate's private key (a PEM file, unencrypted).
     """
 
     def __init__(
@@ -37,6 +39,8 @@ class LocalMLServer:
         password: str | None = None,
         extra_args: list[str] | None = None,
         port: int = 0,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.workers = workers
@@ -44,12 +48,19 @@ class LocalMLServer:
         self.password = password or secrets.token_urlsafe(12)
         self.extra_args = list(extra_args or [])
         self.port = port
+        self.tls_cert = Path(tls_cert) if tls_cert is not None else None
+        self.tls_key = Path(tls_key) if tls_key is not None else None
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
 
     @property
+    def scheme(self) -> str:
+        """``https`` when started with a certificate, else ``http``."""
+        return "https" if self.tls_cert is not None else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> LocalMLServer:
         cmd = [
@@ -57,6 +68,9 @@ class LocalMLServer:
             "--port", str(self.port), "--data-dir", str(self.data_dir), "--workers", str(self.workers),
             *self.extra_args,
         ]  # fmt: skip
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if path is not None:  # one without the other: the server says they go together
+                cmd += [flag, str(path)]
         env = {**os.environ, "AIRFLOW_MLSERVER_ADMIN_PASSWORD": self.password}
         self.output = []
         self.proc = subprocess.Popen(
