@@ -6,8 +6,10 @@ The hook (:mod:`airflow_mlserver.hooks.mlserver`) is made of it, and it is usabl
 
 Modules, from the bottom up: ``errors`` and ``models`` (the API's objects), ``settings`` (where the server is,
 how to log in), ``streaming`` (incremental decoding), ``records`` (checking input records), ``protocol``
-(requests as data, retry classification, error mapping), ``auth`` (tokens), ``calls`` (one flow per API
-call), ``sync`` and ``aio`` (the drivers), ``mlserver`` (:class:`MLServerClient`).
+(requests as data, retry classification, error mapping), ``tls`` (certificate refusals), ``auth`` (tokens),
+``calls`` (one flow per API call), ``reconcile`` (the rule for a batch start whose answer was lost),
+``sync`` and ``aio`` (the drivers), ``starting`` (batch starts by that rule), ``mlserver``
+(:class:`MLServerClient`).
 """
 
 from __future__ import annotations
