@@ -162,7 +162,7 @@ def test_columns_of_different_lengths() -> None:
 def test_no_rows() -> None:
     with pytest.raises(RecordValidationError) as excinfo:
         prepare_records(pd.DataFrame({"hp": [], "n": [], "ok": []}), SERVICE)
-    assert message(excinfo) == "The data has no rows: a batch needs at least one record."
+    assert message(excinfo) == "The records are empty: a batch needs at least one record."
 
 
 def test_ragged_matrix() -> None:

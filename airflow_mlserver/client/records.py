@@ -4,9 +4,10 @@ Accepted data: a pandas DataFrame, a list of dicts (one per record) or a dict of
 out in the order of the service's ``inputParameterDefinitions`` and coerced by declared type (the Python
 client's rules: integer -> int, numeric -> float, character -> str, logical -> bool, vector -> list,
 matrix -> list of lists, data.frame -> an object of columns). NaN, NaT and NA become ``null``; numpy and
-pandas scalars become plain JSON values; timestamps become ISO 8601 text. Whatever cannot be coerced raises
-:class:`RecordValidationError` naming the row (0-based, as batch indexes), the column, the value and the
-expected type. Numeric columns of a DataFrame are checked and converted column-wise with numpy.
+pandas scalars become plain JSON values; timestamps become ISO 8601 text; a value may nest lists and dicts
+:data:`MAX_NESTING` levels deep. Whatever cannot be coerced raises :class:`RecordValidationError` naming the
+row (0-based, as batch indexes), the column, the value and the expected type; empty records raise it too.
+Numeric columns of a DataFrame are checked and converted column-wise with numpy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 import decimal
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -27,11 +29,15 @@ from airflow_mlserver.client.parameters import PARAMETER_TYPES
 from airflow_mlserver.client.quoting import quoted, shortened
 
 RecordsInput = pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Any]
+#: A service, or its declared inputs: what fixes the order and the types of a record's fields.
+ServiceInputs = WebService | Sequence[ParameterDefinition]
 #: What to do with columns a service does not declare. Here ``"keep"`` and ``"ignore"`` both send only the
 #: declared inputs (they differ in the batch operator's results file); ``"drop"`` is their old name.
 ExtraColumns = Literal["keep", "ignore", "error", "drop"]
 EXTRA_COLUMNS: tuple[ExtraColumns, ...] = ("keep", "ignore", "error", "drop")
 
+#: The most levels of lists and dicts in one value (a vector is 1, a matrix or a data.frame 2).
+MAX_NESTING = 100
 _ABSENT = object()
 _INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
 _TRUE, _FALSE = frozenset({"true", "t", "yes", "1"}), frozenset({"false", "f", "no", "0"})
@@ -42,7 +48,10 @@ class _Invalid(Exception):
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # nested too deep for repr
+        text = reprlib.repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
@@ -64,10 +73,11 @@ def _is_na(value: Any) -> bool:
     return False
 
 
-def _to_plain(value: Any) -> Any:
+def _to_plain(value: Any, depth: int = 1) -> Any:
     """A value as plain JSON: numpy/pandas scalars unwrapped, NaN/NaT/NA -> None, timestamps -> ISO 8601.
 
-    Raises ``_Invalid`` for what JSON cannot carry (infinite numbers, arbitrary objects).
+    Raises ``_Invalid`` for what JSON cannot carry (infinite numbers, arbitrary objects) and for lists or dicts
+    nested deeper than :data:`MAX_NESTING` (``depth``: the level of ``value``, if it is a list or dict).
     """
     if value is None or isinstance(value, bool | str):
         return value
@@ -88,22 +98,27 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return _to_plain(float(value))
     if isinstance(value, np.ndarray | pd.Series | pd.Index | list | tuple):
-        return [_to_plain(v) for v in value]
+        return _plain_list(value, depth)
+    if depth > MAX_NESTING:
+        raise _Invalid(_TOO_DEEP)
     if isinstance(value, pd.DataFrame):
-        return {str(c): [_to_plain(v) for v in value[c].tolist()] for c in value.columns}
+        return {str(c): _plain_list(value[c].tolist(), depth + 1) for c in value.columns}
     if isinstance(value, Mapping):
-        return {str(k): _to_plain(v) for k, v in value.items()}
+        return {str(k): _to_plain(v, depth + 1) for k, v in value.items()}
     raise _Invalid(f"a {type(value).__name__} cannot be sent as JSON")
 
 
 _SIMPLE = (int, str, bool)
+_TOO_DEEP = f"it nests lists or dicts more than {MAX_NESTING} levels deep, the most a value may; flatten it"
 
 
-def _plain_list(values: Any) -> list[Any]:
-    """``_to_plain`` of every element, with a fast path for lists of ints, strings and booleans."""
+def _plain_list(values: Any, depth: int = 1) -> list[Any]:
+    """``_to_plain`` of every element of a list at ``depth``; a fast path for lists of ints, strings, booleans."""
+    if depth > MAX_NESTING:
+        raise _Invalid(_TOO_DEEP)
     if type(values) is list and all(type(v) in _SIMPLE for v in values):
         return list(values)
-    return [_to_plain(v) for v in values]
+    return [_to_plain(v, depth + 1) for v in values]
 
 
 # --- one coercer per declared type (the per-element path), registered in _COERCERS --------------------------
@@ -220,13 +235,13 @@ def _matrix(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         if value.ndim != 2:
             raise _Invalid(f"expected a two-dimensional array, got shape {value.shape}")
-        return [_plain_list(row) for row in value.tolist()]
+        return [_plain_list(row, 2) for row in value.tolist()]
     if isinstance(value, list | tuple):
         rows = []
         for row in value:
             if not isinstance(row, list | tuple | np.ndarray):
                 raise _Invalid("expected a list of rows, each a list")
-            rows.append(_plain_list(row.tolist() if isinstance(row, np.ndarray) else row))
+            rows.append(_plain_list(row.tolist() if isinstance(row, np.ndarray) else row, 2))
         if len({len(r) for r in rows}) > 1:
             raise _Invalid("the rows have different lengths")
         return rows
@@ -241,9 +256,9 @@ def _data_frame(value: Any) -> Any:
             raise _Invalid("expected an object of columns, or a list of row objects")
         value = pd.DataFrame.from_records(list(value))
     if isinstance(value, pd.DataFrame):
-        return {str(c): [_to_plain(v) for v in value[c].tolist()] for c in value.columns}
+        return _to_plain(value)
     if isinstance(value, Mapping):
-        columns = {str(k): _to_plain(v) for k, v in value.items()}
+        columns = {str(k): _to_plain(v, 2) for k, v in value.items()}
         lengths = {len(v) if isinstance(v, list) else -1 for v in columns.values()}
         if -1 in lengths:
             raise _Invalid("every column of a data.frame must be a list of values")
@@ -291,12 +306,7 @@ def _coerce_array(kind: str, arr: np.ndarray, column: str) -> list[Any] | None:
         return _invalid_value(i, column, kind, arr[i].item(), why)
 
     if kind in ("integer", "numeric") and code == "b":
-        raise fail(
-            0,
-            "expected a number, not a boolean"
-            if kind == "numeric"
-            else "expected a whole number, not a boolean",
-        )
+        raise fail(0, f"expected a {'' if kind == 'numeric' else 'whole '}number, not a boolean")
     if kind == "integer":
         if code in "iu":
             return arr.tolist()  # type: ignore[no-any-return]
@@ -356,9 +366,7 @@ def _coerce_column(kind: str, values: Any, column: str) -> list[Any]:
 # --- shapes of input data ----------------------------------------------------------------------------------
 
 
-def _definitions(
-    inputs: WebService | Sequence[ParameterDefinition],
-) -> tuple[tuple[ParameterDefinition, ...], str]:
+def _definitions(inputs: ServiceInputs) -> tuple[tuple[ParameterDefinition, ...], str]:
     if isinstance(inputs, WebService):
         return inputs.inputs, f"service '{inputs.name}' version '{inputs.version}'"
     return tuple(inputs), "the service"
@@ -447,6 +455,8 @@ def _check_columns(
         raise RecordValidationError(
             f"extra_columns must be 'keep', 'ignore' or 'error', not {quoted(extra_columns)}."
         )
+    if table.length == 0:  # before the columns: an empty list has none
+        raise RecordValidationError("The records are empty: a batch needs at least one record.")
     declared = {d.name for d in definitions}
     missing = [d for d in definitions if d.name not in table.names]
     if missing:
@@ -464,23 +474,19 @@ def _check_columns(
 
 
 def _coerced(
-    data: RecordsInput, inputs: WebService | Sequence[ParameterDefinition], extra_columns: ExtraColumns
+    data: RecordsInput, inputs: ServiceInputs, extra_columns: ExtraColumns
 ) -> tuple[list[str], list[list[Any]], int]:
     """Every check of the records, and each declared input's column of JSON-ready values (names, columns, rows)."""
     definitions, label = _definitions(inputs)
     table = _Table(data)
     _check_columns(table, definitions, label, extra_columns)
-    if table.length == 0:
-        raise RecordValidationError("The data has no rows: a batch needs at least one record.")
     names = [d.name for d in definitions]
     columns = [_coerce_column(d.type, table.column(d.name, definitions), d.name) for d in definitions]
     return names, columns, table.length
 
 
 def prepare_records(
-    data: RecordsInput,
-    inputs: WebService | Sequence[ParameterDefinition],
-    extra_columns: ExtraColumns = "error",
+    data: RecordsInput, inputs: ServiceInputs, extra_columns: ExtraColumns = "error"
 ) -> list[dict[str, Any]]:
     """The JSON-ready input records of ``data`` for a service with these declared inputs.
 
@@ -497,20 +503,14 @@ def prepare_records(
     return [dict(zip(names, values, strict=False)) for values in zip(*columns, strict=False)]  # equal lengths
 
 
-def check_records(
-    data: RecordsInput,
-    inputs: WebService | Sequence[ParameterDefinition],
-    extra_columns: ExtraColumns = "error",
-) -> int:
+def check_records(data: RecordsInput, inputs: ServiceInputs, extra_columns: ExtraColumns = "error") -> int:
     """The checks of :func:`prepare_records` without building the records (a pass over a large input before
     anything is sent); answer the number of records."""
     return _coerced(data, inputs, extra_columns)[2]
 
 
 def prepare_inputs(
-    values: Mapping[str, Any],
-    inputs: WebService | Sequence[ParameterDefinition],
-    extra_columns: ExtraColumns = "error",
+    values: Mapping[str, Any], inputs: ServiceInputs, extra_columns: ExtraColumns = "error"
 ) -> dict[str, Any]:
     """The JSON-ready inputs of one request-response call (a single record)."""
     if not isinstance(values, Mapping):

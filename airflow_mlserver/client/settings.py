@@ -7,7 +7,9 @@ here imports Airflow: any object with these attributes will do (:class:`Connecti
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,9 +21,14 @@ from airflow_mlserver.client.quoting import quoted, shortened
 DEFAULT_PORT = 12800
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 8
+#: The longest ``timeout`` (seconds): a day, far below what a socket's timeout can hold.
+MAX_TIMEOUT = 86_400.0
+#: The most ``max_retries``: with the default backoff (at most 30 s a wait) about 50 minutes of retrying.
+MAX_RETRIES = 100
 
 _TRUE_TEXT = ("true", "1", "yes", "on")
 _FALSE_TEXT = ("false", "0", "no", "off")
+_WHOLE_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
 
 
 class ConnectionFields(Protocol):
@@ -59,6 +66,14 @@ class ConnectionSettings:
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
 
+    def __post_init__(self) -> None:
+        """Settings built directly (not read from a connection) get the checks of ``timeout`` and ``max_retries``."""
+        subject = f"Connection '{self.conn_id}':"
+        object.__setattr__(self, "timeout", checked_timeout(self.timeout, f"{subject} timeout"))
+        object.__setattr__(
+            self, "max_retries", checked_max_retries(self.max_retries, f"{subject} max_retries")
+        )
+
     @property
     def bearer_token(self) -> str | None:
         """The fixed token to send, when the connection gives one instead of a login."""
@@ -77,9 +92,13 @@ class ConnectionSettings:
         """These settings with ``timeout`` and ``max_retries`` replaced where given (checked like extras)."""
         changes: dict[str, Any] = {}
         if timeout is not None:
-            changes["timeout"] = _positive(self.conn_id, "timeout", timeout, float)
+            changes["timeout"] = checked_timeout(
+                timeout, f"Connection '{self.conn_id}': the timeout override"
+            )
         if max_retries is not None:
-            changes["max_retries"] = int(_positive(self.conn_id, "max_retries", max_retries, int, 0))
+            changes["max_retries"] = checked_max_retries(
+                max_retries, f"Connection '{self.conn_id}': the max_retries override"
+            )
         return dataclasses.replace(self, **changes) if changes else self
 
     @classmethod
@@ -95,42 +114,7 @@ class ConnectionSettings:
                     "'https', or leave it empty."
                 )
             scheme = _agree(conn_id, scheme, schema, "schema")
-        host = (conn.host or "").strip()
-        if not host:
-            raise MLServerConfigError(
-                f"Connection '{conn_id}' has no host: set it to the server's address, e.g. 'localhost' or "
-                "'https://mlserver.example.com'."
-            )
-        with_scheme = "://" in host
-        try:
-            parsed = urllib.parse.urlsplit(host if with_scheme else f"//{host}")
-            hostname, host_port = parsed.hostname, parsed.port
-        except ValueError as exc:
-            raise MLServerConfigError(
-                f"Connection '{conn_id}': host {quoted(host)} is not valid ({shortened(str(exc))})."
-            ) from None
-        if with_scheme and parsed.scheme.lower() not in ("http", "https"):
-            raise MLServerConfigError(
-                f"Connection '{conn_id}': host {quoted(host)} is not an http(s) address; give a host name such as "
-                "'localhost' or a URL such as 'https://mlserver.example.com'."
-            )
-        if not hostname or (not with_scheme and parsed.path not in ("", "/")):
-            raise MLServerConfigError(
-                f"Connection '{conn_id}': host {quoted(host)} is not valid; give a host name such as 'localhost', "
-                "or a URL such as 'https://mlserver.example.com/base'."
-            )
-        path = parsed.path.rstrip("/") if with_scheme else ""
-        if with_scheme:
-            scheme = _agree(conn_id, scheme, parsed.scheme.lower(), "host")
-        port = conn.port or host_port
-        if port is not None and not 0 < int(port) < 65536:
-            raise MLServerConfigError(f"Connection '{conn_id}': port {port} is out of range (1 to 65535).")
-        scheme = scheme or "http"
-        if port is None:
-            port = DEFAULT_PORT if scheme == "http" else 443
-        if ":" in hostname and not hostname.startswith("["):
-            hostname = f"[{hostname}]"  # IPv6 literal
-        base_url = f"{scheme}://{hostname}:{port}{path}"
+        base_url = _base_url(conn_id, scheme, conn.host, conn.port)
         access_token = _extra(extras, "access_token", None)
         if access_token is not None and not isinstance(access_token, str):
             raise MLServerConfigError(f"Connection '{conn_id}': extra 'access_token' must be a string.")
@@ -150,11 +134,62 @@ class ConnectionSettings:
             password=conn.password or None,
             access_token=access_token,
             verify=_verify(conn_id, _extra(extras, "verify", True)),
-            timeout=_positive(conn_id, "timeout", _extra(extras, "timeout", DEFAULT_TIMEOUT), float),
-            max_retries=int(
-                _positive(conn_id, "max_retries", _extra(extras, "max_retries", DEFAULT_MAX_RETRIES), int, 0)
+            timeout=checked_timeout(
+                _extra(extras, "timeout", DEFAULT_TIMEOUT), f"Connection '{conn_id}': extra 'timeout'"
+            ),
+            max_retries=checked_max_retries(
+                _extra(extras, "max_retries", DEFAULT_MAX_RETRIES),
+                f"Connection '{conn_id}': extra 'max_retries'",
             ),
         )
+
+
+def _base_url(conn_id: str, scheme: str | None, host_field: str | None, port_field: Any) -> str:
+    """``scheme://host:port[/path]`` from the host field (a name, or a URL) and the port field, checked."""
+    host = (host_field or "").strip()
+    if not host:
+        raise MLServerConfigError(
+            f"Connection '{conn_id}' has no host: set it to the server's address, e.g. 'localhost' or "
+            "'https://mlserver.example.com'."
+        )
+    with_scheme = "://" in host
+    try:
+        parsed = urllib.parse.urlsplit(host if with_scheme else f"//{host}")
+        hostname = parsed.hostname
+    except ValueError as exc:
+        raise MLServerConfigError(
+            f"Connection '{conn_id}': host {quoted(host)} is not valid ({shortened(str(exc))})."
+        ) from None
+    host_port = None
+    if host_port_text := port_text(parsed.netloc):
+        if problem := port_problem(host_port_text):
+            raise MLServerConfigError(
+                f"Connection '{conn_id}': host {quoted(host)} has port {problem[0]}, which is {problem[1]}: "
+                f"{_PORT_FIX}, or leave it out of the host for the default {_DEFAULT_PORTS}."
+            )
+        host_port = int(host_port_text)
+    if with_scheme and parsed.scheme.lower() not in ("http", "https"):
+        raise MLServerConfigError(
+            f"Connection '{conn_id}': host {quoted(host)} is not an http(s) address; give a host name such as "
+            "'localhost' or a URL such as 'https://mlserver.example.com'."
+        )
+    if not hostname or (not with_scheme and parsed.path not in ("", "/")):
+        raise MLServerConfigError(
+            f"Connection '{conn_id}': host {quoted(host)} is not valid; give a host name such as 'localhost', "
+            "or a URL such as 'https://mlserver.example.com/base'."
+        )
+    path = parsed.path.rstrip("/") if with_scheme else ""
+    if with_scheme:
+        scheme = _agree(conn_id, scheme, parsed.scheme.lower(), "host")
+    port = _port(conn_id, port_field)
+    if port is None:
+        port = host_port
+    scheme = scheme or "http"
+    if port is None:
+        port = DEFAULT_PORT if scheme == "http" else 443
+    if ":" in hostname and not hostname.startswith("["):
+        hostname = f"[{hostname}]"  # IPv6 literal
+    return f"{scheme}://{hostname}:{port}{path}"
 
 
 def _extra(extras: Mapping[str, Any], name: str, default: Any) -> Any:
@@ -209,18 +244,91 @@ def _verify(conn_id: str, value: Any) -> bool | str:
     )
 
 
-def _positive(conn_id: str, name: str, value: Any, kind: type, minimum: float = 0) -> float:
+_PORT_FIX = "give a port from 1 to 65535"
+_DEFAULT_PORTS = "(12800 for http, 443 for https)"
+
+
+def _port(conn_id: str, value: Any) -> int | None:
+    """The port field: None when empty, else a whole number from 1 to 65535 (0 is no port, not the default)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        problem = port_problem(value.strip())
+        if problem is None:
+            return int(value)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        problem = quoted(value), "not a whole number"
+    elif 0 < value < 65536:
+        return value
+    else:
+        problem = quoted(value), "out of range"
+    raise MLServerConfigError(
+        f"Connection '{conn_id}': port {problem[0]} is {problem[1]}: {_PORT_FIX}, or leave it empty for the "
+        f"default {_DEFAULT_PORTS}."
+    )
+
+
+def port_text(netloc: str) -> str:
+    """The port written after the host of a URL's ``netloc`` ('' when none), read as ``urlsplit`` reads it."""
+    hostinfo = netloc.rpartition("@")[2]
+    before, bracket, after = hostinfo.partition("[")
+    return (after.partition("]")[2] if bracket else before).partition(":")[2]
+
+
+def port_problem(text: str) -> tuple[str, str] | None:
+    """None for a port from 1 to 65535 written as ``text``; else how to show it and what is wrong with it."""
+    if not (text.isascii() and text.isdigit()):
+        return quoted(text), "not a number"
+    if len(text) > 5 or not 0 < int(text) < 65536:
+        return shortened(text), "out of range"
+    return None
+
+
+def _number(value: Any) -> float | None:
+    """``value`` (a number, or its text) as a float; None for a boolean, NaN or what is no number."""
+    if isinstance(value, bool):
+        return None
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = kind(value)
-        if kind is int and float(value) != number:
-            raise ValueError
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number < minimum or (minimum == 0 and kind is float and number <= 0):
-        what = "a positive number of seconds" if kind is float else "a whole number of at least 0"
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def checked_timeout(value: Any, subject: str) -> float:
+    """``value`` as a timeout in seconds: a number (or its text) above 0 and at most :data:`MAX_TIMEOUT`.
+
+    :param subject: What the value is, opening the message: ``Connection 'ml': extra 'timeout'``.
+    :raises MLServerConfigError: NaN, infinity, 0 or less, a boolean, text that is no number.
+    """
+    number = _number(value)
+    if number is None or number <= 0:
+        raise MLServerConfigError(f"{subject} must be a positive number of seconds, not {quoted(value)}.")
+    if number > MAX_TIMEOUT:
         raise MLServerConfigError(
-            f"Connection '{conn_id}': extra '{name}' must be {what}, not {quoted(value)}."
+            f"{subject} must be a positive number of seconds, at most {MAX_TIMEOUT:,.0f} (a day), not "
+            f"{quoted(value)}."
         )
-    return float(number)
+    return number
+
+
+def checked_max_retries(value: Any, subject: str) -> int:
+    """``value`` as a count of retries: a whole number (or its text) from 0 to :data:`MAX_RETRIES`.
+
+    :param subject: What the value is, opening the message: ``Connection 'ml': extra 'max_retries'``.
+    :raises MLServerConfigError: a fraction, NaN, infinity, a negative number, a boolean, text that is no number.
+    """
+    whole: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        whole = value
+    elif isinstance(value, str):
+        whole = int(value) if _WHOLE_TEXT.match(value) else None
+    elif (number := _number(value)) is not None and number.is_integer():
+        whole = int(number)
+    if whole is None or whole < 0:
+        raise MLServerConfigError(f"{subject} must be a whole number of at least 0, not {quoted(value)}.")
+    if whole > MAX_RETRIES:
+        raise MLServerConfigError(
+            f"{subject} must be a whole number of at least 0, at most {MAX_RETRIES}, not {quoted(value)}."
+        )
+    return whole

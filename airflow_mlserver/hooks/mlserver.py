@@ -8,13 +8,16 @@ masker, and the UI's Test button (the connection form itself is declared in the 
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
+from airflow.sdk import BaseHook, Connection
+from airflow.sdk.exceptions import AirflowNotFoundException
 
-from airflow_mlserver.client.errors import MLServerError
+from airflow_mlserver.client.errors import MLServerConfigError, MLServerError
 from airflow_mlserver.client.mlserver import MLServerClient
 from airflow_mlserver.client.models import (
     BatchStatus,
@@ -24,7 +27,14 @@ from airflow_mlserver.client.models import (
     ServiceDefinition,
     WebService,
 )
-from airflow_mlserver.client.settings import ConnectionSettings
+from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.client.settings import (
+    ConnectionSettings,
+    checked_max_retries,
+    checked_timeout,
+    port_problem,
+    port_text,
+)
 from airflow_mlserver.client.sync import ArtifactReader
 
 if TYPE_CHECKING:
@@ -42,7 +52,7 @@ class MLServerHook(BaseHook):
     the host may also be a URL (``https://host/base``) and the schema field ``http`` or ``https``. Without a
     port, http uses 12800 (the one-box default) and https 443. Log in with login and password, or give a
     bearer token in the ``access_token`` extra (or in the password, with no login). Extras: ``verify``
-    (true, false or a CA bundle path), ``timeout`` (seconds), ``max_retries``.
+    (true, false or a CA bundle path), ``timeout`` (seconds, at most a day), ``max_retries`` (0 to 100).
 
     Tokens are renewed before they expire and a 401 triggers one re-authentication; transient failures are
     retried (a busy server ``max_retries`` times, about two minutes by default; a server that refuses
@@ -72,6 +82,10 @@ class MLServerHook(BaseHook):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if timeout is not None:
+            checked_timeout(timeout, "MLServerHook's argument timeout")
+        if max_retries is not None:
+            checked_max_retries(max_retries, "MLServerHook's argument max_retries")
         self.mlserver_conn_id = mlserver_conn_id
         self.timeout = timeout
         self.max_retries = max_retries
@@ -80,6 +94,28 @@ class MLServerHook(BaseHook):
         self._client: MLServerClient | None = None
 
     # -- connection ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def get_connection(cls, conn_id: str) -> Connection:
+        """Airflow's connection ``conn_id``; one its environment variable defines unreadably is named as such.
+
+        Airflow skips a connection it cannot read (``AIRFLOW_CONN_<ID>`` with a port out of range, say) and
+        then answers that the connection "isn't defined": this says what is wrong with the variable instead.
+        """
+        try:
+            return super().get_connection(conn_id)
+        except AirflowNotFoundException:
+            _raise_if_unreadable(conn_id)
+            raise
+
+    @classmethod
+    async def aget_connection(cls, conn_id: str) -> Connection:
+        """:meth:`get_connection` with Airflow's async API (inside a trigger's event loop)."""
+        try:
+            return await super().aget_connection(conn_id)
+        except AirflowNotFoundException:
+            _raise_if_unreadable(conn_id)
+            raise
 
     def _new_client(self, conn: Any, extras: Mapping[str, Any]) -> MLServerClient:
         settings = ConnectionSettings.from_connection(conn, extras)
@@ -272,7 +308,6 @@ class MLServerHook(BaseHook):
         :meth:`~airflow_mlserver.client.mlserver.MLServerClient.find_started_batch`)."""
         return self.get_conn().find_started_batch(service, records, before, exclude, look_until, label)
 
-
     def get_batch(self, name: str, version: str, execution_id: str, partial: bool = False) -> BatchStatus:
         """State and counts of an execution (a cheap poll); with ``partial=True`` also its results so far."""
         return self.get_conn().get_batch(name, version, execution_id, partial)
@@ -320,6 +355,114 @@ class MLServerHook(BaseHook):
     ) -> int:
         """Stream one artifact to a local file; answer the number of bytes written."""
         return self.get_conn().download_artifact(name, version, execution_id, index, file_name, destination)
+
+
+# -- a connection Airflow could not read from its environment variable -----------------------------------------
+
+#: The extras whose values a message may show; any other query value of a URI (a token) is masked.
+_SHOWN_EXTRAS = frozenset({"verify", "timeout", "max_retries"})
+#: The fields of a connection's JSON form (Airflow's ``Connection.from_json``).
+_JSON_FIELDS = ("conn_type", "host", "port", "schema", "login", "password", "extra", "description")
+_EXAMPLE_URI = "'mlserver://admin:...@localhost:12800'"
+_PORT_FIX = "give a port from 1 to 65535, or leave it out for the default (12800 for http, 443 for https)"
+
+
+def _raise_if_unreadable(conn_id: str) -> None:
+    """Raise :class:`MLServerConfigError` if ``AIRFLOW_CONN_<ID>`` is set but Airflow cannot read it.
+
+    Airflow's environment backend skips such a variable silently; the same parse is tried here, and its
+    failure explained: the URI quoted with its password and tokens masked, a JSON form never quoted.
+    """
+    variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+    value = os.environ.get(variable)
+    if value is None:
+        return
+    start = f"Connection '{conn_id}': the environment variable {variable}"
+    text = value.strip()
+    if not text:
+        raise MLServerConfigError(
+            f"{start} is set but empty, so Airflow skips it: set it to the connection's URI (e.g. {_EXAMPLE_URI}) "
+            "or JSON, or unset it."
+        )
+    is_json = text.startswith("{")
+    try:
+        if is_json:
+            Connection.from_json(text, conn_id=conn_id)
+        else:
+            Connection.from_uri(text, conn_id=conn_id)
+    except Exception as exc:  # what Airflow's environment backend met, and skipped
+        failure = type(exc).__name__
+    else:
+        return  # Airflow reads it: the connection is missing for another reason
+    if is_json:
+        raise MLServerConfigError(
+            f"{start} holds JSON that Airflow cannot read: {_json_problem(text, failure)}."
+        )
+    raise MLServerConfigError(
+        f"{start} holds a URI that Airflow cannot read ({quoted(_masked_uri(text))}): {_uri_problem(text)}."
+    )
+
+
+def _uri_problem(uri: str) -> str:
+    """What makes a connection URI unreadable to Airflow, and the fix (never a secret of it)."""
+    rest = uri.partition("://")[2]
+    if "://" in rest:
+        return (
+            "a host given as a URL must be percent-encoded; give the scheme by the connection type instead "
+            "('mlserver+https://admin:...@ml.example.com/base') or encode the URL "
+            "('mlserver://admin:...@https%3A%2F%2Fml.example.com')"
+        )
+    netloc = rest.rpartition("@")[2]  # after the password, whatever it holds
+    for end in "/?#":
+        netloc = netloc.partition(end)[0]
+    port = port_text(netloc)
+    problem = port_problem(port) if port else None
+    if problem and port.strip("0"):  # Airflow reads port 0 (the settings refuse it)
+        return f"its port {problem[0]} is {problem[1]}; {_PORT_FIX}"
+    return "percent-encode any '/', '?', '#', '@' or ':' in its login, password or host (e.g. 'p%40ss' for 'p@ss')"
+
+
+def _masked_uri(uri: str) -> str:
+    """``uri`` with its password, and every query value but the harmless extras', as ``***``."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator:
+        scheme, rest = "", uri
+    userinfo, at, rest = rest.rpartition("@")
+    if ":" in userinfo:
+        userinfo = f"{userinfo.partition(':')[0]}:***"
+    head, question, query = rest.partition("?")
+    if question:
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        query = "&".join(
+            f"{key}{equals}{value if urllib.parse.unquote(key) in _SHOWN_EXTRAS else '***'}"
+            for key, equals, value in pairs
+        )
+    return f"{scheme}{separator}{userinfo}{at}{head}{question}{query}"
+
+
+def _json_problem(text: str, failure: str) -> str:
+    """What makes a connection's JSON unreadable to Airflow, and the fix (no value of it but the port)."""
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return (
+            f"it is not valid JSON ({exc.msg} at character {exc.pos}); write an object of connection fields "
+            f"({', '.join(_JSON_FIELDS)}), or a URI such as {_EXAMPLE_URI}"
+        )
+    if isinstance(fields.get("uri"), str):  # Airflow also takes {"uri": "mlserver://..."}
+        return _uri_problem(fields["uri"])
+    unknown = [str(key) for key in fields if key not in _JSON_FIELDS]
+    if unknown:
+        return (
+            f"a connection has no field {shortened(', '.join(map(repr, unknown)))}; its fields are "
+            f"{', '.join(_JSON_FIELDS)} (put extras such as 'timeout' inside 'extra')"
+        )
+    port = fields.get("port")
+    try:
+        int(port) if port else None
+    except (TypeError, ValueError):
+        return f"its port {quoted(port)} is not a number; {_PORT_FIX}"
+    return f"Airflow could not build a connection from its fields ({failure}); check each field's value"
 
 
 __all__ = ["ArtifactReader", "ConnectionSettings", "MLServerHook"]
