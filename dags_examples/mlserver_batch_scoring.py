@@ -14,7 +14,7 @@ connection ``MLSERVER_EXAMPLES_STORAGE_CONN_ID`` for remote stores. The server: 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import mtcars_service
@@ -49,6 +49,8 @@ with DAG(
         parallel_count=10,
         poll_interval=2,
         deferrable=True,
+        retries=2,  # a retry reattaches to its execution: nothing is scored twice (see the README)
+        retry_delay=timedelta(seconds=10),
         outlets=[MTCARS_SCORES],
     )
 

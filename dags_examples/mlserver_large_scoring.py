@@ -1,7 +1,10 @@
 """Score a large input file in chunks, one mapped task per chunk, merge the results, keep the borderline cars' files.
 
 Every logical date gets its own input (generated deterministically from the date: the same rows on every
-rerun) and its own output folder, so reruns and backfills overwrite their own outputs and never mix dates.
+rerun) and its own output folder, so reruns and backfills overwrite their own outputs and never mix dates. A
+run without a logical date (triggered with ``"logical_date": null`` through the REST API) is named by when it
+was triggered (``dag_run.run_after``, e.g. ``2026-12-07T190108``) instead: its own input and folder, the same
+on its reruns.
 Each mapped task is an ``MLServerBatchOperator`` with its own batch execution; a retried chunk reattaches to
 its execution instead of scoring again. The merged results are published as the ``mlserver_large_scores``
 asset, on which ``mlserver_scores_report`` is scheduled; their ``record`` column numbers the cars across the
@@ -11,11 +14,11 @@ copies those of every chunk, selected by their record numbers in the merged resu
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from _common import LARGE_SCORES as SCORES
-from _common import STORAGE, STORAGE_CONN_ID
+from _common import RUN_KEY, STORAGE, STORAGE_CONN_ID, run_key
 from airflow.sdk import DAG, ObjectStoragePath, task
 
 from airflow_mlserver.operators.artifacts import MLServerArtifactsToObjectStorageOperator
@@ -44,14 +47,18 @@ with DAG(
         return mtcars_service.publish_if_absent(MLServerHook(), SERVICE, VERSION, borderline_only=True)
 
     @task
-    def generate_input(params: dict[str, Any], ds: str, ds_nodash: str) -> list[dict[str, str]]:
-        """Write the day's input as Parquet parts of ``chunk_rows`` rows; answer one kwargs dict per chunk."""
+    def generate_input(
+        params: dict[str, Any], dag_run: Any, logical_date: datetime | None = None
+    ) -> list[dict[str, str]]:
+        """Write the run's input as Parquet parts of ``chunk_rows`` rows; answer one kwargs dict per chunk."""
         import numpy as np
         import pandas as pd
 
         rows, chunk_rows = int(params["rows"]), int(params["chunk_rows"])
-        rng = np.random.default_rng(int(ds_nodash))  # the same rows for the same date, on every rerun
-        base = ObjectStoragePath(f"{STORAGE}/large/{ds}", conn_id=STORAGE_CONN_ID)
+        key = run_key(dag_run, logical_date)  # 2026-03-01, or 2026-12-07T190108 for a run without a date
+        seed = int("".join(c for c in key if c.isdigit()))  # 20260301: as ever for a date
+        rng = np.random.default_rng(seed)  # the same rows for the same date (or run), on every rerun
+        base = ObjectStoragePath(f"{STORAGE}/large/{key}", conn_id=STORAGE_CONN_ID)
         chunks = []
         for part, start in enumerate(range(0, rows, chunk_rows)):
             n = min(chunk_rows, rows - start)
@@ -78,10 +85,16 @@ with DAG(
         poll_interval=5,
         deferrable=True,
         retries=2,
+        retry_delay=timedelta(seconds=10),
     ).expand_kwargs(generate_input())
 
     @task(outlets=[SCORES])
-    def merge(summaries: list[dict[str, Any]], ds: str, outlet_events: Any = None) -> dict[str, Any]:
+    def merge(
+        summaries: list[dict[str, Any]],
+        dag_run: Any,
+        logical_date: datetime | None = None,
+        outlet_events: Any = None,
+    ) -> dict[str, Any]:
         """Concatenate the chunks' results, in chunk order, into one Parquet file (streamed, part by part).
 
         Each part numbers its records from 0; the merged ``record`` column numbers them across the chunks, as the
@@ -90,7 +103,8 @@ with DAG(
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        target = ObjectStoragePath(f"{STORAGE}/large/{ds}/scores.parquet", conn_id=STORAGE_CONN_ID)
+        key = run_key(dag_run, logical_date)
+        target = ObjectStoragePath(f"{STORAGE}/large/{key}/scores.parquet", conn_id=STORAGE_CONN_ID)
         parts = sorted(s["output_uri"] for s in summaries)
         writer, offset = None, 0
         with target.open("wb") as handle:
@@ -107,7 +121,13 @@ with DAG(
                 writer.close()
         total = sum(s["total"] for s in summaries)
         failed = sum(s["failed"] for s in summaries)
-        outlet_events[SCORES].extra = {"path": str(target), "date": ds, "records": total}
+        date = logical_date.strftime("%Y-%m-%d") if logical_date else None  # None: a run without one
+        outlet_events[SCORES].extra = {
+            "path": str(target),
+            "date": date,
+            "run_id": dag_run.run_id,
+            "records": total,
+        }
         return {"path": str(target), "records": total, "failed": failed, "chunks": len(parts)}
 
     @task
@@ -127,7 +147,7 @@ with DAG(
         service_version=VERSION,
         execution_ids=score.output,  # every chunk's summary, in map index order: their executions
         indexes=borderline_records(merge(score.output)),  # record numbers, as in the merged results
-        dest=STORAGE + "/large/{{ ds }}/borderline",  # <record>/borderline.csv, and manifest.json
+        dest=f"{STORAGE}/large/{RUN_KEY}/borderline",  # <record>/borderline.csv, and manifest.json
         dest_conn_id=STORAGE_CONN_ID,
         max_concurrency=8,
         poll_interval=5,

@@ -17,7 +17,7 @@ server runs R through ``rpy2``). Storage: ``MLSERVER_EXAMPLES_STORAGE``, as the 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import mtcars_r_service as r_service
@@ -57,6 +57,8 @@ with DAG(
             parallel_count=10,
             poll_interval=2,
             deferrable=True,
+            retries=2,  # a retry reattaches to its execution: nothing is scored twice (see the README)
+            retry_delay=timedelta(seconds=10),
         )
         collect = MLServerArtifactsToObjectStorageOperator(
             task_id=f"collect_{fmt}_artifacts",

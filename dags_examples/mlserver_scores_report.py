@@ -1,7 +1,10 @@
 """Runs when ``mlserver_large_scoring`` publishes new scores (the ``mlserver_large_scores`` asset).
 
 It reads the merged results named by the asset event and logs a short report: how many cars are likely
-manual, and the distribution of the predicted probability.
+manual, and the distribution of the predicted probability. Its runs have no logical date (an asset-triggered
+run has none, nor one triggered with ``"logical_date": null``), and it needs none: a run triggered by hand
+reports on the newest scores, the last folder by name (``2026-03-01``, ``2026-12-07T190108``: dates first, a
+day's runs without a logical date after its dated one).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ with DAG(
         events = (triggering_asset_events or {}).get(SCORES) or []
         if events:
             path = ObjectStoragePath(events[-1].extra["path"], conn_id=STORAGE_CONN_ID)
-        else:  # a manual run: report on the newest scores there are
+        else:  # a manual run: report on the newest scores there are (folders: a date, or a date and a time)
             found = sorted(
                 ObjectStoragePath(f"{STORAGE}/large", conn_id=STORAGE_CONN_ID).glob("*/scores.parquet")
             )

@@ -8,12 +8,13 @@ the REST API and real signals.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,20 @@ from airflow_mlserver.server.process import LocalMLServer
 from tests.helpers import Api, wait_for
 from tests.ui_fixtures import free_port
 
-__all__ = ["AIRFLOW", "SLOW", "Deployment", "free_port", "slow_batch", "wait_for"]
+__all__ = [
+    "AIRFLOW",
+    "COMPONENTS",
+    "SLOW",
+    "Deployment",
+    "free_port",
+    "local_executor_env",
+    "slow_batch",
+    "wait_for",
+]
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
+#: The processes of a LocalExecutor deployment, as ``airflow standalone`` starts them.
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: The crash tests' service: 0.2 s a record, so that a batch is still running when a process is killed.
 SLOW = "import time\ntime.sleep(0.2)\ny = x * 2\n"
 
@@ -43,6 +55,29 @@ def slow_batch(ml: LocalMLServer, tmp_path: Path, service: str, rows: int) -> tu
         "output": str(tmp_path / "out.parquet"),
     }
     return api, conf
+
+
+def local_executor_env(home: Path, port: int, dags_folder: Path, **extra: str) -> dict[str, str]:
+    """The environment of a deployment as ``tests/test_deployment.py`` runs one: SQLite in ``home``, the
+    LocalExecutor, the API server on ``port`` with every user an admin (no login needed), ``dags_folder``;
+    ``extra`` adds or overrides variables (connections, ``AIRFLOW__...`` settings)."""
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "deployment-test-secret-0123456789abcdef",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        **extra,
+    }
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -137,6 +172,61 @@ class Deployment:
     def task(self, dag_id: str, run_id: str, task_id: str = "score") -> dict[str, Any]:
         ti: dict[str, Any] = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
         return ti
+
+    def wait_for_dags(self, dag_ids: Iterable[str], timeout: float = 180) -> None:
+        """Wait until the API server lists every one of ``dag_ids`` (the DAG processor has parsed them)."""
+        wanted = set(dag_ids)
+
+        def listed() -> bool:
+            try:
+                answer = requests.get(f"{self.url}/dags", params={"limit": 1000}, timeout=5).json()
+            except (requests.ConnectionError, ValueError):
+                return False
+            return {d["dag_id"] for d in answer.get("dags", [])} >= wanted
+
+        try:
+            wait_for(f"the DAGs {sorted(wanted)} in the API", listed, timeout=timeout, interval=1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+
+    def unpause(self, dag_id: str) -> None:
+        """Unpause a DAG (DAGs are paused when first seen, unless they say otherwise)."""
+        self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """A DAG run as the REST API shows it (``state``, ``logical_date``, ``run_after``, ...)."""
+        run: dict[str, Any] = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+        return run
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 180) -> dict[str, Any]:
+        """Wait until a DAG run has ended (``success`` or ``failed``); answer it as :meth:`run` does."""
+
+        def ended() -> dict[str, Any] | None:
+            run = self.run(dag_id, run_id)
+            return run if run["state"] in ("success", "failed") else None
+
+        return wait_for(f"run {run_id} of {dag_id} to end", ended, timeout=timeout)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every task instance of a run (mapped ones one per map index)."""
+        answer = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
+        tis: list[dict[str, Any]] = answer["task_instances"]
+        return tis
+
+    def xcom(
+        self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1
+    ) -> Any:
+        """An XCom value of a task instance, as the task pushed it (JSON-decoded)."""
+        entry = self.request(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"map_index": map_index},
+        )
+        value = entry["value"]
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return json.loads(value)
+        return value
 
     def wait_task(
         self, dag_id: str, run_id: str, states: set[str], timeout: float = 120, task_id: str = "score"

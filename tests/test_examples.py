@@ -70,6 +70,17 @@ def test_example_dags_use_only_the_public_api() -> None:
                 assert node.module.startswith(PUBLIC), f"{path.name} imports {node.module}"
 
 
+def examples_settings(server: LocalMLServer, storage: Path) -> dict[str, str]:
+    """What the examples need in Airflow's environment: ``mlserver_default`` for ``server``, ``storage`` to write
+    to (``tests/test_no_logical_date.py`` gives its deployment the same)."""
+    return {
+        "AIRFLOW_CONN_MLSERVER_DEFAULT": (
+            f"mlserver://admin:{quote(server.password, safe='')}@127.0.0.1:{server.port}"
+        ),
+        "MLSERVER_EXAMPLES_STORAGE": storage.as_uri(),
+    }
+
+
 @pytest.fixture(scope="module")
 def examples_env(
     tmp_path_factory: pytest.TempPathFactory,
@@ -81,10 +92,7 @@ def examples_env(
             "AIRFLOW_HOME": str(tmp_path_factory.mktemp("examples-airflow")),
             "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW_CONN_MLSERVER_DEFAULT": (
-                f"mlserver://admin:{quote(server.password, safe='')}@127.0.0.1:{server.port}"
-            ),
-            "MLSERVER_EXAMPLES_STORAGE": storage.as_uri(),
+            **examples_settings(server, storage),
         }
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
         yield env, server, storage
