@@ -6,8 +6,13 @@ scheduler, DAG processor and triggerer and two Celery workers, ``w1`` and ``w2``
 name, as on two machines). The DAGs folder holds a copy of ``dags_examples`` (as the README tells users to
 do) and ``tests/celery_dags``. The tests act from outside, through the REST API, the CLI and real signals.
 
-The figures measured along the way (start-up, run and chunk durations, which worker ran what) are printed
-and written to ``.artifacts/deployment-celery.json``.
+The fault tests restart or kill one component at a time (PostgreSQL, Redis, the scheduler, the triggerer, the
+API server, the ML Server) while a deferred chunked batch has chunks in flight, one run per fault on the same
+deployment, and check that every record was scored once into the run's own output. A component that exits
+because of another's fault is started again, as a service manager would, and the figures say so.
+
+The figures measured along the way (start-up, run and chunk durations, which worker ran what, the seconds from
+each fault to recovery) are printed and written to ``.artifacts/deployment-celery.json``.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,7 +41,7 @@ import pytest
 import requests
 
 from airflow_mlserver.server.process import LocalMLServer
-from tests.celery_dags.celery_dags import CHUNK_SIZE
+from tests.celery_dags.celery_dags import CHUNK_SIZE, FAULTS_DAG
 from tests.deployment import AIRFLOW, Deployment, free_port, slow_batch, wait_for
 from tests.deployment_host import HOST_ENV
 from tests.helpers import Api
@@ -68,9 +74,62 @@ def _stop_server(proc: subprocess.Popen[bytes], sig: int) -> None:
     proc.wait(10)
 
 
+class Server:
+    """A server process of the deployment (PostgreSQL, Redis) that the fault tests restart on its own data and port.
+
+    :param name: What the messages call it.
+    :param argv: Its command line.
+    :param root: Its folder (its working directory and ``<log>``).
+    :param log: The log file's name in ``root``.
+    :param probe: Answers whether it serves (called until it does).
+    :param stop_signal: The signal of its own fast shutdown (PostgreSQL: SIGINT, Redis: SIGTERM).
+    :param run_as: ``subprocess.Popen`` arguments to run it as another user.
+    :param url: How clients reach it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str | Path],
+        root: Path,
+        log: str,
+        probe: Callable[[], bool],
+        stop_signal: int,
+        run_as: dict[str, Any],
+        url: str,
+    ) -> None:
+        self.name, self.argv, self.root, self.log = name, argv, root, root / log
+        self.probe, self.stop_signal, self.run_as, self.url = probe, stop_signal, run_as, url
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                **self.run_as,
+            )  # fmt: skip
+
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            return self.probe()
+
+        wait_for(f"{self.name} to serve", ready, timeout=60, interval=0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_server(self.proc, self.stop_signal)
+            self.proc = None
+
+    def restart(self) -> None:
+        """Stop it as its own service manager would (its fast shutdown: clients are disconnected), start it again."""
+        self.stop()
+        self.start()
+
+
 @contextlib.contextmanager
-def postgres() -> Iterator[str]:
-    """A PostgreSQL server of its own (trust auth, no fsync) with a database ``airflow``; yields its URL.
+def postgres() -> Iterator[Server]:
+    """A PostgreSQL server of its own (trust auth, no fsync) with a database ``airflow``; its ``url`` is
+    ``user@host:port/database``.
 
     PostgreSQL refuses to run as root: as root, its folder belongs to, and it runs as, the ``postgres`` user.
     The folder is a fresh one under the system's temporary folder (pytest's are private to root).
@@ -84,58 +143,48 @@ def postgres() -> Iterator[str]:
         shutil.chown(root, "postgres", "postgres")
         run_as = {"user": "postgres", "group": "postgres", "extra_groups": []}
     data, port = root / "data", free_port()
-    proc = None
+
+    def accepts() -> bool:
+        try:
+            psycopg.connect(host="127.0.0.1", port=port, user="airflow", dbname="postgres").close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    server = Server(
+        "PostgreSQL",
+        [bindir / "postgres", "-D", data, "-p", str(port), "-k", root,
+         "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300", "-c", "fsync=off",
+         "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+        root, "postgres.log", accepts, signal.SIGINT, run_as, f"airflow@127.0.0.1:{port}/airflow",
+    )  # fmt: skip
     try:
         subprocess.run(
             [bindir / "initdb", "-D", data, "-U", "airflow", "--auth=trust", "--no-locale", "-E", "UTF8",
              "--no-sync", "--no-instructions"],
             cwd=root, check=True, capture_output=True, timeout=180, **run_as,
         )  # fmt: skip
-        with open(root / "postgres.log", "ab") as log:
-            proc = subprocess.Popen(
-                [bindir / "postgres", "-D", data, "-p", str(port), "-k", root,
-                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300", "-c", "fsync=off",
-                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-                cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **run_as,
-            )  # fmt: skip
-
-        def ready() -> bool:
-            assert proc is not None and proc.poll() is None, (root / "postgres.log").read_text()
-            try:
-                psycopg.connect(host="127.0.0.1", port=port, user="airflow", dbname="postgres").close()
-            except psycopg.OperationalError:
-                return False
-            return True
-
-        wait_for("PostgreSQL to accept connections", ready, timeout=60, interval=0.2)
+        server.start()
         with psycopg.connect(
             host="127.0.0.1", port=port, user="airflow", dbname="postgres", autocommit=True
         ) as admin:
             admin.execute("CREATE DATABASE airflow")
-        yield f"airflow@127.0.0.1:{port}/airflow"
+        yield server
     finally:
-        if proc is not None:
-            _stop_server(proc, signal.SIGINT)  # "fast shutdown": clients are disconnected
+        server.stop()  # SIGINT, PostgreSQL's "fast shutdown": clients are disconnected
         shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def redis() -> Iterator[str]:
-    """A Redis server of its own on loopback, nothing persisted; yields its URL (database 0)."""
+def redis() -> Iterator[Server]:
+    """A Redis server of its own on loopback, nothing persisted; its ``url`` is database 0's."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(binary).exists():
         pytest.fail(f"The Celery deployment test needs Debian's Redis server: {INSTALL}.")
     root = Path(tempfile.mkdtemp(prefix="airflow-mlserver-redis-"))
     port = free_port()
-    with open(root / "redis.log", "ab") as log:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(root)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
 
-    def ready() -> bool:
-        assert proc.poll() is None, (root / "redis.log").read_text()
+    def pong() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
                 sock.sendall(b"PING\r\n")
@@ -143,11 +192,17 @@ def redis() -> Iterator[str]:
         except OSError:
             return False
 
+    server = Server(
+        "Redis",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(root)],
+        root, "redis.log", pong, signal.SIGTERM, {}, f"redis://127.0.0.1:{port}/0",
+    )  # fmt: skip
     try:
-        wait_for("Redis to answer PING", ready, timeout=30, interval=0.1)
-        yield f"redis://127.0.0.1:{port}/0"
+        server.start()
+        yield server
     finally:
-        _stop_server(proc, signal.SIGTERM)
+        server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -158,6 +213,8 @@ class Celery:
     deploy: Deployment
     ml: LocalMLServer
     storage: Path
+    database: Server
+    broker: Server
     figures: dict[str, Any] = field(default_factory=dict)
 
     def airflow(self, *args: str, timeout: float = 300) -> str:
@@ -256,10 +313,10 @@ def celery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Celery]:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg://{database}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg://{database.url}",
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CELERY__BROKER_URL": broker,
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg://{database}",
+            "AIRFLOW__CELERY__BROKER_URL": broker.url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg://{database.url}",
             "AIRFLOW__CELERY__OPERATION_TIMEOUT": "30",  # sending a task on a busy 2-core machine
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.deployment_host.hostname",
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
@@ -272,6 +329,8 @@ def celery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Celery]:
             # a worker that died is noticed within about 30 s
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "25",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            # a SIGKILLed triggerer's triggers go to the next one within about 20 s (its heartbeat is every 5 s)
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "15",
             # runs are made by the tests only (no run of the example's latest day at its full size)
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -279,7 +338,7 @@ def celery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Celery]:
             "MLSERVER_EXAMPLES_STORAGE": storage.as_uri(),
         }
         env.pop(HOST_ENV, None)
-        celery = Celery(Deployment(home, env, port), ml, storage)
+        celery = Celery(Deployment(home, env, port), ml, storage, database, broker)
         started = time.monotonic()
         celery.airflow("db", "migrate")
         celery.figures["db_migrate_s"] = round(time.monotonic() - started, 1)
@@ -289,8 +348,8 @@ def celery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Celery]:
                 deploy.start(component)
             offsets = {worker: _start_worker(deploy, worker) for worker in WORKERS}
             wait_for(
-                f"the DAGs {LARGE} and {CHUNKS} in the REST API",
-                lambda: _listed(deploy) >= {LARGE, CHUNKS},
+                f"the DAGs {LARGE}, {CHUNKS} and {FAULTS_DAG} in the REST API",
+                lambda: _listed(deploy) >= {LARGE, CHUNKS, FAULTS_DAG},
                 timeout=240,
                 interval=1,
             )
@@ -419,8 +478,7 @@ def test_worker_killed_mid_batch_the_retry_on_the_other_worker_reattaches(
         if ti["state"] != "running" or ti["hostname"] not in WORKERS:
             return None
         store = deploy.request("GET", f"{ti_path}/state-store")["task_state_store"]
-        stored = [e["value"].get("executions", {}) for e in store if e["key"] == "mlserver_batch"]
-        running = [e for e in (stored[0] if stored else {}).values() if not _finished(api, service, e)]
+        running = [e for e in _stored_executions(store) if not _finished(api, service, e)]
         return (ti, running[0]) if running else None
 
     ti, execution_id = wait_for("a stored execution of the running task", running_chunk, timeout=180)
@@ -458,6 +516,18 @@ def test_worker_killed_mid_batch_the_retry_on_the_other_worker_reattaches(
         "try_2_s": done["duration"] and round(done["duration"], 1),
         "executions_at_kill": len(at_kill),
     }
+
+
+def _stored_executions(store: list[dict[str, Any]]) -> list[str]:
+    """The execution ids in a task instance's stored batch state (the task-state store's entries), in order."""
+    return [
+        part["execution_id"]
+        for entry in store
+        if entry["key"] == "mlserver_batch"
+        for round_ in entry["value"]["rounds"]
+        for part in round_["parts"]
+        if part["execution_id"]
+    ]
 
 
 def _finished(api: Api, service: str, execution_id: str) -> bool:
@@ -527,3 +597,216 @@ def _backfill_done(celery: Celery, count: int) -> list[dict[str, Any]] | None:
         "dag_runs"
     ]
     return runs
+
+
+# --- Faults an operator meets, each while the deferred chunked batch of ``mlserver_celery_faults`` runs ---
+
+#: The fault tests' batch: 3 chunks of CHUNK_SIZE records, MAX_ACTIVE at once, 0.2 s a record on the 2-worker
+#: server (about 6 s a chunk with two at once), so that chunks are in flight when the fault hits.
+FAULT_ROWS = 3 * CHUNK_SIZE
+
+
+def _kill_scheduler(celery: Celery) -> None:
+    celery.deploy.crash("scheduler")
+    celery.deploy.start("scheduler")
+
+
+def _kill_triggerer(celery: Celery) -> None:
+    celery.deploy.crash("triggerer")
+    celery.deploy.start("triggerer")
+
+
+def _restart_api_server(celery: Celery) -> None:
+    celery.deploy.stop("api-server")  # SIGTERM, as its service manager would
+    celery.deploy.start("api-server")
+    wait_for("the API server to answer", lambda: _answers(celery.deploy), timeout=120, interval=0.2)
+
+
+#: How long the killed ML Server stays down: several of the trigger's 1 s polls find no server.
+MLSERVER_DOWN_S = 5
+
+
+def _kill_mlserver(celery: Celery) -> None:
+    celery.ml.stop(signal.SIGKILL)  # the server and its worker processes, at once, records half-run
+    time.sleep(MLSERVER_DOWN_S)
+    celery.ml.start()  # the same data folder, the same port
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault: how it is injected (``inject`` returns once the component was started again; a server, once
+    it answers) and the task instance's state it hits (``deferred``: its chunks run while its trigger watches
+    them in the triggerer; ``running``: on a Celery worker, between the starts of its chunks)."""
+
+    name: str
+    at: str
+    inject: Callable[[Celery], None] | None
+
+
+FAULTS = [
+    Fault("none", "deferred", None),  # the baseline: the same batch, the same moment, no fault
+    Fault("postgres-restart", "deferred", lambda c: c.database.restart()),
+    Fault("redis-restart", "deferred", lambda c: c.broker.restart()),
+    Fault("scheduler-sigkill", "deferred", _kill_scheduler),
+    Fault("triggerer-sigkill", "deferred", _kill_triggerer),
+    Fault("api-server-restart", "running", _restart_api_server),
+    Fault("mlserver-sigkill", "deferred", _kill_mlserver),
+]
+
+
+def _answers(deploy: Deployment) -> bool:
+    try:
+        return requests.get(f"{deploy.url}/version", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class _Watch:
+    """Polls a task instance's state and try number in a thread of its own (through the REST API, whatever
+    fails meanwhile) and keeps every change, with its time (``time.monotonic()``)."""
+
+    def __init__(self, deploy: Deployment, dag_id: str, run_id: str) -> None:
+        self.deploy, self.dag_id, self.run_id = deploy, dag_id, run_id
+        self.changes: list[tuple[float, str, int]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(10)
+
+    def _poll(self) -> None:
+        while not self.done.wait(0.25):
+            try:
+                ti = self.deploy.task(self.dag_id, self.run_id)
+            except (AssertionError, requests.RequestException, ValueError):
+                continue  # the API server or its database is down for now
+            seen = (str(ti["state"]), int(ti["try_number"]))
+            if not self.changes or self.changes[-1][1:] != seen:
+                self.changes.append((time.monotonic(), *seen))
+
+    def after(self, moment: float, seen: tuple[str, int]) -> list[tuple[float, str, int]]:
+        """The changes from ``seen`` (the state and try number at ``moment``) seen after ``moment``, their
+        times in seconds from it."""
+        changes = [(t, state, tries) for t, state, tries in self.changes if t > moment]
+        while changes and changes[0][1:] == seen:  # the state at the moment, seen by a poll just after it
+            changes.pop(0)
+        return [(round(t - moment, 1), state, tries) for t, state, tries in changes]
+
+
+def _supervise(celery: Celery) -> list[str]:
+    """Start again every component of the deployment that exited, as its service manager would; answer which."""
+    exited = [name for name, proc in celery.deploy.procs.items() if proc.poll() is not None]
+    for name in exited:
+        worker = name.removeprefix("worker-")
+        if worker != name:
+            _wait_worker(celery.deploy, worker, _start_worker(celery.deploy, worker))
+        else:
+            celery.deploy.start(name)
+    return exited
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.name)
+def test_a_fault_while_chunks_run_scores_every_record_once(
+    celery: Celery, tmp_path: Path, fault: Fault
+) -> None:
+    """Restart or kill one component while a deferred batch has chunks in flight: the run still succeeds (a try
+    may fail and be retried), with one execution per chunk on the server, the very ones the summary names, and
+    every record scored once, in input order, into the run's own output.
+
+    Recovery is measured from the fault (the first signal sent to the component): to the task instance's first
+    change of state or try seen after it (polled every 0.25 s), and to the end of the run. ``none`` is the same
+    batch with no fault, measured from the same moment.
+    """
+    rows, service = FAULT_ROWS, f"fault_{fault.name.replace('-', '_')}"
+    api, conf = slow_batch(celery.ml, tmp_path, service, rows)
+    deploy = celery.deploy
+    celery.unpause(FAULTS_DAG)
+    run_id = deploy.trigger(FAULTS_DAG, conf)
+    exited: list[str] = []
+    with _Watch(deploy, FAULTS_DAG, run_id) as watch:
+
+        def chunk_in_flight() -> tuple[str, int] | None:
+            """The task instance's state and try, once in the state the fault is for with an execution the
+            server has not finished."""
+            ti = deploy.task(FAULTS_DAG, run_id)
+            if ti["state"] != fault.at:
+                return None
+            if fault.at == "deferred" and not (ti.get("trigger") or {}).get("triggerer_id"):
+                return None  # not yet watched by the triggerer
+            if not any(not _finished(api, service, e) for e in celery.executions(service, "v1")):
+                return None
+            return (str(ti["state"]), int(ti["try_number"]))
+
+        seen = wait_for(
+            f"a chunk in flight while the task is {fault.at}", chunk_in_flight, timeout=180, interval=0.1
+        )
+        at_fault = sorted(celery.executions(service, "v1"))
+        done_at_fault = sum(int(api.status(service, "v1", e)["completedItemCount"]) for e in at_fault)
+        fault_at, fault_utc = time.monotonic(), datetime.now(UTC)
+        if fault.inject is not None:
+            fault.inject(celery)
+        back_s = round(time.monotonic() - fault_at, 1)
+
+        def finished() -> dict[str, Any] | None:
+            exited.extend(_supervise(celery))
+            try:
+                run = celery.run(FAULTS_DAG, run_id)
+            except (AssertionError, requests.RequestException, ValueError):
+                return None
+            return run if run["state"] in ("success", "failed") else None
+
+        run = wait_for(f"run {run_id} to finish after the fault", finished, timeout=300, interval=0.5)
+        changes = watch.after(fault_at, seen)
+    exited.extend(_supervise(celery))
+    assert run["state"] == "success", f"{fault.name}: {run_id} {run['state']}\n{deploy.logs()}"
+
+    # one execution per chunk, the ones the summary names: no chunk was started twice
+    ti_path = f"/dags/{FAULTS_DAG}/dagRuns/{quote(run_id)}/taskInstances/score"
+    summary = deploy.request("GET", f"{ti_path}/xcomEntries/return_value", params={"deserialize": True})[
+        "value"
+    ]
+    summary = json.loads(summary) if isinstance(summary, str) else summary
+    chunks = [f"{s}-{min(s + CHUNK_SIZE, rows) - 1}" for s in range(0, rows, CHUNK_SIZE)]
+    assert [(e["round"], e["records"]) for e in summary["executions"]] == [(0, c) for c in chunks], summary
+    ids = [e["execution_id"] for e in summary["executions"]]
+    assert summary["execution_ids"] == ids
+    assert sorted(celery.executions(service, "v1")) == sorted(ids) and set(at_fault) <= set(ids)
+    statuses = [api.status(service, "v1", e) for e in ids]
+    assert [
+        (s["state"], s["totalItemCount"], s["completedItemCount"], s["failedItemCount"]) for s in statuses
+    ] == [("Complete", CHUNK_SIZE, CHUNK_SIZE, 0)] * len(chunks)
+    assert (summary["total"], summary["succeeded"], summary["failed"]) == (rows, rows, 0)
+
+    # every record once, in input order, with its own score, in this run's output and nowhere else
+    results = pd.read_parquet(tmp_path / "out.parquet")
+    assert results["record"].tolist() == list(range(rows))
+    assert results["x"].tolist() == [float(i) for i in range(rows)]
+    assert results["y"].tolist() == [2.0 * i for i in range(rows)]
+    assert results["success"].all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.parquet"]  # no parts left behind
+    assert summary["output_uri"].endswith(f"{tmp_path.name}/out.parquet")
+
+    tries = int(deploy.task(FAULTS_DAG, run_id)["try_number"])
+    logs = "".join(deploy.task_log(FAULTS_DAG, run_id, n) for n in range(1, tries + 1))
+    first = changes[0] if changes else None
+    celery.figures.setdefault("faults", {})[fault.name] = {
+        "at": fault.at,
+        "rows": rows,
+        "chunks": len(chunks),
+        "executions_at_fault": len(at_fault),
+        "records_done_at_fault": done_at_fault,
+        "component_back_s": back_s,
+        "to_next_state_s": first[0] if first else None,
+        "next_state": first[1] if first else None,
+        "to_success_s": round((datetime.fromisoformat(run["end_date"]) - fault_utc).total_seconds(), 1),
+        "run_s": _seconds(run["start_date"], run["end_date"]),
+        "tries": tries,
+        "states_after_fault": changes,
+        "components_exited": exited,
+        "reattached_by_a_retry": "Found the executions of an earlier try" in logs,
+    }

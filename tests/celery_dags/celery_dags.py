@@ -1,7 +1,10 @@
-"""The DAG of ``tests/test_deployment_celery.py`` beside the examples: a chunked batch scored inside the worker.
+"""The DAGs of ``tests/test_deployment_celery.py`` beside the examples: a chunked batch scored inside the worker,
+and the same batch deferred between its chunks.
 
-``deferrable=False`` keeps the task on its Celery worker for the whole batch, so that killing that worker
-always hits a running batch task; its chunks are the executions that the retry must reattach to.
+In ``mlserver_celery_chunks``, ``deferrable=False`` keeps the task on its Celery worker for the whole batch, so
+that killing that worker always hits a running batch task; its chunks are the executions that the retry must
+reattach to. ``mlserver_celery_faults`` defers while its chunks run (``max_active_executions`` at once), as long
+batches should: the fault tests restart or kill one component of the deployment while it runs.
 """
 
 from __future__ import annotations
@@ -36,4 +39,30 @@ with DAG(
         deferrable=False,
         retries=2,
         retry_delay=timedelta(seconds=1),
+    )
+
+#: The DAG of the fault tests: the same chunks, deferred between them, retried when a fault fails a try.
+FAULTS_DAG = "mlserver_celery_faults"
+
+with DAG(
+    FAULTS_DAG,
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    render_template_as_native_obj=True,
+    params={"service": "celery_faults", "version": "v1", "records": "", "output": ""},
+):
+    MLServerBatchOperator(
+        task_id="score",
+        service_name="{{ params.service }}",
+        service_version="{{ params.version }}",
+        records="{{ params.records }}",
+        output_path="{{ params.output }}",
+        chunk_size=CHUNK_SIZE,
+        max_active_executions=MAX_ACTIVE,
+        parallel_count=2,
+        poll_interval=1,
+        deferrable=True,
+        retries=3,
+        retry_delay=timedelta(seconds=2),
     )
