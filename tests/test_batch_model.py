@@ -256,7 +256,7 @@ def _try(model: Model, records: pd.DataFrame, config: planner.Config, out: Path)
         sizes = [len(f) for f in frames()]
         state = BatchState(SERVICE.name, SERVICE.version, model.now, None, [Round.chunks(sizes)])
     parts = StagedParts(storage_path(out), SERVICE, keep_extra_columns=True)
-    clock = Clock(now=lambda: model.now, sleep=lambda s: setattr(model, "now", model.now + s))
+    clock = Clock(now=lambda: model.now)
     run = BatchRun(hook, SERVICE, state, store, config, frames, parts, 10, _Quiet(), clock=clock)  # type: ignore[arg-type]
     run.settle()
     while True:

@@ -46,24 +46,17 @@ class Until(StrEnum):
         raise ValueError(f"until must be {cls.ALL.value!r} or {cls.FIRST.value!r}, not {value!r}")
 
 
-COMPLETE, FAILED, CANCELED, TIMEOUT, ERROR = (
-    Outcome.COMPLETE,
-    Outcome.FAILED,
-    Outcome.CANCELED,
-    Outcome.TIMEOUT,
-    Outcome.ERROR,
-)
 ALL, FIRST = Until.ALL, Until.FIRST
 
 
 def outcome(status: BatchStatus) -> Outcome | None:
-    """``COMPLETE``, ``FAILED`` or ``CANCELED`` once the execution has finished; None while it runs."""
+    """The outcome once the execution has finished (complete, failed or canceled); None while it runs."""
     if status.is_complete:
-        return COMPLETE
+        return Outcome.COMPLETE
     if status.is_failed:
-        return FAILED
+        return Outcome.FAILED
     if status.is_canceled:
-        return CANCELED
+        return Outcome.CANCELED
     return None
 
 
@@ -74,7 +67,7 @@ def pending(status: BatchStatus) -> bool:
 
 def ended(status: BatchStatus) -> bool:
     """Failed or canceled: the execution will never complete."""
-    return outcome(status) in (FAILED, CANCELED)
+    return outcome(status) in (Outcome.FAILED, Outcome.CANCELED)
 
 
 def ended_message(execution_id: str, service_name: str, service_version: str, status: BatchStatus) -> str:

@@ -125,9 +125,15 @@ class BatchRun:
             if isinstance(actions[-1], planner.ReadFailures):
                 failed = self._failed(statuses)
                 actions = planner.plan(self.state, statuses, self.config, self.clock.now(), failed)
-            done = self._act(actions, statuses)
-            if done is not None:
-                return done.waiting
+            self._act(actions, statuses)
+            last = actions[-1]
+            if isinstance(last, planner.Wait):
+                return self._waiting(last)
+            if isinstance(last, planner.Finish):
+                return None
+            if isinstance(last, planner.AddRound):
+                self._add_round(last)
+            # Look, AddRound: read the statuses again and plan anew
 
     def wait_in_worker(
         self, waiting: Waiting, poll_interval: float, unreachable_timeout: float = DEFAULT_UNREACHABLE_TIMEOUT
@@ -161,8 +167,8 @@ class BatchRun:
         executions = self.state.rounds[-1].executions
         return {part: self.hook.get_batch(name, version, eid) for part, eid in executions.items()}
 
-    def _act(self, actions: Sequence[planner.Action], statuses: Mapping[int, BatchStatus]) -> _Done | None:
-        """Carry out one step's actions; answer how the step ended, or None to look again."""
+    def _act(self, actions: Sequence[planner.Action], statuses: Mapping[int, BatchStatus]) -> None:
+        """Carry out the effects of one step's actions before its last (restarts, a timeout, starts, stages)."""
         number = len(self.state.rounds) - 1
         starts = [a.part for a in actions if isinstance(a, planner.Start)]
         stages = [a.part for a in actions if isinstance(a, planner.Stage)]
@@ -173,14 +179,6 @@ class BatchRun:
                 self._time_out(action, statuses)
         if starts or stages:
             self._start_and_stage(number, starts, stages)
-        last = actions[-1]
-        if isinstance(last, planner.Wait):
-            return _Done(self._waiting(number, last))
-        if isinstance(last, planner.Finish):
-            return _Done(None)
-        if isinstance(last, planner.AddRound):
-            self._add_round(last)
-        return None
 
     def _restart(self, number: int, action: planner.Restart) -> None:
         self.log.warning(
@@ -261,7 +259,8 @@ class BatchRun:
             counted(len(action.parts), "execution"),
         )
 
-    def _waiting(self, number: int, wait: planner.Wait) -> Waiting:
+    def _waiting(self, wait: planner.Wait) -> Waiting:
+        number = len(self.state.rounds) - 1
         parts = self.state.rounds[number].parts
         ids = [parts[p].execution_id or "" for p in wait.parts]
         return Waiting(
@@ -270,10 +269,3 @@ class BatchRun:
             started={parts[p].execution_id or "": parts[p].started or self.state.started for p in wait.parts},
             until=wait.until,
         )
-
-
-@dataclass(frozen=True)
-class _Done:
-    """How a step ended: waiting on these executions, or None once every round is complete."""
-
-    waiting: Waiting | None

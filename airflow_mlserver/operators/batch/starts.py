@@ -40,10 +40,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Clock:
-    """The time and the sleep the starts use (a test's model of the server passes its own)."""
+    """The time the driver and the starts read (a test's model of the server passes its own)."""
 
     now: Callable[[], float] = time.time
-    sleep: Callable[[float], None] = time.sleep
 
 
 def start_execution(

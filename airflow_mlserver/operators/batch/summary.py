@@ -47,7 +47,6 @@ class BatchSummary:
 
     :param execution_ids: The chunks' executions, in chunk order.
     :param executions: Every execution, rescores included, with the records it carries.
-    :param results: The result rows (``return_results``), None when not asked for or more than the limit.
     """
 
     service_name: str
@@ -61,7 +60,6 @@ class BatchSummary:
     rescored_records: int
     output_uri: str | None
     duration_seconds: float
-    results: list[dict[str, Any]] | None = field(default=None)
 
     @classmethod
     def of(
@@ -94,8 +92,8 @@ class BatchSummary:
         )
 
     def to_xcom(self) -> dict[str, Any]:
-        """The task's return value: plain JSON values (``results`` only when the task keeps rows)."""
-        value = {
+        """The task's return value: plain JSON values (the operator adds ``results`` when it keeps rows)."""
+        return {
             "service_name": self.service_name,
             "service_version": self.service_version,
             "execution_ids": list(self.execution_ids),
@@ -108,9 +106,6 @@ class BatchSummary:
             "output_uri": self.output_uri,
             "duration_seconds": self.duration_seconds,
         }
-        if self.results is not None:
-            value["results"] = self.results
-        return value
 
     @staticmethod
     def read_executions(lines: Sequence[Any]) -> list[SummaryExecution]:
