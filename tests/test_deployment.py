@@ -18,14 +18,20 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import requests
 
 from airflow_mlserver.server.process import LocalMLServer
-from tests.deployment import AIRFLOW, Deployment, free_port, slow_batch, wait_for
+from tests.deployment import (
+    AIRFLOW,
+    COMPONENTS,
+    Deployment,
+    free_port,
+    local_executor_env,
+    slow_batch,
+    wait_for,
+)
 from tests.helpers import Api
 
 DAGS = Path(__file__).parent / "deploy_dags"
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 HOLD = 20  # seconds the held server keeps a start's answer
 
 
@@ -49,42 +55,19 @@ def deployment(
 ) -> Iterator[Deployment]:
     home = tmp_path_factory.mktemp("airflow-deployment")
     port = free_port()
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "deployment-test-secret-0123456789abcdef",
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
-        "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW_CONN_MLSERVER_DEFAULT": f"mlserver://admin:{ml.password}@127.0.0.1:{ml.port}",
-        "AIRFLOW_CONN_MLSERVER_HELD": f"mlserver://admin:{held_ml.password}@127.0.0.1:{held_ml.port}",
-    }
+    env = local_executor_env(
+        home,
+        port,
+        DAGS,
+        AIRFLOW_CONN_MLSERVER_DEFAULT=f"mlserver://admin:{ml.password}@127.0.0.1:{ml.port}",
+        AIRFLOW_CONN_MLSERVER_HELD=f"mlserver://admin:{held_ml.password}@127.0.0.1:{held_ml.port}",
+    )
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     deploy = Deployment(home, env, port)
     for component in COMPONENTS:
         deploy.start(component)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                dags = requests.get(f"{deploy.url}/dags", timeout=5).json()
-                if {d["dag_id"] for d in dags.get("dags", [])} >= {
-                    "mlserver_deploy_in_worker",
-                    "mlserver_deploy_deferrable",
-                }:
-                    break
-            except (requests.ConnectionError, ValueError):
-                pass
-            assert time.monotonic() < deadline, f"the deployment did not come up\n{deploy.logs()}"
-            time.sleep(1)
+        deploy.wait_for_dags(["mlserver_deploy_in_worker", "mlserver_deploy_deferrable"])
         yield deploy
     finally:
         for component in list(deploy.procs):

@@ -42,7 +42,7 @@ import requests
 
 from airflow_mlserver.server.process import LocalMLServer
 from tests.celery_dags.celery_dags import CHUNK_SIZE, FAULTS_DAG
-from tests.deployment import AIRFLOW, Deployment, free_port, slow_batch, wait_for
+from tests.deployment import AIRFLOW, COMPONENTS, Deployment, free_port, slow_batch, wait_for
 from tests.deployment_host import HOST_ENV
 from tests.helpers import Api
 
@@ -51,7 +51,6 @@ EXAMPLES = REPO / "dags_examples"
 FIGURES = REPO / ".artifacts" / "deployment-celery.json"
 LARGE, CHUNKS = "mlserver_large_scoring", "mlserver_celery_chunks"
 WORKERS = ("w1", "w2")
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 INSTALL = "run 'make test' (it installs them) or 'apt-get install -y postgresql redis-server'"
 
 
