@@ -7,31 +7,24 @@ FastAPI runs them in its thread pool, so reading the ML Server never blocks the 
 
 from __future__ import annotations
 
-import importlib.metadata
-from html import escape
-from pathlib import Path
 from typing import Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
-from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+from airflow.api_fastapi.core_api.security import requires_access_dag
 from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from airflow_mlserver import __version__
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.ui import docs
 from airflow_mlserver.ui.batch_view import BatchView, TaskInstanceRef, build_view, read_airflow_records
-from airflow_mlserver.ui.format import duration, number
+from airflow_mlserver.ui.pages import templates
 
 #: Seconds between refreshes of the page while the batch runs.
 REFRESH_SECONDS = 10
 
 app = FastAPI(title="Machine Learning Server provider", docs_url=None, redoc_url=None, openapi_url=None)
-_templates = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
-)
-_templates.filters.update(duration=duration, number=number)
+app.include_router(docs.router)
 
 CanReadTaskInstances = Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))
 
@@ -47,7 +40,7 @@ def _view(dag_id: str, run_id: str, task_id: str, map_index: str, session: Any) 
 def batch_page(dag_id: str, run_id: str, task_id: str, map_index: str, session: SessionDep) -> HTMLResponse:
     """The batch view of a task instance, as a page (the task instance's "ML Server batch" tab)."""
     view = _view(dag_id, run_id, task_id, map_index, session)
-    html = _templates.get_template("batch.html").render(
+    html = templates.get_template("batch.html").render(
         view=view, refresh=None if view.finished else REFRESH_SECONDS
     )
     return HTMLResponse(html)
@@ -57,22 +50,3 @@ def batch_page(dag_id: str, run_id: str, task_id: str, map_index: str, session: 
 def batch_json(dag_id: str, run_id: str, task_id: str, map_index: str, session: SessionDep) -> JSONResponse:
     """The same view as JSON, for scripts and tests."""
     return JSONResponse(_view(dag_id, run_id, task_id, map_index, session).to_json())
-
-
-@app.get("/docs")
-def docs(user: GetUserDep) -> HTMLResponse:
-    """This provider's README, as installed (the Providers page links here)."""
-    return HTMLResponse(_templates.get_template("docs.html").render(version=__version__, body=readme_html()))
-
-
-def readme_html() -> str:
-    """The README shipped in the package's metadata, as HTML."""
-    from markdown_it import MarkdownIt
-
-    text = (importlib.metadata.metadata("airflow-mlserver").get_all("Description") or [""])[0]
-    markdown = MarkdownIt("commonmark").enable("table")
-    # The README's screenshots live beside it in the repository, not in the package: name them instead.
-    markdown.add_render_rule(
-        "image", lambda _renderer, tokens, idx, *_: f"<em>[{escape(tokens[idx].content)}]</em>"
-    )
-    return markdown.render(text)
