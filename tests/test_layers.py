@@ -67,6 +67,7 @@ ALLOWED = {
         "airflow_mlserver.client.parameters",
         "airflow_mlserver.client.quoting",
         "airflow_mlserver.client.publishing",  # is_rds: one rule for what an R model object looks like
+        "airflow_mlserver.client.words",  # plural: "1 record", "2 records" worded as everywhere else
     ),
     "sensors": ("airflow_mlserver.operators.links", "airflow_mlserver.operators.arguments"),
 }
