@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_mlserver.client.words import count, noun, plural
+from airflow_mlserver.client.words import count, first_few, noun, plural
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,12 @@ def test_count_separates_thousands() -> None:
     assert count(999) == "999"
     assert count(1000) == "1,000"
     assert count(12345) == "12,345"
+
+
+def test_first_few_counts_the_rest() -> None:
+    assert first_few([]) == ""
+    assert first_few(["a"]) == "a"
+    assert first_few(["a", "b"]) == "a and b"
+    assert first_few(["a", "b", "c"]) == "a, b and c"
+    assert first_few("abcdefghij") == "a, b, c and 7 more"
+    assert first_few(range(1003), shown=1) == "0 and 1,002 more"
