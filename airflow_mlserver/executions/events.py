@@ -3,7 +3,7 @@ stored by the triggerer) and read back from it only at the boundary.
 
 Payloads keep the keys earlier releases wrote (``status``, ``message``, ``service_name``, ``service_version``,
 ``execution_ids``, ``executions``, and ``complete`` or ``execution_id`` where they apply; ``unreachable`` is
-new, and only in an ``error`` event of an outage), so an event written before an upgrade still reads.
+new, and only in an ``error`` event of an outage; so is ``seen``), so an event written before an upgrade still reads.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlserver.executions.timing import Seen, seen_payload
 from airflow_mlserver.executions.waiting import Outcome
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class BatchEvent:
     :param execution_id: With ``failed`` or ``canceled``: the execution that ended.
     :param unreachable: With ``error``: the server could not be read for ``unreachable_timeout`` (a retry of the
         task may find it again), rather than an input the server refuses.
+    :param seen: When the wait's polls first saw each execution running and finished, by execution id (key
+        ``seen``, left out when empty).
     """
 
     status: Outcome
@@ -57,6 +60,7 @@ class BatchEvent:
     complete: tuple[str, ...] = ()
     execution_id: str | None = None
     unreachable: bool = False
+    seen: Mapping[str, Seen] = field(default_factory=dict)
 
     def to_payload(self) -> dict[str, Any]:
         """The trigger event's payload: plain JSON values."""
@@ -77,6 +81,8 @@ class BatchEvent:
             payload["execution_id"] = self.execution_id
         if self.unreachable:
             payload["unreachable"] = True
+        if seen := seen_payload(self.seen):
+            payload["seen"] = seen
         return payload
 
     @classmethod
@@ -106,7 +112,12 @@ class BatchEvent:
             complete=_ids(payload.get("complete")),
             execution_id=None if payload.get("execution_id") is None else str(payload["execution_id"]),
             unreachable=payload.get("unreachable") is True,
+            seen={str(eid): Seen.from_payload(s) for eid, s in _mapping(payload.get("seen")).items()},
         )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _ids(value: Any) -> tuple[str, ...]:

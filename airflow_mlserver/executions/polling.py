@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING
 
 from airflow_mlserver.client.errors import MLServerConnectionError, MLServerError
@@ -20,6 +20,7 @@ from airflow_mlserver.executions.outage import (
     WarningLog,
     waited_for,
 )
+from airflow_mlserver.executions.timing import Seen, observe
 from airflow_mlserver.executions.waiting import ALL, Until, deadline_passed, sleep_time, wait_over
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def wait_for_executions(
     unreachable_timeout: float = DEFAULT_UNREACHABLE_TIMEOUT,
     log: WarningLog | None = None,
     prefix: str = "",
+    seen: MutableMapping[str, Seen] | None = None,
 ) -> list[BatchStatus]:
     """Poll in this thread until :func:`wait_over` (every execution finished, or the first with ``until``
     :data:`FIRST`; one failed or was canceled) or the deadline passed.
@@ -56,6 +58,7 @@ def wait_for_executions(
     error. An error that says the input is wrong (an unknown execution, refused credentials) is raised at
     once. When the deadline passes during an outage the wait ends with the statuses of the last round that
     read them (the caller's own check of the deadline then fails the task); before any, the error is raised.
+    Each poll's times go to ``seen`` (:func:`~airflow_mlserver.executions.timing.observe`), if given.
     """
     watch = OutageWatch(
         log or _log,
@@ -82,6 +85,8 @@ def wait_for_executions(
             time.sleep(watch.sleep(sleep_time(poll_interval, deadline), time.monotonic()))
             continue
         watch.readable(time.monotonic())
+        if seen is not None:
+            observe(seen, statuses, time.time())
         if wait_over(statuses, until) or deadline_passed(deadline):
             return statuses
         on_poll(statuses)

@@ -37,6 +37,7 @@ from airflow_mlserver.executions.outage import (
     waited_for,
 )
 from airflow_mlserver.executions.progress import PROGRESS_INTERVAL, ProgressLog, map_prefix
+from airflow_mlserver.executions.timing import Seen, observe
 from airflow_mlserver.executions.waiting import (
     ALL,
     Outcome,
@@ -105,6 +106,7 @@ class MLServerBatchTrigger(BaseTrigger):
         self.map_index = map_index
         self.until = Until(until)  # a trigger an earlier release stored passes the text
         self.unreachable_timeout = float(unreachable_timeout)  # an earlier release stored none: the default
+        self._seen: dict[str, Seen] = {}  # when polls first saw each execution run and finish: for the event
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         kwargs: dict[str, Any] = {
@@ -149,6 +151,7 @@ class MLServerBatchTrigger(BaseTrigger):
             complete=tuple(complete or ()),
             execution_id=execution_id,
             unreachable=unreachable,
+            seen=self._seen,
         )
         return TriggerEvent(event.to_payload())
 
@@ -191,6 +194,7 @@ class MLServerBatchTrigger(BaseTrigger):
                         )
                         return
                 watch.readable(time.monotonic())
+                observe(self._seen, statuses.values(), time.time())
                 backoff = self.poll_interval
             except MLServerError as exc:
                 # the server cannot be read for now (the state is unknown, not failed), or the input is wrong

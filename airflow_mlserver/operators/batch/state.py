@@ -33,10 +33,12 @@ the input's chunking. In memory every time is a Unix timestamp, as ``time.time()
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
+
+from airflow_mlserver.executions.timing import Seen
 
 STATE_KEY = "mlserver_batch"
 
@@ -102,11 +104,14 @@ class Part:
         ``i`` is the ``i``-th of them. Empty only for a chunk an older release stored, until numbered.
     :param execution_id: The execution started for it, None until started.
     :param started: When that execution was started (Unix timestamp), None where unknown.
+    :param seen: When a poll first saw that execution running and finished (see
+        :mod:`~airflow_mlserver.executions.timing`); stored under ``running`` and ``ended``.
     """
 
     records: str
     execution_id: str | None = None
     started: float | None = None
+    seen: Seen = field(default_factory=Seen)
 
     def numbers(self) -> Sequence[int]:
         """The record numbers it carries, in the order its execution numbers them."""
@@ -123,14 +128,17 @@ class Part:
             records=str(value.get("records") or ""),
             execution_id=None if execution_id is None else str(execution_id),
             started=None if started is None else _timestamp(started),
+            seen=Seen(*(_timestamp(value[k]) if value.get(k) else None for k in ("running", "ended"))),
         )
 
     def to_stored(self) -> dict[str, Any]:
-        return {
+        stored = {
             "records": self.records,
             "execution_id": self.execution_id,
             "started": None if self.started is None else _iso(self.started),
         }
+        stored.update({k: _iso(v) for k, v in self.seen.to_payload().items()})
+        return stored
 
 
 @dataclass
@@ -249,6 +257,14 @@ class BatchState:
             for part, size in zip(self.chunks.parts, sizes, strict=True):
                 part.records, first = ranges(range(first, first + size)), first + size
         return missing
+
+    def note_seen(self, seen: Mapping[str, Seen]) -> None:
+        """Keep what polls saw of the executions' times (a step's, a wait's, the trigger's) in their parts;
+        stored with the next save."""
+        for rnd in self.rounds:
+            for part in rnd.parts:
+                if part.execution_id in seen:
+                    part.seen.merge(seen[part.execution_id])
 
     def execution_ids(self) -> list[str]:
         """Every execution of the batch: the chunks' in chunk order, then each rescore round's."""
