@@ -158,7 +158,7 @@ def test_in_worker_batch_writes_csv_results(
     log = capfd.readouterr().out
     assert "new_state=deferred" not in log
     assert pd.read_csv(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
-    assert re.search(r"Started batch execution \S+ for chunk 1 of 1 \(5 records\)", log)
+    assert re.search(r"Started batch execution \S+ for the only chunk \(5 records\)", log)
     # the last line: a sentence with the counts, the duration, the rate and the output, not a dict
     assert re.search(
         r"Scored 5 records with web service 'scorer' version 'v1' in \d+(\.\d)?s \([\d,.]+ records/s\): "
@@ -335,7 +335,7 @@ def test_a_state_stored_by_an_older_version_reattaches(
     assert pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0]
     log = capfd.readouterr().out
     assert re.search(
-        rf"Found the executions of an earlier try \(started 1m3\ds ago\): chunk 1 of 1: {execution_id}", log
+        rf"Found the executions of an earlier try \(started 1m3\ds ago\): the only chunk: {execution_id}", log
     ), log[-3000:]
     assert "Started batch execution" not in log
     # the summary's duration counts from the older try's start, 90 s ago
@@ -377,9 +377,9 @@ def test_mapped_task_names_its_map_index_and_its_own_chunks(
     log = capfd.readouterr().out
     for map_index, records, chunks in ((0, 3, 2), (1, 2, 1)):
         for chunk in range(1, chunks + 1):
+            which = f"this task's chunk {chunk} of {chunks}" if chunks > 1 else "this task's only chunk"
             assert re.search(
-                rf"map index {map_index}: Started batch execution \S+ for chunk {chunk} of {chunks} of this "
-                r"task's records \(\d records?\)",
+                rf"map index {map_index}: Started batch execution \S+ for {which} \(\d records?\)",
                 log,
             ), log[-3000:]
         assert re.search(
@@ -387,7 +387,7 @@ def test_mapped_task_names_its_map_index_and_its_own_chunks(
             rf"[\d.]+s \([\d,.]+ records/s\): {records} succeeded, 0 failed; no results file",
             log,
         )
-    assert "chunk 1 of 1 (" not in log  # a mapped task's chunk always says whose records it cuts
+    assert "the only chunk" not in log  # a mapped task's chunk always says whose records it cuts
 
 
 def test_pending_execution_says_so_while_the_server_is_busy(
@@ -427,7 +427,7 @@ def test_pending_execution_says_so_while_the_server_is_busy(
     assert dagrun.state == "success"
     log = capfd.readouterr().out
     assert re.search(
-        r"Batch execution \S+ \(chunk 1 of 1\) is Pending: waiting \d+\.\ds for the server to start it", log
+        r"Batch execution \S+ \(the only chunk\) is Pending: waiting \d+\.\ds for the server to start it", log
     ), log[-3000:]
     assert "records/s, ETA unknown" not in log
 
@@ -457,7 +457,7 @@ def test_an_intent_with_one_new_execution_adopts_it(
     assert pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0]
     log = capfd.readouterr().out
     assert (
-        f"Adopted batch execution {execution_id} for chunk 1 of 1: an earlier try started it and was stopped "
+        f"Adopted batch execution {execution_id} for the only chunk: an earlier try started it and was stopped "
         "before it stored its id" in log
     )
     stored = _stored_batch(dagrun)
@@ -476,10 +476,10 @@ def test_an_intent_without_a_new_execution_starts_the_chunk(
     assert _summary(dagrun)["execution_ids"] == [started]
     log = capfd.readouterr().out
     assert (
-        "An earlier try was stopped while it started chunk 1 of 1, and the server has no execution of it: "
+        "An earlier try was stopped while it started the only chunk, and the server has no execution of it: "
         "starting it" in log
     )
-    assert re.search(rf"Started batch execution {started} for chunk 1 of 1 \(4 records\)", log)
+    assert re.search(rf"Started batch execution {started} for the only chunk \(4 records\)", log)
 
 
 def test_an_intent_never_adopts_a_siblings_execution_of_the_same_size(
@@ -511,9 +511,9 @@ def test_an_intent_whose_candidates_cannot_be_told_apart_fails_and_names_them(
     assert set(api.get("/api/scorer/v1/batch").json()) - set(before) == {first, second}
     log = capfd.readouterr().out
     assert (
-        "AmbiguousStartError: The start of chunk 1 of 1 (4 records) on web service 'scorer' version 'v1' may have "
+        "AmbiguousStartError: The start of the only chunk (4 records) on web service 'scorer' version 'v1' may have "
         "created an execution, and the service has 2 new executions of 4 records that could be it: "
-        f"{first}, {second}. Cannot tell which one is the execution of chunk 1 of 1: their results for the "
+        f"{first}, {second}. Cannot tell which one is the execution of the only chunk: their results for the "
         "sampled records are the same as this start's. None is adopted and none is started." in log
     ), log[-3000:]
 
@@ -548,9 +548,9 @@ def test_an_intent_with_a_key_is_settled_by_sending_the_start_again(
     assert pd.read_parquet(out)["y"].tolist() == [0.0, 2.0, 4.0, 6.0]
     log = capfd.readouterr().out
     if reached:
-        assert f"Adopted batch execution {chunk} for chunk 1 of 1: an earlier try started it" in log
+        assert f"Adopted batch execution {chunk} for the only chunk: an earlier try started it" in log
     else:
-        assert re.search(rf"Started batch execution {chunk} for chunk 1 of 1 \(4 records\)", log)
+        assert re.search(rf"Started batch execution {chunk} for the only chunk \(4 records\)", log)
 
 
 def _with_ids(n: int) -> pd.DataFrame:
@@ -740,7 +740,7 @@ def test_rescore_sends_only_the_failed_records_again_and_keeps_their_latest_outc
     log = capfd.readouterr().out
     assert "Rescoring 4 records that failed (round 1 of 2, 1 execution)" in log
     assert "Rescoring 1 record that failed (round 2 of 2, 1 execution)" in log
-    assert f"Started batch execution {rescore_ids[0]} for rescore round 1, part 1 of 1 (4 records)" in log
+    assert f"Started batch execution {rescore_ids[0]} for rescore round 1 (4 records)" in log
     assert "Rescored 4 records in 2 rounds: 3 succeeded on a later attempt" in log
 
 
@@ -760,8 +760,8 @@ def test_max_failed_records_counts_after_the_last_round(
     ]
     log = capfd.readouterr().out
     assert (
-        "MLServerBatchFailedError: 1 of 10 records failed, after 1 round of rescoring (max_failed_records=0); first "
-        "failures: record 7: ValueError: negative input -7.0. Results are in file://" in log
+        "MLServerBatchFailedError: 1 of 10 records failed, after 1 round of rescoring (max_failed_records=0); failure: "
+        "record 7: ValueError: negative input -7.0. Results are in file://" in log
     ), log[-3000:]
 
 
@@ -790,12 +790,9 @@ def test_a_retry_during_a_rescore_round_reattaches_to_its_execution(
     assert [p["execution_id"] for p in _stored_batch(dagrun)["rounds"][1]["parts"]] == [rescore]
     log = capfd.readouterr().out
     if stopped == "waiting":
-        assert f"chunk 1 of 1: {chunk}, rescore round 1, part 1 of 1: {rescore}" in log
+        assert f"the only chunk: {chunk} and rescore round 1: {rescore}" in log
     else:
-        assert (
-            f"Adopted batch execution {rescore} for rescore round 1, part 1 of 1: an earlier try started it"
-            in log
-        )
+        assert f"Adopted batch execution {rescore} for rescore round 1: an earlier try started it" in log
     assert "Started batch execution" not in log
 
 

@@ -132,7 +132,7 @@ def test_worker_killed_while_the_start_is_answered_adopts_its_execution(
     assert done["try_number"] == 2
     assert api.get(f"/api/{service}/v1/batch").json() == [execution_id]  # adopted, never started twice
     log = deployment.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/score/logs/2")
-    assert f"Adopted batch execution {execution_id} for chunk 1 of 1: an earlier try started it" in str(log)
+    assert f"Adopted batch execution {execution_id} for the only chunk: an earlier try started it" in str(log)
     results = pd.read_parquet(tmp_path / "out.parquet")
     assert results["y"].tolist() == [2.0 * i for i in range(20)]
 

@@ -156,7 +156,7 @@ def test_large_scoring_in_chunks_reruns_deterministically_and_feeds_the_report(e
         assert (
             f"map index {map_index}: Scored 500 records with web service 'TxScore' version '2.0' in " in out
         )
-    assert "for chunk 1 of 1 of this task's records (500 records)" in out
+    assert "for this task's only chunk (500 records)" in out
     merged = storage / "large" / "2026-03-01" / "scores.parquet"
     first = pd.read_parquet(merged)
     assert len(first) == 2000 and first["success"].all()

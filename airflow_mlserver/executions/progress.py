@@ -9,7 +9,7 @@ both operators) and for the batch operator's start and final lines:
 * a **running** batch says how many records are done, the rate and the time left, or that no record has
   finished yet;
 * a **mapped** task instance starts each line with its map index, and names its chunks as chunks of its own
-  records (``map index 3: ... chunk 1 of 2 of this task's records``);
+  records (``map index 3: ... this task's chunk 1 of 2``);
 * all of it once a minute (:data:`PROGRESS_INTERVAL`), never on every poll.
 
 It lives in :mod:`airflow_mlserver.executions`, which the operators, the sensor and the trigger all import.
@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_mlserver.client.words import count, plural
 from airflow_mlserver.executions.waiting import pending
 
 if TYPE_CHECKING:
@@ -47,11 +48,6 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def counted(count: int, noun: str) -> str:
-    """``1 record``, ``50,000 records``: a count with thousands separators and its noun."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
 def rate(records: float, seconds: float) -> str:
     """``205.8 records/s``; two significant digits below one a second (``0.044 records/s``)."""
     per_second = records / seconds
@@ -64,8 +60,12 @@ def map_prefix(map_index: int | None) -> str:
 
 
 def chunk_label(index: int, chunks: int, mapped: bool) -> str:
-    """``chunk 2 of 3`` for chunk ``index`` (0-based); a mapped task's chunks cut its own records, and say so."""
-    return f"chunk {index + 1} of {chunks}" + (" of this task's records" if mapped else "")
+    """``chunk 2 of 3`` for chunk ``index`` (0-based), ``the only chunk`` for one; a mapped task's chunks cut its
+    own records, and say so: ``this task's chunk 2 of 3``, ``this task's only chunk``."""
+    whose = "this task's " if mapped else "the "
+    if chunks == 1:
+        return f"{whose}only chunk"
+    return f"{whose if mapped else ''}chunk {index + 1} of {chunks}"
 
 
 def scored_sentence(summary: Mapping[str, Any], prefix: str = "") -> str:
@@ -79,7 +79,7 @@ def scored_sentence(summary: Mapping[str, Any], prefix: str = "") -> str:
     output = summary.get("output_uri")
     where = f"results in {output}" if output else "no results file (no output_path)"
     return (
-        f"{prefix}Scored {counted(total, 'record')} with web service '{summary['service_name']}' version "
+        f"{prefix}Scored {plural(total, 'record')} with web service '{summary['service_name']}' version "
         f"'{summary['service_version']}' in {duration(seconds)} ({speed}): {summary['succeeded']:,} succeeded, "
         f"{summary['failed']:,} failed; {where}"
     )
@@ -87,7 +87,7 @@ def scored_sentence(summary: Mapping[str, Any], prefix: str = "") -> str:
 
 def status_line(status: BatchStatus) -> str:
     """One execution's state and counts, for a check that runs once (a sensor's poke)."""
-    done = f"{status.completed:,}/{status.total:,} records"
+    done = f"{count(status.completed)}/{plural(status.total, 'record')}"
     if pending(status):
         return f"Batch execution {status.execution_id} is {status.state}: the server has not started it yet ({done})"
     percent = 100.0 * status.completed / status.total if status.total else 0.0
@@ -175,8 +175,8 @@ class ProgressLog:
         labels = [self.labels[s.execution_id] for s in active if s.execution_id in self.labels]
         which = f" ({labels[0]})" if len(active) == 1 and labels else ""
         if len(active) > 1:
-            which = f" ({len(active)} executions running)"
-        line = f"{self.prefix}Batch progress{which}: {done:,}/{total:,} records ({percent:.1f}%)"
+            which = f" ({plural(len(active), 'execution')} running)"
+        line = f"{self.prefix}Batch progress{which}: {count(done)}/{plural(total, 'record')} ({percent:.1f}%)"
         since, base_done = self._base or (now, done)
         elapsed, gained = now - since, done - base_done
         if gained > 0 and elapsed > 0:
@@ -191,7 +191,6 @@ __all__ = [
     "InfoLog",
     "ProgressLog",
     "chunk_label",
-    "counted",
     "duration",
     "map_prefix",
     "rate",

@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_mlserver.client.words import first_few, plural
 from airflow_mlserver.exceptions import MLServerBatchFailedError, MLServerBatchTimeoutError
 from airflow_mlserver.executions.outage import DEFAULT_UNREACHABLE_TIMEOUT
 from airflow_mlserver.executions.polling import wait_for_executions
-from airflow_mlserver.executions.progress import ProgressLog, chunk_label, counted, duration
+from airflow_mlserver.executions.progress import ProgressLog, chunk_label, duration
 from airflow_mlserver.executions.waiting import Until, ended, ended_message
 from airflow_mlserver.operators.batch import planner
 from airflow_mlserver.operators.batch.frames import part_frames
@@ -78,23 +79,26 @@ class BatchRun:
     clock: Clock = field(default_factory=Clock)
 
     def label(self, number: int, part: int) -> str:
-        """A part's name in the log: ``chunk 2 of 3`` or ``rescore round 1, part 1 of 2``."""
+        """A part's name in the log: ``chunk 2 of 3``, ``rescore round 1, part 1 of 2`` or ``rescore round 2``."""
         parts = len(self.state.rounds[number].parts)
         if number == 0:
             return chunk_label(part, parts, self.mapped)
-        return f"rescore round {number}, part {part + 1} of {parts}"
+        return f"rescore round {number}" + (f", part {part + 1} of {parts}" if parts > 1 else "")
 
     def log_earlier_try(self) -> None:
         """Name the executions an earlier try started, if any."""
-        found = ", ".join(
+        found = [
             f"{self.label(n, p)}: {e}"
             for n, r in enumerate(self.state.rounds)
             for p, e in sorted(r.executions.items())
-        )
+        ]
         if found:
             ago = duration(self.clock.now() - self.state.started)
             self.log.info(
-                "%sFound the executions of an earlier try (started %s ago): %s", self.prefix, ago, found
+                "%sFound the executions of an earlier try (started %s ago): %s",
+                self.prefix,
+                ago,
+                first_few(found, shown=2),
             )
 
     def settle(self) -> None:
@@ -196,8 +200,8 @@ class BatchRun:
             self.hook.cancel_batch(self.service.name, self.service.version, execution_id)
         raise MLServerBatchTimeoutError(
             f"The batch on web service '{self.service.name}' version '{self.service.version}' did not finish "
-            f"within its timeout of {self.timeout or 0:g} s ({action.done} records done); canceled "
-            f"{', '.join(action.cancel) or 'nothing (no execution was running)'}. "
+            f"within its timeout of {self.timeout or 0:g} s ({plural(action.done, 'record')} done); "
+            f"canceled {first_few(action.cancel) or 'nothing (no execution was running)'}. "
             "Raise timeout, parallel_count or max_active_executions, or score fewer records per run."
         )
 
@@ -226,12 +230,12 @@ class BatchRun:
                 self.prefix,
                 execution_id,
                 self.label(number, part),
-                counted(len(frame), "record"),
+                plural(len(frame), "record"),
             )
         for part, frame in staged:
             rows = self.parts.stage(self.hook, self.state, self.store, part, frame)
             self.log.info(
-                "%sStaged the results of %s (%s)", self.prefix, self.label(0, part), counted(rows, "record")
+                "%sStaged the results of %s (%s)", self.prefix, self.label(0, part), plural(rows, "record")
             )
 
     def _failed(self, statuses: Mapping[int, BatchStatus]) -> list[int]:
@@ -253,10 +257,10 @@ class BatchRun:
         self.log.info(
             "%sRescoring %s that failed (round %d of %d, %s)",
             self.prefix,
-            counted(action.records, "record"),
+            plural(action.records, "record"),
             self.state.rescore_rounds,
             self.config.rescore_rounds,
-            counted(len(action.parts), "execution"),
+            plural(len(action.parts), "execution"),
         )
 
     def _waiting(self, wait: planner.Wait) -> Waiting:

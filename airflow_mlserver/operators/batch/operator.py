@@ -46,13 +46,14 @@ from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.sdk import BaseOperator, conf
 
 from airflow_mlserver.client.records import ExtraColumns, check_records
+from airflow_mlserver.client.words import first_few, plural
 from airflow_mlserver.exceptions import (
     MLServerBatchFailedError,
     MLServerBatchTimeoutError,
     MLServerConfigError,
 )
 from airflow_mlserver.executions.events import BatchEvent
-from airflow_mlserver.executions.progress import counted, map_prefix, scored_sentence
+from airflow_mlserver.executions.progress import map_prefix, scored_sentence
 from airflow_mlserver.executions.waiting import Outcome
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.operators.arguments import check_arguments, optional, records_file_format, seconds
@@ -305,7 +306,7 @@ class MLServerBatchOperator(BaseOperator):
             for execution_id in ended_wait.execution_ids:
                 hook.cancel_batch(ended_wait.service_name, ended_wait.service_version, execution_id)
             raise MLServerBatchTimeoutError(
-                f"{message}; canceled {', '.join(ended_wait.execution_ids)}. Raise timeout, parallel_count or "
+                f"{message}; canceled {first_few(ended_wait.execution_ids)}. Raise timeout, parallel_count or "
                 "max_active_executions, or score fewer records per run."
             )
         if ended_wait.status in (Outcome.FAILED, Outcome.CANCELED):
@@ -350,10 +351,8 @@ class MLServerBatchOperator(BaseOperator):
         summary = BatchSummary.of(state, scored.total, scored.failed, len(rescored), output_uri, time.time())
         if rescored:
             recovered = f"{sum(r.success for r in rescored.values()):,} succeeded on a later attempt"
-            rounds_run = counted(state.rescore_rounds, "round")
-            self.log.info(
-                "%sRescored %s in %s: %s", run.prefix, counted(len(rescored), "record"), rounds_run, recovered
-            )
+            rounds_run, records = plural(state.rescore_rounds, "round"), plural(len(rescored), "record")
+            self.log.info("%sRescored %s in %s: %s", run.prefix, records, rounds_run, recovered)
         check_failures(scored, state, self.max_failed_records, output_uri)
         self._lineage_service = (service.name, service.version)  # for the OpenLineage method, same process
         value = summary.to_xcom()

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlserver.client.words import count, noun, plural
 from airflow_mlserver.exceptions import MLServerBatchFailedError
-from airflow_mlserver.executions.progress import counted
 from airflow_mlserver.operators.batch.state import BatchState
 from airflow_mlserver.tables import ResultColumns, ResultsWriter, patch_results
 
@@ -126,10 +126,13 @@ def check_failures(scored: Scored, state: BatchState, max_failed: int, output_ur
     """Fail the task when more than ``max_failed`` records failed (after the last round of rescoring)."""
     if scored.failed <= max_failed:
         return
-    rounds = f", after {counted(state.rescore_rounds, 'round')} of rescoring" if state.rescore_rounds else ""
+    rounds = f", after {plural(state.rescore_rounds, 'round')} of rescoring" if state.rescore_rounds else ""
+    first = "first " if scored.failed > len(scored.failures) else ""
     raise MLServerBatchFailedError(
-        f"{scored.failed} of {scored.total} records failed{rounds} (max_failed_records={max_failed}); first "
-        "failures: " + "; ".join(scored.failures) + (f". Results are in {output_uri}." if output_uri else ".")
+        f"{count(scored.failed)} of {plural(scored.total, 'record')} failed{rounds} (max_failed_records="
+        f"{max_failed}); {first}{noun(len(scored.failures), 'failure')}: "
+        + "; ".join(scored.failures)
+        + (f". Results are in {output_uri}." if output_uri else ".")
     )
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from airflow_mlserver.client.starting import new_key
-from airflow_mlserver.executions.progress import counted
+from airflow_mlserver.client.words import plural
 from airflow_mlserver.operators.batch.state import BatchState, Part, StartIntent, StateStore
 
 if TYPE_CHECKING:
@@ -155,5 +155,5 @@ def _log_settled(
             prefix,
             execution_id,
             label,
-            counted(records, "record"),
+            plural(records, "record"),
         )
