@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from airflow_mlserver.client.models import RecordResult, ResultsPage, WebService
 from airflow_mlserver.client.parameters import Column, result_column
+from airflow_mlserver.client.words import plural
 from airflow_mlserver.exceptions import MLServerConfigError
 
 RecordsFormat = Literal["csv", "tsv", "parquet", "jsonl"]
@@ -221,7 +222,7 @@ def results_frame(
             outputs[name] += page_outputs[name]
         del page  # not alive while the next page decodes (see ResultsPage)
     if len(success) != len(inputs):
-        raise ValueError(f"{len(success)} results for {len(inputs)} input records")
+        raise ValueError(f"{plural(len(success), 'result')} for {plural(len(inputs), 'input record')}")
     columns = ResultColumns.after([str(c) for c in inputs.columns], service)
     frame = inputs.reset_index(drop=True).copy()
     frame.insert(0, "record", range(offset, offset + len(inputs)))

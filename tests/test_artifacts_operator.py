@@ -390,7 +390,7 @@ def test_file_transfer_killed_midway_then_rerun(
 ) -> None:
     dest = tmp_path / "out"
     faults = break_after(monkeypatch, 99, "b.bin", 1000)  # b.bin of record 99 has 316,832 bytes
-    with pytest.raises(ArtifactTransferError, match="1 artifacts failed") as info:
+    with pytest.raises(ArtifactTransferError, match="1 artifact failed") as info:
         run(operator(batch200, f"file://{dest}", indexes="90-99", transfer_retries=1, chunk_size=4096))
     assert len(faults) == 2  # the first try and one retry, each cut after 1,000 bytes
     assert info.value.summary["failed"] == 1 and info.value.summary["copied"] == 11
@@ -841,7 +841,7 @@ def test_s3_transfer_killed_midway_then_rerun(
 ) -> None:
     dest = f"s3://{BUCKET}/big"
     faults = break_after(monkeypatch, 0, "big.bin", 7 * 1024 * 1024)  # after one 5 MiB part was uploaded
-    with pytest.raises(ArtifactTransferError, match="1 artifacts failed"):
+    with pytest.raises(ArtifactTransferError, match="1 artifact failed"):
         run(operator(big_batch, dest, service="artbig", dest_conn_id=S3_CONN, transfer_retries=0))
     assert faults == [0]
     objects = s3_objects(s3, "big/")

@@ -219,7 +219,7 @@ def test_the_executions_still_waited_for(states: dict[str, str], left: list[str]
         (1, "'e0' (Running, 3 of 10 records)"),
         (
             3,
-            "'e0' (Running, 3 of 10 records), 'e1' (Running, 3 of 10 records), 'e2' (Running, 3 of 10 records)",
+            "'e0' (Running, 3 of 10 records), 'e1' (Running, 3 of 10 records) and 'e2' (Running, 3 of 10 records)",
         ),
         (
             5,
@@ -232,7 +232,8 @@ def test_the_message_when_the_wait_times_out(late: int, named: str) -> None:
     waiting = [f"e{i}" for i in range(late)]
     statuses = {e: _status(e, 10, "Running", 3) for e in waiting}
     assert late_message(waiting, statuses, 61.4, 60.0, "scorer/1.0") == (
-        f"Not finished after 61 s (timeout is 60 s): batch execution {named} of scorer/1.0. Raise timeout, or "
+        f"Not finished after 61 s (timeout is 60 s): batch execution{'s' if late > 1 else ''} {named} of "
+        "scorer/1.0. Raise timeout, or "
         "set wait_for_completion=False to copy what exists so far."
     )
 
@@ -351,7 +352,7 @@ def test_the_failure_names_the_first_failed_or_refused_artifact() -> None:
     ]
     counts = {STATUS_COPIED: 1, STATUS_SKIPPED: 0, STATUS_REFUSED: 1, STATUS_FAILED: 1}
     assert task_failure(counts, entries, "file:///out/manifest.json", True) == (
-        "1 artifacts failed to copy and 1 were refused (first: record 1 '1.txt': UnsafeArtifactNameError: "
+        "1 artifact failed to copy and 1 was refused (first: record 1 '1.txt': UnsafeArtifactNameError: "
         "refused). The manifest file:///out/manifest.json lists each one. Failed copies left nothing behind: run "
         "the task again and only they are copied. Refused names must be fixed in the service (or excluded with "
         "file_names, or allowed to pass with fail_on_refused=False)."

@@ -592,8 +592,8 @@ def test_error_refuses_extra_columns_before_anything_is_sent(
     assert dagrun.state == "failed"
     assert api.get("/api/scorer/v1/batch").json() == before
     assert (
-        "Unexpected column(s) 'car_id': service 'scorer' version 'v1' declares inputs x (numeric), name (character). "
-        "Remove them, or pass extra_columns='keep' or 'ignore' to send only the declared inputs."
+        "Unexpected column 'car_id': service 'scorer' version 'v1' declares inputs x (numeric), name (character). "
+        "Remove it, or pass extra_columns='keep' or 'ignore' to send only the declared inputs."
     ) in capfd.readouterr().out
 
 

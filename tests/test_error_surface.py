@@ -269,7 +269,7 @@ def test_the_server_shows_a_long_flag_cut(api: Api, surface: str) -> None:
 def test_the_server_shows_long_inputs_and_values_cut(api: Api, surface: str) -> None:
     answer = api.post("/api/surface/v1/batch", json=[{"kind": "", "x": 1, "v": [], LONG: 1}])
     assert message(answer, 400) == short(
-        f"Record 0 has input(s) '{'a' * 200}…' (30,000 characters) that service 'surface' version 'v1' does not "
+        f"Record 0 has input '{'a' * 200}…' (30,000 characters) that service 'surface' version 'v1' does not "
         "declare (declared: kind, x, v)."
     )
     result = api.post("/api/surface/v1", json={"kind": "file", "x": LONG, "v": []}).json()

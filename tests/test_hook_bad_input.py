@@ -75,7 +75,7 @@ def test_extra_column() -> None:
     with pytest.raises(RecordValidationError) as excinfo:
         prepare_records({"hp": [1.0], "n": [1], "ok": [True], "color": ["red"]}, SERVICE)
     assert message(excinfo) == (
-        f"Unexpected column(s) 'color': service 'tx' version '1.0' declares inputs {DECLARED}. Remove them, or pass "
+        f"Unexpected column 'color': service 'tx' version '1.0' declares inputs {DECLARED}. Remove it, or pass "
         "extra_columns='keep' or 'ignore' to send only the declared inputs."
     )
     # the client sends only the declared inputs with any of these; "drop" is the older name

@@ -376,21 +376,21 @@ def test_delete_someone_elses_service(tmp_path_factory: pytest.TempPathFactory) 
 
 def test_consume_missing_input(api: Api, square: str) -> None:
     assert _message(api.post(f"/api/{square}/v1", json={}), 400) == (
-        "The request body is missing the declared input(s) 'x' of service 'square' version 'v1' (declared: x)."
+        "The request body is missing the declared input 'x' of service 'square' version 'v1' (declared: x)."
     )
 
 
 def test_batch_record_missing_input(api: Api, square: str) -> None:
     answer = api.post(f"/api/{square}/v1/batch", json=[{"x": 1}, {"z": 2}])
     assert _message(answer, 400) == (
-        "Record 1 is missing the declared input(s) 'x' of service 'square' version 'v1' (declared: x)."
+        "Record 1 is missing the declared input 'x' of service 'square' version 'v1' (declared: x)."
     )
 
 
 def test_batch_record_unknown_input(api: Api, square: str) -> None:
     answer = api.post(f"/api/{square}/v1/batch", json=[{"x": 1, "extra": 2}])
     assert _message(answer, 400) == (
-        "Record 0 has input(s) 'extra' that service 'square' version 'v1' does not declare (declared: x)."
+        "Record 0 has input 'extra' that service 'square' version 'v1' does not declare (declared: x)."
     )
 
 

@@ -74,9 +74,7 @@ def test_until_first_ends_the_wait_as_soon_as_one_execution_is_complete(
     started = time.monotonic()
     (event,) = _events(_trigger([slow, quick], until="first"))
     assert (event["status"], event["complete"]) == ("complete", [quick])
-    assert event["message"].startswith(
-        "1 of 2 batch execution(s) of web service 'trig' version 'v1' complete"
-    )
+    assert event["message"].startswith("1 of 2 batch executions of web service 'trig' version 'v1' complete")
     assert time.monotonic() - started < 20
     assert api.status("trig", "v1", slow)["state"] == "Running"  # the other one still runs
     api.delete(f"/api/trig/v1/batch/{slow}")

@@ -47,6 +47,7 @@ from airflow_mlserver.client.protocol import (
     valid_segment,
 )
 from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.client.words import plural
 
 if TYPE_CHECKING:
     # pandas (behind the records module) is imported only where records are prepared: a trigger imports
@@ -87,7 +88,7 @@ class Calls:
             if exc.status != 404:
                 raise
             services = yield from self.list_services()
-            summary = f"{len(services)} web services published"
+            summary = f"{plural(len(services), 'web service')} published"
         who = (
             f"as '{settings.login}'"
             if settings.login and not settings.bearer_token

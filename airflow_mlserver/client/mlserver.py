@@ -42,6 +42,7 @@ from airflow_mlserver.client.sync import (
     TransferStats,
     announced_size,
 )
+from airflow_mlserver.client.words import plural
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.records import ExtraColumns, RecordsInput
@@ -312,10 +313,15 @@ class MLServerClient:
                 failures += 1
                 if (yielded and not finished) or failures > self.settings.max_retries:
                     raise MLServerConnectionError(
-                        f"Reading the results of batch execution {quoted(execution_id)} broke off after {yielded} "
-                        f"results ({shortened(str(exc))}). Read them again once the execution has finished."
+                        f"Reading the results of batch execution {quoted(execution_id)} broke off after "
+                        f"{plural(yielded, 'result')} ({shortened(str(exc))}). Read them again once the execution "
+                        "has finished."
                     ) from None
-                self.log.warning("Reading results broke off after %d results (%s); resuming", yielded, exc)
+                self.log.warning(
+                    "Reading results broke off after %s (%s); resuming",
+                    plural(yielded, "result"),
+                    shortened(str(exc)),
+                )
 
     # -- artifacts -------------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from airflow_mlserver.client.errors import MalformedResponseError, MLServerError
 from airflow_mlserver.client.models import ServiceDefinition, WebService
 from airflow_mlserver.client.protocol import Flow, Spec, check_segment, quote
 from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.client.words import first_few, noun
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.calls import Calls
@@ -133,7 +134,10 @@ def publish_with_objects(
         raise
     yield from _clean_up(calls, session_id, snapshot_id)
     calls.log.info(
-        "Published %s with model object(s) %s", _words(service), ", ".join(quoted(n) for n in objects)
+        "Published %s with %s %s",
+        _words(service),
+        noun(len(objects), "model object"),
+        first_few(map(quoted, objects)),
     )
     return service
 

@@ -27,6 +27,7 @@ from airflow_mlserver.client.errors import RecordValidationError
 from airflow_mlserver.client.models import ParameterDefinition, WebService
 from airflow_mlserver.client.parameters import PARAMETER_TYPES
 from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.client.words import noun
 
 RecordsInput = pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Any]
 #: A service, or its declared inputs: what fixes the order and the types of a record's fields.
@@ -388,8 +389,8 @@ class _Table:
             duplicated = sorted({n for n in names if names.count(n) > 1})
             if duplicated:
                 raise RecordValidationError(
-                    f"The DataFrame has duplicate column(s) {', '.join(map(repr, duplicated))}: give each input "
-                    "one column."
+                    f"The DataFrame has duplicate {noun(len(duplicated), 'column')} "
+                    f"{', '.join(map(repr, duplicated))}: give each input one column."
                 )
             self.frame = data
             self.names = names
@@ -467,9 +468,9 @@ def _check_columns(
     extra = [n for n in table.names if n not in declared]
     if extra and extra_columns == "error":
         raise RecordValidationError(
-            f"Unexpected column(s) {shortened(', '.join(map(quoted, extra)))}: {label} declares inputs "
-            f"{_declared(definitions)}. Remove them, or pass extra_columns='keep' or 'ignore' to send only the "
-            "declared inputs."
+            f"Unexpected {noun(len(extra), 'column')} {shortened(', '.join(map(quoted, extra)))}: {label} declares "
+            f"inputs {_declared(definitions)}. Remove {noun(len(extra), 'it', 'them')}, or pass extra_columns='keep' "
+            "or 'ignore' to send only the declared inputs."
         )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_mlserver.client.errors import AmbiguousStartError
 from airflow_mlserver.client.protocol import AmbiguousSend
 from airflow_mlserver.client.reconcile import Adopt, Ambiguous, Candidate, judge, outcome, sample_indexes
+from airflow_mlserver.client.words import plural
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.mlserver import MLServerClient
@@ -203,9 +204,10 @@ def _ambiguous(
 ) -> str:
     ids = ", ".join(s.execution_id for s in candidates)
     return (
-        f"The start of {label} ({count} records) on web service '{service.name}' version '{service.version}' may "
-        f"have created an execution, and the service has {len(candidates)} new executions of {count} records "
-        f"that could be it: {ids}. Cannot tell which one is the execution of {label}: {verdict.why}. None is "
-        "adopted and none is started. Check them (get_batch) and cancel those that are not, then retry: the one "
-        "left is adopted if its results show it is this start's, and the start is sent again if all are canceled."
+        f"The start of {label} ({plural(count, 'record')}) on web service '{service.name}' version "
+        f"'{service.version}' may have created an execution, and the service has "
+        f"{plural(len(candidates), 'new execution')} of {plural(count, 'record')} that could be it: {ids}. "
+        f"Cannot tell which one is the execution of {label}: {verdict.why}. None is adopted and none is started. "
+        "Check them (get_batch) and cancel those that are not, then retry: the one left is adopted if its results "
+        "show it is this start's, and the start is sent again if all are canceled."
     )

@@ -30,6 +30,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from airflow_mlserver.client.errors import MalformedResponseError, MLServerApiError, MLServerConnectionError
+from airflow_mlserver.client.words import plural
 from airflow_mlserver.executions.progress import duration
 
 #: How long a wait goes on while the server cannot be read, by default (seconds): 30 minutes.
@@ -166,8 +167,8 @@ def gave_up_message(outage: Outage, now: float, unreachable_timeout: float, wait
     """The error a wait ends with once the outage has lasted ``unreachable_timeout``: its length, what was
     waited for, the last error and what to do."""
     return (
-        f"The server was not readable for {duration(outage.lasted(now))} ({outage.polls} poll"
-        f"{'' if outage.polls == 1 else 's'} failed), as long as unreachable_timeout "
+        f"The server was not readable for {duration(outage.lasted(now))} ({plural(outage.polls, 'poll')} "
+        "failed), as long as unreachable_timeout "
         f"({duration(unreachable_timeout)}) allows, while waiting for {waited_for}. Last error: "
         f"{outage.error.rstrip('. ')}. Raise unreachable_timeout to wait longer; a retry of the task waits for "
         "the executions again."

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, conf
 
 from airflow_mlserver.client.models import BatchStatus
+from airflow_mlserver.client.words import count, plural
 from airflow_mlserver.exceptions import MLServerConnectionError, MLServerError, MLServerExecutionEndedError
 from airflow_mlserver.executions.events import BatchEvent
 from airflow_mlserver.executions.outage import (
@@ -107,8 +108,8 @@ class MLServerBatchSensor(BaseSensorOperator):
         if ended(status):
             raise MLServerExecutionEndedError(
                 f"{ended_message(self.execution_id, self.service_name, self.service_version, status)} "
-                f"({status.completed}/{status.total} records done). Start a new execution; this one will not "
-                "complete."
+                f"({count(status.completed)}/{plural(status.total, 'record')} done). Start a new execution; this one "
+                "will not complete."
             )
         self.log.info("%s", status_line(status))  # once a poke; a pending execution says so
         return outcome(status) is Outcome.COMPLETE

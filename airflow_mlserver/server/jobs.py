@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.client.words import noun
 from airflow_mlserver.server import runtimes
 from airflow_mlserver.server.errors import bad_request
 from airflow_mlserver.server.runtimes.protocol import Job, answer
@@ -30,14 +31,14 @@ def check_record(service: dict[str, Any], record: Any, where: str) -> None:
     missing = [n for n in declared if n not in record]
     if missing:
         raise bad_request(
-            f"{where} is missing the declared input(s) {_names(missing)} of service {quoted(service['name'])} "
-            f"version {quoted(service['version'])} {known}."
+            f"{where} is missing the declared {noun(len(missing), 'input')} {_names(missing)} of service "
+            f"{quoted(service['name'])} version {quoted(service['version'])} {known}."
         )
     unknown = [n for n in record if n not in declared]
     if unknown:
         raise bad_request(
-            f"{where} has input(s) {_names(unknown)} that service {quoted(service['name'])} version "
-            f"{quoted(service['version'])} does not declare {known}."
+            f"{where} has {noun(len(unknown), 'input')} {_names(unknown)} that service {quoted(service['name'])} "
+            f"version {quoted(service['version'])} does not declare {known}."
         )
 
 

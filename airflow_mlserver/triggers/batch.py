@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_mlserver.client.words import count, plural
 from airflow_mlserver.exceptions import MLServerError
 from airflow_mlserver.executions.events import BatchEvent, Counts
 from airflow_mlserver.executions.outage import (
@@ -212,7 +213,7 @@ class MLServerBatchTrigger(BaseTrigger):
                 complete = [e for e in self.execution_ids if e not in pending]
                 yield self._event(
                     Outcome.COMPLETE,
-                    f"{len(complete)} of {len(self.execution_ids)} batch execution(s) of web service "
+                    f"{count(len(complete))} of {plural(len(self.execution_ids), 'batch execution')} of web service "
                     f"'{self.service_name}' version '{self.service_version}' complete",
                     statuses,
                     complete=complete,
@@ -229,7 +230,7 @@ class MLServerBatchTrigger(BaseTrigger):
         done, total = sum(s.completed for s in statuses.values()), sum(s.total for s in statuses.values())
         return self._event(
             Outcome.TIMEOUT,
-            f"The batch did not finish before its timeout: {done}/{total} records done",
+            f"The batch did not finish before its timeout: {count(done)}/{plural(total, 'record')} done",
             statuses,
         )
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from airflow_mlserver.client.quoting import quoted
+from airflow_mlserver.client.words import plural
 from airflow_mlserver.exceptions import ArtifactsConfigError, OperatorArgumentError, UnsafeArtifactNameError
 
 #: Placeholders a path template may use: the record's execution and its index there, its number in the task
@@ -68,7 +69,7 @@ def _name_problem(name: Any) -> str | None:
     except UnicodeEncodeError:  # pragma: no cover - lone surrogates are caught above
         return "it cannot be encoded as UTF-8"
     if len(encoded) > MAX_NAME_BYTES:
-        return f"it is {len(encoded)} bytes long; stores accept at most {MAX_NAME_BYTES}"
+        return f"it is {plural(len(encoded), 'byte')} long; stores accept at most {MAX_NAME_BYTES}"
     if name != name.strip():
         return "it starts or ends with white space, which stores strip or reject"
     return None
@@ -297,7 +298,7 @@ def select_records(value: Any, total: int) -> list[int]:
     highest = max((r[-1] for r in ranges), default=-1)
     if highest >= total:
         raise ArtifactsConfigError(
-            f"indexes selects record {highest:,}, but the executions have {total:,} records, numbered 0 to "
+            f"indexes selects record {highest:,}, but the executions have {plural(total, 'record')}, numbered 0 to "
             f"{total - 1:,} (as in the results file): select records below {total:,}."
         )
     return sorted(set().union(*ranges))

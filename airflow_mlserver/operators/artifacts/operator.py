@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath, XComArg
 
+from airflow_mlserver.client.words import count, first_few, plural
 from airflow_mlserver.exceptions import ArtifactTransferError
 from airflow_mlserver.executions.outage import DEFAULT_UNREACHABLE_TIMEOUT
 from airflow_mlserver.hooks.mlserver import MLServerHook
@@ -249,9 +250,10 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         executions = Executions.number(given, dict(zip(ids, statuses, strict=True)))
         records = select_records(self.indexes, executions.total)
         self.log.info(
-            "%s of %s/%s: %s (%d of %d records done); copying the artifacts of %d records to %s",
+            "%s of %s/%s: %s (%s of %s done); copying the artifacts of %s to %s",
             executions_text(executions), name, version, executions.state,
-            sum(s.completed for s in executions.statuses), executions.total, len(records), dest.uri,
+            count(sum(s.completed for s in executions.statuses)), plural(executions.total, "record"),
+            plural(len(records), "record"), dest.uri,
         )  # fmt: skip
 
         existing = (
@@ -282,9 +284,9 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         manifest.write(dest.fs, dest.mode, plan.manifest_path)
         if copied.failure is not None:
             self.log.error(
-                "Listing artifacts failed (%s); the manifest %s lists the %d artifacts handled before it (with "
+                "Listing artifacts failed (%s); the manifest %s lists the %s handled before it (with "
                 "their sha256, carried over when they are skipped). Run the task again: nothing is copied twice.",
-                copied.failure, manifest.uri, len(copied.entries),
+                copied.failure, manifest.uri, plural(len(copied.entries), "artifact"),
             )  # fmt: skip
             raise copied.failure
         return self._report(context, manifest)
@@ -295,18 +297,15 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         counts, no_artifacts = manifest.counts(), manifest.records_without_artifacts
         if no_artifacts:
             self.log.info(
-                "%d records produced no artifacts%s: %s%s",
-                len(no_artifacts),
-                ""
-                if manifest.executions.finished
-                else " so far (an execution is still running: some may not have run yet)",
-                no_artifacts[:20],
-                " ..." if len(no_artifacts) > 20 else "",
+                "%s produced no artifacts%s: %s",
+                plural(len(no_artifacts), "record"),
+                "" if manifest.executions.finished else " so far (an execution is still running)",
+                first_few((f"{n:,}" for n in no_artifacts), shown=10),
             )
         self.log.info(
-            "Artifacts: %d copied (%d bytes), %d skipped (already there), %d refused, %d failed; manifest %s",
-            counts[STATUS_COPIED], summary["bytes_copied"], counts[STATUS_SKIPPED], counts[STATUS_REFUSED],
-            counts[STATUS_FAILED], manifest.uri,
+            "Artifacts: %s copied (%s), %s skipped (already there), %s refused, %s failed; manifest %s",
+            count(counts[STATUS_COPIED]), plural(summary["bytes_copied"], "byte"), count(counts[STATUS_SKIPPED]),
+            count(counts[STATUS_REFUSED]), count(counts[STATUS_FAILED]), manifest.uri,
         )  # fmt: skip
         failure = task_failure(counts, manifest.entries, manifest.uri, self.fail_on_refused)
         if failure is not None:

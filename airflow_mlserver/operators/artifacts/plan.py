@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_mlserver.client.quoting import quoted
+from airflow_mlserver.client.words import count, first_few, noun, plural
 from airflow_mlserver.exceptions import ArtifactsConfigError, UnsafeArtifactNameError
 from airflow_mlserver.operators.artifacts.manifest import (
     STATUS_FAILED,
@@ -168,8 +169,8 @@ def check_records_apart(path_template: str, ids: Sequence[str]) -> None:
     if len(ids) > 1 and not distinguishes_executions(path_template):
         raise ArtifactsConfigError(
             f"path_template {quoted(path_template)} places record index {{index}} without "
-            f"{{execution_id}} or {{record}}, so the records of the {len(ids)} executions would overwrite each "
-            "other: use {record} (the record's number in the task, as in the results file)."
+            f"{{execution_id}} or {{record}}, so the records of the {plural(len(ids), 'execution')} would overwrite "
+            "each other: use {record} (the record's number in the task, as in the results file)."
         )
 
 
@@ -182,10 +183,11 @@ def manifest_rel(template: str, service: Mapping[str, str], execution_id: str | 
 
 def executions_text(executions: Executions) -> str:
     """The executions copied from, as the log line that starts the copy names them."""
-    count = len(executions.statuses)
-    if count == 1:
+    executions_count = len(executions.statuses)
+    if executions_count == 1:
         return f"Execution '{executions.ids[0]}'"
-    return f"The {count} executions ({executions.total:,} records, {executions.rescored:,} rescored)"
+    records = plural(executions.total, "record")
+    return f"The {plural(executions_count, 'execution')} ({records}, {count(executions.rescored)} rescored)"
 
 
 def unfinished(waiting: Sequence[str], statuses: Mapping[str, BatchStatus]) -> list[str]:
@@ -202,13 +204,12 @@ def late_message(
 ) -> str:
     """The message of the timeout when ``waiting`` have not finished after ``waited`` seconds (three named)."""
     late = [
-        f"'{e}' ({statuses[e].state}, {statuses[e].completed} of {statuses[e].total} records)"
+        f"'{e}' ({statuses[e].state}, {count(statuses[e].completed)} of {plural(statuses[e].total, 'record')})"
         for e in waiting
     ]
-    more = f" and {len(late) - 3} more" if len(late) > 3 else ""
     return (
         f"Not finished after {waited:.0f} s (timeout is {timeout:g} s): batch "
-        f"execution {', '.join(late[:3])}{more} of {service}. Raise timeout, or set "
+        f"{noun(len(late), 'execution')} {first_few(late)} of {service}. Raise timeout, or set "
         "wait_for_completion=False to copy what exists so far."
     )
 
@@ -259,7 +260,8 @@ def task_failure(
         return None
     first = next(e for e in entries if e.status in (STATUS_FAILED, STATUS_REFUSED))
     return (
-        f"{counts[STATUS_FAILED]} artifacts failed to copy and {counts[STATUS_REFUSED]} were refused "
+        f"{plural(counts[STATUS_FAILED], 'artifact')} failed to copy and {count(counts[STATUS_REFUSED])} "
+        f"{'was' if counts[STATUS_REFUSED] == 1 else 'were'} refused "
         f"(first: record {first.record} '{first.file_name}': {first.error}). The manifest {manifest_uri} "
         "lists each one. Failed copies left nothing behind: run the task again and only they are copied. "
         "Refused names must be fixed in the service (or excluded with file_names, or allowed to pass "

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from airflow_mlserver.client.words import plural
 from airflow_mlserver.exceptions import ArtifactSizeMismatchError
 
 if TYPE_CHECKING:
@@ -165,13 +166,13 @@ def write_stream(
     def check(written: int, stored: int | None) -> None:
         if announced is not None and written != announced:
             raise ArtifactSizeMismatchError(
-                f"Read {written} bytes of an artifact the server announced as {announced} bytes; the copy was "
-                "dropped. Run the task again."
+                f"Read {plural(written, 'byte')} of an artifact the server announced as "
+                f"{plural(announced, 'byte')}; the copy was dropped. Run the task again."
             )
         if stored is not None and stored != written:
             raise ArtifactSizeMismatchError(
-                f"The destination holds {stored} bytes after {written} bytes were written; the copy was "
-                "deleted. Check the store (quota, permissions) and run the task again."
+                f"The destination holds {plural(stored, 'byte')} after {plural(written, 'byte')} were written; the "
+                "copy was deleted. Check the store (quota, permissions) and run the task again."
             )
 
     if mode == "rename":
