@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_mlserver.client.words import first_few, plural
 from airflow_mlserver.exceptions import MLServerBatchFailedError, MLServerBatchTimeoutError
+from airflow_mlserver.executions import timing
 from airflow_mlserver.executions.outage import DEFAULT_UNREACHABLE_TIMEOUT
 from airflow_mlserver.executions.polling import wait_for_executions
 from airflow_mlserver.executions.progress import ProgressLog, chunk_label, duration
+from airflow_mlserver.executions.timing import Seen
 from airflow_mlserver.executions.waiting import Until, ended, ended_message
 from airflow_mlserver.operators.batch import planner
 from airflow_mlserver.operators.batch.frames import part_frames
@@ -145,6 +147,7 @@ class BatchRun:
         """Wait in this thread by the trigger's rules (until the first finished; an outage waited out for up to
         ``unreachable_timeout`` seconds); fail as its event would."""
         name, version = self.service.name, self.service.version
+        seen: dict[str, Seen] = {}
         polled = wait_for_executions(
             self.hook,
             name,
@@ -157,7 +160,9 @@ class BatchRun:
             unreachable_timeout=unreachable_timeout,
             log=self.log,
             prefix=self.prefix,
+            seen=seen,
         )
+        self.state.note_seen(seen)
         for status in polled:
             if ended(status):  # as the trigger's failed or canceled event
                 raise MLServerBatchFailedError(
@@ -169,7 +174,9 @@ class BatchRun:
         """The status of every started part of the current round."""
         name, version = self.service.name, self.service.version
         executions = self.state.rounds[-1].executions
-        return {part: self.hook.get_batch(name, version, eid) for part, eid in executions.items()}
+        statuses = {part: self.hook.get_batch(name, version, eid) for part, eid in executions.items()}
+        self.state.note_seen(timing.observed(statuses.values(), self.clock.now()))
+        return statuses
 
     def _act(self, actions: Sequence[planner.Action], statuses: Mapping[int, BatchStatus]) -> None:
         """Carry out the effects of one step's actions before its last (restarts, a timeout, starts, stages)."""
@@ -193,7 +200,7 @@ class BatchRun:
             action.state,
         )
         part = self.state.rounds[number].parts[action.part]
-        part.execution_id, part.started = None, None
+        part.execution_id, part.started, part.seen = None, None, Seen()
 
     def _time_out(self, action: planner.Timeout, statuses: Mapping[int, BatchStatus]) -> None:
         for execution_id in action.cancel:

@@ -321,6 +321,7 @@ class MLServerBatchOperator(BaseOperator):
                 "The task-state store holds no batch for this task: it was cleared while the task was deferred. "
                 "Clear the task to score again."
             )
+        state.note_seen(ended_wait.seen)  # when the trigger's polls saw the executions run and finish
         service = self.hook.get_service(state.service, state.version)
         if state.unnumbered:  # deferred by an earlier release: its chunks' records, from the input's chunking
             state.number_chunks([len(frame) for frame in self._frames(self._chunk_size())])

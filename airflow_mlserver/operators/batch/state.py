@@ -263,7 +263,7 @@ class BatchState:
         stored with the next save."""
         for rnd in self.rounds:
             for part in rnd.parts:
-                if part.execution_id in seen:
+                if part.execution_id is not None and part.execution_id in seen:
                     part.seen.merge(seen[part.execution_id])
 
     def execution_ids(self) -> list[str]:
