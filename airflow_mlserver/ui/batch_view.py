@@ -1,66 +1,60 @@
 """What the batch view shows for one task instance, gathered on the API server.
 
-Two sources: what Airflow keeps of the task instance (its crash-safe state in the task-state store, its XComs,
-its rendered template fields; :func:`read_airflow_records`), then the Machine Learning Server itself, read
+Two sources: what Airflow keeps of the task instance (:mod:`~airflow_mlserver.ui.airflow_records`: its kind,
+its state, its crash-safe batch state, XComs and rendered fields), then the Machine Learning Server itself, read
 through the hook with the connection the task used (:func:`build_view`). The browser never talks to the server:
 it sees neither a token nor a password.
+
+Times: the server's answers carry none. An execution's start is what the operator stored when it started it;
+when it left Pending and when it finished are the first polls that saw it (the operator's and its trigger's,
+stored with the state, and this API server's own reads): late by up to a poll interval, so shown as "about".
+Where a time cannot be known the view says so rather than guess (a rate "at least", a dash).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlserver.client.errors import MLServerError
 from airflow_mlserver.client.models import BatchStatus
-from airflow_mlserver.operators.artifacts.manifest import ArtifactEntry
-from airflow_mlserver.operators.batch.state import STATE_KEY, BatchState
+from airflow_mlserver.client.quoting import quoted
+from airflow_mlserver.executions.timing import Seen
+from airflow_mlserver.ui import observed
+from airflow_mlserver.ui.airflow_records import (
+    OPERATOR_KINDS,
+    AirflowRecords,
+    TaskInstanceFound,
+    TaskInstanceRef,
+    TaskKind,
+    read_airflow_records,
+)
+from airflow_mlserver.ui.manifests import MAX_MANIFEST_BYTES, ManifestView, read_manifest
+from airflow_mlserver.ui.thumbnails import image_url, thumbnail_entries
+from airflow_mlserver.ui.timing import Estimate, ExecutionTimes, TaskTimes
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from airflow_mlserver.hooks.mlserver import MLServerHook
+    from airflow_mlserver.operators.artifacts.manifest import ArtifactEntry
+    from airflow_mlserver.operators.batch.state import BatchState
+
+__all__ = [
+    "MAX_MANIFEST_BYTES",
+    "BatchView",
+    "ChunkView",
+    "TaskInstanceRef",
+    "build_view",
+    "read_airflow_records",
+    "read_manifest",
+]
 
 #: Failed records listed, at most (the results are streamed until this many failures are found).
 MAX_FAILURES = 20
 #: Results read at most while looking for failed records, per execution.
 MAX_RESULTS_SCANNED = 200_000
-#: Manifest lines listed, at most, and the largest manifest file read.
-MAX_MANIFEST_LINES = 50
-MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 DEFAULT_CONN_ID = "mlserver_default"
-
-
-@dataclass(frozen=True)
-class TaskInstanceRef:
-    """Which task instance: as the UI names it in the view's URL."""
-
-    dag_id: str
-    run_id: str
-    task_id: str
-    map_index: int
-
-
-@dataclass(frozen=True)
-class AirflowRecords:
-    """What Airflow keeps of a task instance that the view needs.
-
-    :param state: The batch operator's crash-safe state (task-state store), if it stored one.
-    :param summary: The task's return value (XCom), once it finished.
-    :param execution_ids: The execution ids pushed before deferring (XCom ``execution_ids``).
-    :param rendered: The rendered template fields (service, conn ids, paths).
-    :param run_summaries: Return values of the other tasks of the run, by task id (for artifact manifests).
-    """
-
-    state: BatchState | None
-    summary: dict[str, Any] | None
-    execution_ids: list[str]
-    rendered: dict[str, Any]
-    run_summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,6 +65,7 @@ class ChunkView:
     :param round: 0 for a chunk, n for the n-th rescore round.
     :param records: The record numbers a rescore part carries, in its order (None: a chunk's run of records
         from ``first_record`` on).
+    :param times: When it was started, seen running and seen finished.
     """
 
     number: int
@@ -81,13 +76,17 @@ class ChunkView:
     failed: int | None
     first_record: int
     finished: bool
+    times: ExecutionTimes
     error: str | None = None
     round: int = 0
     records: tuple[int, ...] | None = None
+    parts: int = 1
 
     @property
     def label(self) -> str:
-        return f"chunk {self.number}" if self.round == 0 else f"rescore {self.round}, part {self.number}"
+        if self.round == 0:
+            return f"chunk {self.number}"
+        return f"rescore {self.round}" + (f", part {self.number}" if self.parts > 1 else "")
 
     def record_number(self, index: int) -> int:
         """The input record number of the execution's ``index``-th record."""
@@ -103,6 +102,14 @@ class ChunkView:
     def failed_percent(self) -> float:
         return 100.0 * (self.failed or 0) / self.total if self.total else 0.0
 
+    @property
+    def rate(self) -> Estimate | None:
+        return self.times.rate(self.completed)
+
+    @property
+    def eta(self) -> Estimate | None:
+        return self.times.eta(self.completed, self.total)
+
 
 @dataclass(frozen=True)
 class FailedRecord:
@@ -114,42 +121,39 @@ class FailedRecord:
     where: str = ""
 
 
-@dataclass(frozen=True)
-class ManifestView:
-    """An artifacts manifest: where it is, its counts and its first lines."""
-
-    task_id: str
-    uri: str
-    counts: dict[str, int]
-    lines: list[ArtifactEntry]
-    more: int = 0
-    problem: str | None = None
-    destination: str = ""
-
-    def relative(self, entry: ArtifactEntry) -> str:
-        """Where an artifact went, below the copy's destination."""
-        where = entry.destination or ""
-        root = self.destination.rstrip("/") + "/"
-        return where[len(root) :] if self.destination and where.startswith(root) else where
-
-
 @dataclass
 class BatchView:
-    """Everything the page shows; :attr:`problems` says what could not be read, in words."""
+    """Everything the page shows; :attr:`problems` says what could not be read, in words.
+
+    :param task: The task instance as Airflow keeps it (None: not looked up, in tests of the view alone).
+    :param kind: This provider's kind of task, from its operator class (or what it stored).
+    :param now: When the view was read (Unix timestamp); every "so far" is up to it.
+    """
 
     ref: TaskInstanceRef
-    kind: str = "none"
+    task: TaskInstanceFound | None = None
+    kind: TaskKind = TaskKind.OTHER
+    now: float = field(default_factory=time.time)
     service: str | None = None
     version: str | None = None
     conn_id: str = DEFAULT_CONN_ID
     chunks: list[ChunkView] = field(default_factory=list)
     chunks_expected: int | None = None
+    records_expected: int | None = None
     started: float | None = None
-    duration: float | None = None
     output_uri: str | None = None
     failures: list[FailedRecord] = field(default_factory=list)
     manifests: list[ManifestView] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def ours(self) -> bool:
+        return self.kind is not TaskKind.OTHER
+
+    @property
+    def live(self) -> bool:
+        """The task instance runs or waits on its trigger: the page refreshes itself."""
+        return self.task.live if self.task is not None else not self.finished
 
     @property
     def latest(self) -> list[ChunkView]:
@@ -161,6 +165,14 @@ class BatchView:
     @property
     def rescored(self) -> bool:
         return any(c.round for c in self.chunks)
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(1 for c in self.chunks if c.round == 0)
+
+    @property
+    def rescore_count(self) -> int:
+        return sum(1 for c in self.chunks if c.round)
 
     @property
     def total(self) -> int:
@@ -178,8 +190,7 @@ class BatchView:
     @property
     def finished(self) -> bool:
         """Every chunk started and none still running (unknown states count as running)."""
-        chunks = sum(1 for c in self.chunks if c.round == 0)
-        started_all = self.chunks_expected is None or chunks >= self.chunks_expected
+        started_all = self.chunks_expected is None or self.chunk_count >= self.chunks_expected
         return bool(self.chunks) and started_all and all(c.finished for c in self.chunks)
 
     @property
@@ -191,24 +202,38 @@ class BatchView:
         return 100.0 * self.failed / self.total if self.total else 0.0
 
     @property
-    def elapsed(self) -> float | None:
-        if self.duration is not None:
-            return self.duration
-        return time.time() - self.started if self.started is not None else None
+    def times(self) -> TaskTimes:
+        chunks = [c for c in self.chunks if c.round == 0]
+        return TaskTimes(
+            self.started, [c.times for c in self.chunks], [c.completed for c in chunks], self.now
+        )
 
     @property
-    def rate(self) -> float | None:
-        """Records per second since the batch started."""
-        elapsed = self.elapsed
-        return self.completed / elapsed if elapsed and elapsed > 0 and self.completed else None
+    def elapsed(self) -> Estimate | None:
+        """The batch's time: from its first start to the last execution's end, or so far."""
+        return self.times.elapsed(self.finished)
 
     @property
-    def eta(self) -> float | None:
-        """Seconds left at the rate so far (None when finished or not measurable yet)."""
-        rate = self.rate
-        if self.finished or not rate:
+    def rate(self) -> Estimate | None:
+        """Records per second while executions ran."""
+        return self.times.rate(self.completed)
+
+    @property
+    def eta(self) -> Estimate | None:
+        """Time left at that rate: only while executions run and records are left."""
+        if self.finished or not any(c.times.running_now for c in self.chunks):
             return None
-        return max(0.0, (self.total - self.completed) / rate)
+        expected = self.records_expected if self.records_expected is not None else self.total
+        return self.times.eta(expected - self.completed)
+
+    def record_of(self, entry: ArtifactEntry) -> int:
+        """An artifact's record, numbered as in this task's results (an artifacts task's own numbering may run
+        across the executions of several tasks, or of every map index)."""
+        if self.kind is not TaskKind.ARTIFACTS:
+            for chunk in self.chunks:
+                if chunk.execution_id == entry.execution_id:
+                    return chunk.record_number(entry.index)
+        return entry.record
 
     def to_json(self) -> dict[str, Any]:
         """The view as JSON (the ``/mlserver/api/batch/...`` route): plain values only, no secret."""
@@ -217,149 +242,162 @@ class BatchView:
             "run_id": self.ref.run_id,
             "task_id": self.ref.task_id,
             "map_index": self.ref.map_index,
-            "kind": self.kind,
+            "kind": self.kind.value,
+            "task_state": self.task.state if self.task else None,
+            "operator": self.task.operator if self.task else None,
+            "live": self.live,
             "service": self.service,
             "version": self.version,
             "total": self.total,
             "completed": self.completed,
             "failed": self.failed,
             "finished": self.finished,
-            "rate": self.rate,
-            "eta_seconds": self.eta,
+            "elapsed": _json(self.elapsed),
+            "rate": _json(self.rate),
+            "eta": _json(self.eta),
             "output_uri": self.output_uri,
-            "chunks": [
-                {
-                    "chunk": c.number,
-                    "round": c.round,
-                    "execution_id": c.execution_id,
-                    "state": c.state,
-                    "total": c.total,
-                    "completed": c.completed,
-                    "failed": c.failed,
-                    "error": c.error,
-                }
-                for c in self.chunks
-            ],
+            "chunks": [_chunk_json(c) for c in self.chunks],
             "failures": [
                 {"record": f.record, "chunk": f.chunk, "where": f.where, "message": f.message}
                 for f in self.failures
             ],
             "manifests": [
-                {"task_id": m.task_id, "uri": m.uri, "counts": m.counts, "problem": m.problem}
+                {
+                    "task_id": m.task_id,
+                    "map_index": m.map_index,
+                    "uri": m.uri,
+                    "counts": m.counts,
+                    "problem": m.problem,
+                    "shown": m.shown,
+                    "page": m.page,
+                    "pages": m.pages,
+                    "records": sorted({self.record_of(e) for e in m.lines}),
+                }
                 for m in self.manifests
             ],
             "problems": self.problems,
         }
 
 
-def read_airflow_records(ref: TaskInstanceRef, session: Session) -> AirflowRecords:
-    """Read the task instance's state, XComs and rendered fields from Airflow's metadata database."""
-    from airflow.models.renderedtifields import RenderedTaskInstanceFields
-    from airflow.models.task_state_store import TaskStateStoreModel
-    from airflow.models.xcom import XComModel
-    from sqlalchemy import select
+def _json(estimate: Estimate | None) -> dict[str, Any] | None:
+    return None if estimate is None else {"seconds_or_value": estimate.value, "qualifier": estimate.qualifier}
 
-    stored = session.scalar(
-        select(TaskStateStoreModel.value).where(
-            TaskStateStoreModel.dag_id == ref.dag_id,
-            TaskStateStoreModel.run_id == ref.run_id,
-            TaskStateStoreModel.task_id == ref.task_id,
-            TaskStateStoreModel.map_index == ref.map_index,
-            TaskStateStoreModel.key == STATE_KEY,
-        )
-    )
-    state = None
-    if stored:
-        with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
-            value = json.loads(stored)
-            state = BatchState.from_stored(value) if isinstance(value, dict) and value else None
 
-    xcoms: dict[tuple[str, int, str], Any] = {}
-    rows = session.scalars(
-        select(XComModel).where(
-            XComModel.dag_id == ref.dag_id,
-            XComModel.run_id == ref.run_id,
-            XComModel.key.in_(("return_value", "execution_ids")),
-        )
-    )
-    for row in rows:
-        with contextlib.suppress(Exception):  # a value another task wrote that does not decode: not ours
-            xcoms[(row.task_id, row.map_index, row.key)] = XComModel.deserialize_value(row)
-    own = (ref.task_id, ref.map_index)
-    summary = xcoms.get((*own, "return_value"))
-    ids = xcoms.get((*own, "execution_ids"))
-    rendered = session.scalar(
-        select(RenderedTaskInstanceFields.rendered_fields).where(
-            RenderedTaskInstanceFields.dag_id == ref.dag_id,
-            RenderedTaskInstanceFields.run_id == ref.run_id,
-            RenderedTaskInstanceFields.task_id == ref.task_id,
-            RenderedTaskInstanceFields.map_index == ref.map_index,
-        )
-    )
-    return AirflowRecords(
-        state=state,
-        summary=summary if isinstance(summary, dict) else None,
-        execution_ids=[str(i) for i in ids] if isinstance(ids, list) else [],
-        rendered=rendered if isinstance(rendered, dict) else {},
-        run_summaries={
-            task_id: value
-            for (task_id, map_index, key), value in xcoms.items()
-            if key == "return_value" and isinstance(value, dict) and (task_id, map_index) != own
-        },
-    )
+def _chunk_json(c: ChunkView) -> dict[str, Any]:
+    return {
+        "chunk": c.number,
+        "round": c.round,
+        "label": c.label,
+        "execution_id": c.execution_id,
+        "state": c.state,
+        "total": c.total,
+        "completed": c.completed,
+        "failed": c.failed,
+        "error": c.error,
+        "pending": _json(c.times.pending()),
+        "running": _json(c.times.running()),
+        "took": _json(c.times.took()),
+        "rate": _json(c.rate),
+        "eta": _json(c.eta),
+    }
 
 
 def build_view(
-    ref: TaskInstanceRef, records: AirflowRecords, hook_for: Callable[[str], MLServerHook]
+    ref: TaskInstanceRef,
+    task: TaskInstanceFound | None,
+    records: AirflowRecords,
+    hook_for: Callable[[str], MLServerHook],
+    *,
+    page: int = 1,
+    now: float | None = None,
 ) -> BatchView:
-    """Put Airflow's records and the server's answers together; ``hook_for`` gives a hook by connection id."""
+    """Put Airflow's records and the server's answers together; ``hook_for`` gives a hook by connection id;
+    ``page`` is the page of the artifacts lists."""
     rendered, summary, state = records.rendered, records.summary or {}, records.state
-    view = BatchView(ref=ref, conn_id=str(rendered.get("mlserver_conn_id") or DEFAULT_CONN_ID))
+    view = BatchView(ref=ref, task=task, conn_id=str(rendered.get("mlserver_conn_id") or DEFAULT_CONN_ID))
+    if now is not None:
+        view.now = now
+    view.kind = _kind(task, records)
+    if not view.ours:
+        return view
     view.service = _text(summary.get("service_name")) or (state.service if state else None)
     view.version = _text(summary.get("service_version")) or (state.version if state else None)
     view.service = view.service or _text(rendered.get("service_name"))
     view.version = view.version or _text(rendered.get("service_version"))
-    ids = state.execution_ids() if state else list(records.execution_ids)
-    if not ids and isinstance(summary.get("execution_ids"), list):
-        ids = [str(i) for i in summary["execution_ids"]]
-    if not ids and _text(summary.get("execution_id") or rendered.get("execution_id")):
-        ids = [str(summary.get("execution_id") or rendered.get("execution_id"))]  # artifacts or sensor task
-    if "manifest" in summary:
-        view.kind = "artifacts"
-    elif state is not None or "output_uri" in summary:
-        view.kind = "batch"
-    elif ids:
-        view.kind = "execution"
+    ids = _execution_ids(state, records, summary, rendered)
     if not ids:
         return view
     if state is not None:
         view.started, view.chunks_expected = state.started, len(state.chunks.parts)
-    if isinstance(summary.get("duration_seconds"), int | float):
-        view.duration = float(summary["duration_seconds"])
+        view.records_expected = sum(p.size for p in state.chunks.parts) or None
     view.output_uri = _text(summary.get("output_uri")) or _text(rendered.get("output_path"))
     if not view.service or not view.version:
         view.problems.append("The task has not resolved its service yet: nothing to ask the server.")
         return view
-    hook = hook_for(view.conn_id)
+    _read_server(view, hook_for, _parts(state, ids))
+    _read_manifests(view, records, set(ids), page)
+    return view
+
+
+def _kind(task: TaskInstanceFound | None, records: AirflowRecords) -> TaskKind:
+    """From the operator class Airflow stored; a subclass of ours by what it stored."""
+    if task is not None and task.operator in OPERATOR_KINDS:
+        return OPERATOR_KINDS[task.operator]
+    summary = records.summary or {}
+    if "manifest" in summary:
+        return TaskKind.ARTIFACTS
+    if records.state is not None or "output_uri" in summary:
+        return TaskKind.BATCH
+    return TaskKind.OTHER if task is not None or not records.execution_ids else TaskKind.SENSOR
+
+
+def _execution_ids(
+    state: BatchState | None, records: AirflowRecords, summary: dict[str, Any], rendered: dict[str, Any]
+) -> list[str]:
+    ids = state.execution_ids() if state else list(records.execution_ids)
+    if not ids and isinstance(summary.get("execution_ids"), list):
+        ids = [str(i) for i in summary["execution_ids"]]
+    single = _text(summary.get("execution_id")) or _text(rendered.get("execution_id"))
+    if not ids and single:
+        ids = [single]  # an artifacts or sensor task
+    return ids
+
+
+def _read_server(view: BatchView, hook_for: Callable[[str], MLServerHook], parts: list[_Part]) -> None:
+    """The executions' statuses and first failures; whatever fails is a problem in words, never an error."""
     try:
-        _read_chunks(view, hook, _parts(state, ids))
+        hook = hook_for(view.conn_id)
+    except Exception as exc:
+        view.problems.append(f"Could not use connection '{view.conn_id}': {_cause(exc)}")
+        return
+    try:
+        _read_chunks(view, hook, parts)
         _read_failures(view, hook)
-    except MLServerError as exc:
-        view.problems.append(f"Could not read the executions through connection '{view.conn_id}': {exc}")
+    except Exception as exc:  # a connection missing or refused, a server down: said on the page
+        view.problems.append(
+            f"Could not read the executions through connection '{view.conn_id}': {_cause(exc)}"
+        )
     finally:
         hook.close()
-    _read_manifests(view, records, set(ids))
-    return view
+
+
+def _cause(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 300 else quoted(text)
 
 
 @dataclass(frozen=True)
 class _Part:
-    """An execution to show: its round, its number there, and (for a rescore) the records it carries."""
+    """An execution to show: its round, its number there, what the task stored of its times, and (for a
+    rescore) the records it carries."""
 
     execution_id: str
     round: int
     number: int
+    parts: int = 1
     records: tuple[int, ...] | None = None
+    started: float | None = None
+    seen: Seen = field(default_factory=Seen)
 
 
 def _parts(state: BatchState | None, ids: list[str]) -> list[_Part]:
@@ -368,34 +406,48 @@ def _parts(state: BatchState | None, ids: list[str]) -> list[_Part]:
         return [_Part(execution_id, 0, n) for n, execution_id in enumerate(ids, start=1)]
     parts = []
     for number, rnd in enumerate(state.rounds):
-        for part, stored in enumerate(rnd.parts):
+        for index, stored in enumerate(rnd.parts):
             if stored.execution_id is not None:
                 records = None if number == 0 else tuple(stored.numbers())
-                parts.append(_Part(stored.execution_id, number, part + 1, records))
+                seen = Seen(stored.seen.running, stored.seen.ended)
+                parts.append(
+                    _Part(
+                        stored.execution_id, number, index + 1, len(rnd.parts), records, stored.started, seen
+                    )
+                )
     return parts
 
 
 def _read_chunks(view: BatchView, hook: MLServerHook, parts: list[_Part]) -> None:
     first = 0
-    for part in parts:
-        status: BatchStatus = hook.get_batch(view.service or "", view.version or "", part.execution_id)
+    statuses = [hook.get_batch(view.service or "", view.version or "", p.execution_id) for p in parts]
+    seen_here = observed.remember(statuses, view.now)
+    for part, status in zip(parts, statuses, strict=True):
+        seen = Seen(part.seen.running, part.seen.ended)
+        seen.merge(seen_here.get(status.execution_id, Seen()))
         view.chunks.append(
-            ChunkView(
-                number=part.number,
-                execution_id=part.execution_id,
-                state=status.state,
-                total=status.total,
-                completed=status.completed,
-                failed=status.failed,
-                first_record=first,
-                finished=status.is_finished,
-                error=status.error_message,
-                round=part.round,
-                records=part.records,
-            )
+            _chunk(part, status, first, ExecutionTimes.of(status, part.started, seen, view.now))
         )
         if part.round == 0:
             first += status.total
+
+
+def _chunk(part: _Part, status: BatchStatus, first: int, times: ExecutionTimes) -> ChunkView:
+    return ChunkView(
+        number=part.number,
+        execution_id=part.execution_id,
+        state=status.state,
+        total=status.total,
+        completed=status.completed,
+        failed=status.failed,
+        first_record=first,
+        finished=status.is_finished,
+        times=times,
+        error=status.error_message,
+        round=part.round,
+        records=part.records,
+        parts=part.parts,
+    )
 
 
 def _read_failures(view: BatchView, hook: MLServerHook) -> None:
@@ -419,54 +471,44 @@ def _read_failures(view: BatchView, hook: MLServerHook) -> None:
                 close()
 
 
-def _read_manifests(view: BatchView, records: AirflowRecords, ids: set[str]) -> None:
-    """This task's manifest (an artifacts task), or those of the run's artifact tasks that copied these executions."""
-    candidates: list[tuple[str, dict[str, Any]]] = []
-    if view.kind == "artifacts" and records.summary:
-        candidates.append((view.ref.task_id, records.summary))
-    for task_id, summary in sorted(records.run_summaries.items()):
+def _read_manifests(view: BatchView, records: AirflowRecords, ids: set[str], page: int) -> None:
+    """This task instance's manifest (an artifacts task), or the lines of this task instance's executions in
+    the manifests of the run's artifact tasks that copied any of them."""
+    if view.kind is TaskKind.ARTIFACTS and records.summary:
+        uri = _text(records.summary.get("manifest"))
+        if uri:
+            conn_id = _text(records.rendered.get("dest_conn_id"))
+            view.manifests.append(
+                read_manifest(view.ref.task_id, uri, conn_id, page=page, map_index=view.ref.map_index)
+            )
+        return
+    for (task_id, map_index), summary in sorted(records.run_summaries.items()):
         copied = summary.get("execution_ids")
         named = {str(summary.get("execution_id"))} | (
             {str(i) for i in copied} if isinstance(copied, list) else set()
         )
-        if "manifest" in summary and ids & named:
-            candidates.append((task_id, summary))
-    for task_id, summary in candidates:
         uri = _text(summary.get("manifest"))
-        if uri:
-            conn_id = _text(records.rendered.get("dest_conn_id")) if task_id == view.ref.task_id else None
-            view.manifests.append(read_manifest(task_id, uri, conn_id))
+        if uri and ids & named:
+            view.manifests.append(
+                read_manifest(task_id, uri, None, executions=ids, page=page, map_index=map_index)
+            )
 
 
-def read_manifest(task_id: str, uri: str, conn_id: str | None) -> ManifestView:
-    """Read a manifest written by the artifacts operator; a problem in words instead of an exception."""
-    from airflow.sdk import ObjectStoragePath
+def view_thumbnails(view: BatchView, manifest: ManifestView) -> list[tuple[ArtifactEntry, str]]:
+    """The first image artifacts of a manifest's lines shown, with the address that serves each (below the UI's
+    own base path, if it is served under one)."""
+    from airflow.sdk import conf
 
-    try:
-        path = ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
-        with path.open("rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-        if len(raw) > MAX_MANIFEST_BYTES:
-            return ManifestView(task_id, uri, {}, [], problem="The manifest is too large to show here.")
-        data = json.loads(raw)
-        items = data.get("artifacts", []) if isinstance(data, dict) else []
-        counts = data.get("counts", {}) if isinstance(data, dict) else {}
-        lines = []
-        for item in items[:MAX_MANIFEST_LINES]:
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                lines.append(ArtifactEntry.from_json(item))
-        return ManifestView(
-            task_id,
-            uri,
-            {str(k): int(v) for k, v in counts.items() if isinstance(v, int)},
-            lines,
-            more=max(0, len(items) - MAX_MANIFEST_LINES),
-            destination=str(data.get("destination") or ""),
+    base = urllib.parse.urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+    ref = view.ref
+    return [
+        (
+            e,
+            base
+            + image_url(ref.dag_id, ref.run_id, manifest.task_id, manifest.map_index, e.record, e.file_name),
         )
-    except Exception as exc:  # any store, any failure: the page says so and shows the rest
-        return ManifestView(
-            task_id, uri, {}, [], problem=f"Could not read the manifest ({type(exc).__name__})."
-        )
+        for e in thumbnail_entries(manifest.entries)
+    ]
 
 
 def _text(value: Any) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_mlserver.operators.links import URL_PREFIX, batch_view_path
+from airflow_mlserver.operators.links import TAB_ROUTE, URL_PREFIX, batch_view_path
 
 
 class _FastAPIApps:
@@ -34,10 +34,11 @@ class MLServerPlugin(AirflowPlugin):
     fastapi_apps = _FastAPIApps()  # type: ignore[assignment]  # a list, built when the API server reads it
     external_views = [
         {
-            "name": "ML Server batch",
+            # no-break spaces: the label stays on one line where the UI wraps the tabs' labels (mapped tasks)
+            "name": "ML\u00a0Server\u00a0batch",
             # the UI fills in the placeholders
             "href": batch_view_path("{DAG_ID}", "{RUN_ID}", "{TASK_ID}", "{MAP_INDEX}"),
             "destination": "task_instance",
-            "url_route": "mlserver-batch",
+            "url_route": TAB_ROUTE,
         }
     ]

@@ -35,7 +35,8 @@ from fastapi.responses import PlainTextResponse, Response
 
 from airflow_mlserver.operators.artifacts.manifest import STATUS_COPIED, ArtifactEntry
 from airflow_mlserver.operators.links import URL_PREFIX
-from airflow_mlserver.ui.batch_view import MAX_MANIFEST_BYTES, TaskInstanceRef, read_airflow_records
+from airflow_mlserver.ui.airflow_records import TaskInstanceRef, read_airflow_records
+from airflow_mlserver.ui.manifests import MAX_MANIFEST_BYTES
 
 #: The largest image served, in bytes (5 MiB); at most one byte more is ever read.
 MAX_IMAGE_BYTES = 5 * 1024 * 1024

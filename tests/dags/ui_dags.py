@@ -1,10 +1,11 @@
-"""The DAG the batch view's browser tests run: a chunked batch with failed records rescored once, and artifacts."""
+"""The DAGs the batch view's browser tests run: a chunked batch with failed records rescored once, and artifacts;
+a mapped batch whose artifacts one task copies, beside a plain Python task; a batch that fails before it starts."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
 from airflow_mlserver.operators.artifacts import MLServerArtifactsToObjectStorageOperator
 from airflow_mlserver.operators.batch import MLServerBatchOperator
@@ -38,3 +39,53 @@ with DAG(
         dest="{{ params.dest }}",
     )
     score >> collect
+
+
+with DAG(
+    "mlserver_test_ui_mapped",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    render_template_as_native_obj=True,
+    params={"inputs": [], "dest": ""},
+) as ui_mapped:
+    # Two mapped batch tasks of two chunks each; one artifacts task copies the files of all four executions.
+    mapped = MLServerBatchOperator.partial(
+        task_id="score",
+        service_name="uiscorer",
+        service_version="v1",
+        chunk_size=30,
+        max_active_executions=2,
+        poll_interval=0.3,
+        deferrable=True,
+    ).expand(records=["{{ params.inputs[0] }}", "{{ params.inputs[1] }}"])
+    collect_all = MLServerArtifactsToObjectStorageOperator(
+        task_id="collect_artifacts",
+        service_name="uiscorer",
+        service_version="v1",
+        execution_ids="{{ ti.xcom_pull(task_ids='score', key='execution_ids') }}",
+        dest="{{ params.dest }}",
+    )
+
+    @task
+    def summary() -> str:
+        """A plain Python task: not one of this provider's."""
+        return "done"
+
+    mapped >> collect_all >> summary()
+
+
+with DAG(
+    "mlserver_test_ui_nostart",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+) as ui_nostart:
+    # Fails before it starts any execution: its records file does not exist.
+    MLServerBatchOperator(
+        task_id="score",
+        service_name="uiscorer",
+        service_version="v1",
+        records="file:///nonexistent/records.csv",
+        poll_interval=0.3,
+    )
