@@ -23,7 +23,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.helpers import Api
-from tests.ui_fixtures import RESTRICTED_USER, USERS, AirflowUI, UiPages, screenshot
+from tests.ui_fixtures import RESTRICTED_USER, USERS, AirflowUI, UiPages, free_port, screenshot
 
 DAG_ID = "mlserver_test_ui_batch"
 MAPPED_DAG = "mlserver_test_ui_mapped"
@@ -338,3 +338,53 @@ def task_instance_state(dagrun: Any, task_id: str, state: str) -> Iterator[None]
     finally:
         with create_session() as session:
             session.execute(update(TaskInstance).where(*where).values(state=before))
+
+
+def test_a_view_that_cannot_read_the_server_or_the_connection_says_so(
+    airflow_ui: AirflowUI, batch_run: Any
+) -> None:
+    """Never a 500: the page names the connection and the cause, and shows what Airflow keeps. The task's
+    rendered connection id is switched in the database to a connection whose server is down, then to one that
+    does not exist (as if the task had used them)."""
+    admin = airflow_ui.session("admin")
+    down = {
+        "connection_id": "mlserver_test_down",
+        "conn_type": "mlserver",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "login": "someone",
+        "password": "secret-of-the-down-connection",
+    }
+    created = admin.post(f"{airflow_ui.url}/api/v2/connections", json=down, timeout=30)
+    assert created.status_code in (201, 409), created.text
+    cases = {
+        "mlserver_test_down": "Could not read the executions through connection 'mlserver_test_down'",
+        "mlserver_test_missing": "mlserver_test_missing",
+    }
+    for conn_id, said in cases.items():
+        with rendered_field(batch_run, "score", "mlserver_conn_id", conn_id):
+            page = airflow_ui.get(view_path(batch_run, json=False), user="viewer")
+        assert page.status_code == 200, (conn_id, page.text[-500:])
+        problem = html.unescape(page.text.split('<div class="problem">', 1)[-1].split("</div>", 1)[0])
+        assert said in problem and "Could not" in problem, (conn_id, problem)
+        assert "Traceback" not in page.text and "urllib3" not in page.text and "Errno" not in page.text, (
+            problem
+        )
+
+
+@contextlib.contextmanager
+def rendered_field(dagrun: Any, task_id: str, name: str, value: Any) -> Iterator[None]:
+    """Set one rendered template field of a task instance in the metadata database for a while."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields as Rtif
+    from airflow.utils.session import create_session
+    from sqlalchemy import select, update
+
+    where = (Rtif.dag_id == dagrun.dag_id, Rtif.run_id == dagrun.run_id, Rtif.task_id == task_id)
+    with create_session() as session:
+        before = session.scalar(select(Rtif.rendered_fields).where(*where))
+        session.execute(update(Rtif).where(*where).values(rendered_fields={**before, name: value}))
+    try:
+        yield
+    finally:
+        with create_session() as session:
+            session.execute(update(Rtif).where(*where).values(rendered_fields=before))

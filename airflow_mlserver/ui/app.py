@@ -30,6 +30,10 @@ from airflow_mlserver.ui.pages import templates
 
 #: Seconds between refreshes of the page while the task instance runs or is deferred.
 REFRESH_SECONDS = 10
+#: A page waits this long for each answer of the server, and asks again once: a server that is down is said so
+#: on the page within seconds, rather than after the tasks' own patient retries.
+SERVER_TIMEOUT = 10.0
+SERVER_RETRIES = 1
 
 app = FastAPI(title="Machine Learning Server provider", docs_url=None, redoc_url=None, openapi_url=None)
 app.include_router(docs.router)
@@ -63,7 +67,8 @@ def _view(ref: TaskInstanceRef, session: Any, page: int) -> BatchView:
     """The view, or :class:`TaskInstanceNotFound`."""
     task = find_task_instance(ref, session)
     records = read_airflow_records(ref, session)
-    return build_view(ref, task, records, lambda conn_id: MLServerHook(conn_id), page=page)
+    hook_for = lambda conn_id: MLServerHook(conn_id, timeout=SERVER_TIMEOUT, max_retries=SERVER_RETRIES)  # noqa: E731
+    return build_view(ref, task, records, hook_for, page=page)
 
 
 @app.get("/batch/{dag_id}/{run_id}/{task_id}/{map_index}", dependencies=[CanReadTaskInstances])
