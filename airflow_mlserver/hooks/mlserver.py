@@ -267,6 +267,11 @@ class MLServerHook(BaseHook):
         """The ids of the service's batch executions."""
         return self.get_conn().list_batch_executions(name, version)
 
+    async def async_list_batch_executions(self, name: str, version: str) -> list[str]:
+        """:meth:`list_batch_executions` for triggers: the same flow, on aiohttp."""
+        client = await self.aget_conn()
+        return await client.arun(client.calls.list_batch_executions(name, version))
+
     def start_batch(
         self,
         name: str,
