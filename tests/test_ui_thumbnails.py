@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from playwright.sync_api import expect
 
 from airflow_mlserver.operators.artifacts.manifest import ArtifactEntry
 from airflow_mlserver.ui import thumbnails
@@ -32,7 +33,7 @@ from airflow_mlserver.ui.thumbnails import (
     thumbnail_entries,
 )
 from tests.helpers import Api
-from tests.ui_fixtures import RESTRICTED_USER, AirflowUI
+from tests.ui_fixtures import RESTRICTED_USER, AirflowUI, UiPages, screenshot
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rIHDR" + b"\0" * 20
@@ -345,3 +346,28 @@ def test_the_route_needs_a_login_and_read_access_to_the_dag(airflow_ui: AirflowU
     refused = airflow_ui.get(path, user=RESTRICTED_USER)
     assert refused.status_code == 403, refused.text
     assert not refused.content.startswith(b"\x89PNG")
+
+
+def test_the_batch_tab_shows_the_histograms_as_thumbnails(ui_page: UiPages, thumbs_run: Any) -> None:
+    """In the browser: the R scoring task's tab and its artifacts task's tab show each record's histogram,
+    loaded through the route (the files' own URIs never reach the page); the scripted SVG, shown as an image,
+    is shown as an image (a picture: no script runs in an <img>), the CSV is not."""
+    dagrun, _ = thumbs_run
+    run = urllib.parse.quote(dagrun.run_id, safe="")
+    for task_id in ("score_r", "collect_r"):
+        page = ui_page("viewer", f"/dags/{_dags().DAG_ID}/runs/{run}/tasks/{task_id}/plugin/mlserver-batch")
+        frame = page.frame_locator("iframe").first
+        images = frame.locator(".thumbs img")
+        expect(images).to_have_count(CARS)
+        for n in range(CARS):
+            expect(images.nth(n)).to_have_js_property("complete", True)
+            assert images.nth(n).evaluate("img => img.naturalWidth") > 0, (task_id, n)
+            assert "/mlserver/artifact-image/" in (images.nth(n).get_attribute("src") or "")
+        expect(frame.locator(".thumbs figcaption").first).to_contain_text("Histogram.png")
+        screenshot(page, f"batch-view-thumbnails-{task_id}")
+    page = ui_page("viewer", f"/dags/{_dags().DAG_ID}/runs/{run}/tasks/collect_files/plugin/mlserver-batch")
+    frame = page.frame_locator("iframe").first
+    svg = frame.locator(".thumbs img[alt^='evil.svg']")
+    expect(svg).to_have_count(1)
+    expect(svg).to_have_js_property("complete", True)
+    expect(frame.locator(".thumbs img[alt^='notes.csv']")).to_have_count(0)  # not an image: not shown
