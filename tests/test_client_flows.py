@@ -47,6 +47,7 @@ from airflow_mlserver.client.protocol import (
 )
 from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.client.sync import requests_failure
+from airflow_mlserver.client.transport import failure_sentences, transport_failure
 
 SERVICE = {
     "name": "svc",
@@ -172,7 +173,10 @@ def test_refresh_ahead_of_expiry_and_login_when_refresh_fails() -> None:
 
 def test_wrong_password_names_the_connection() -> None:
     server = Server(calls().list_services())
-    with pytest.raises(MLServerAuthError, match=r"refused the login of user 'u' .*connection 'ml'"):
+    with pytest.raises(
+        MLServerAuthError,
+        match=r"refused the login of user 'u': a wrong user name or password .*connection 'ml'",
+    ):
         server.expect("POST", "/login", error(401, "bad credentials"))
 
 
@@ -313,6 +317,70 @@ def test_transport_failure_classification() -> None:
         raise KeyError("a bug, not a transport failure")
 
 
+def _wrapped(outer: BaseException, inner: BaseException) -> BaseException:
+    outer.__cause__ = inner  # as a library raises it: ``raise Outer(...) from inner``
+    return outer
+
+
+def _library_failures() -> list[tuple[BaseException, str, bool]]:
+    """Transport failures as requests/urllib3 and aiohttp raise them: (exception, kind, may have been sent)."""
+    import http.client
+    import socket
+
+    import aiohttp
+
+    def via_requests(cause: BaseException) -> BaseException:
+        return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/login", cause))  # type: ignore[arg-type]
+
+    refused = _wrapped(
+        urllib3.exceptions.NewConnectionError(None, "refused"), ConnectionRefusedError(111, "x")
+    )  # type: ignore[arg-type]
+    dns = socket.gaierror(-2, "Name or service not known")
+    unknown = _wrapped(urllib3.exceptions.NameResolutionError("h", None, dns), dns)  # type: ignore[arg-type]
+    key = aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None)
+    return [
+        (via_requests(refused), "refused", False),
+        (via_requests(unknown), "unknown_host", False),
+        (
+            requests.exceptions.ConnectTimeout(urllib3.exceptions.ConnectTimeoutError(None, "x")),
+            "connect_timeout",
+            False,
+        ),
+        (requests.exceptions.ReadTimeout("x"), "read_timeout", True),
+        (
+            requests.exceptions.ConnectionError(
+                urllib3.exceptions.ProtocolError("Connection aborted.", http.client.RemoteDisconnected("x"))
+            ),
+            "closed",
+            True,
+        ),
+        (requests.exceptions.ChunkedEncodingError("x"), "cut_off", True),
+        (aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "x")), "refused", False),
+        (aiohttp.ClientConnectorDNSError(key, dns), "unknown_host", False),
+        (aiohttp.ConnectionTimeoutError("x"), "connect_timeout", False),
+        (aiohttp.SocketTimeoutError("x"), "read_timeout", True),
+        (TimeoutError(), "read_timeout", True),
+        (aiohttp.ServerDisconnectedError(), "closed", True),
+        (aiohttp.ClientPayloadError("x"), "cut_off", True),
+        (aiohttp.ClientConnectorError(key, OSError(101, "Network is unreachable")), "unreachable", False),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), "other", True),
+    ]
+
+
+def test_transport_failures_are_read_the_same_from_either_library() -> None:
+    for exc, kind, sent in _library_failures():
+        failure = transport_failure(exc, 10, 60)
+        assert failure is not None, exc
+        assert (failure.kind, failure.sent) == (kind, sent), (exc, failure)
+        cause, fix = failure_sentences(failure, "http://ml:1", "this connection")
+        for text in (failure.detail, cause, fix):
+            assert not [
+                w for w in ("HTTPConnection", "urllib3", "Errno", "object at 0x", "Max retries") if w in text
+            ]
+    assert transport_failure(KeyError("a bug")) is None
+    assert transport_failure(requests.exceptions.ReadTimeout("x"), 10, 60).detail == "no answer within 60 s"  # type: ignore[union-attr]
+
+
 def test_retry_policy_resends_transient_failures_then_stops() -> None:
     attempts: list[int] = []
 
@@ -337,7 +405,10 @@ def test_exhausted_connection_error_names_the_url() -> None:
     settings = ConnectionSettings(conn_id="ml", base_url="http://ml:1", access_token="t")
     err = exhausted_error(settings, wire(True).spec, Transient("cannot connect", sent=False), 3)
     assert isinstance(err, MLServerConnectionError)
-    assert "GET /services at http://ml:1 failed 3 times, last: cannot connect" in str(err)
+    assert str(err) == (
+        "Could not list the web services (GET /services, tried 3 times): cannot connect at http://ml:1. Check the "
+        "host and port of connection 'ml', and that the server is running."
+    )
 
 
 def run_policy(policy: RetryPolicy, failure_at: Any) -> tuple[int, float, Exception]:
@@ -368,7 +439,7 @@ def test_failures_that_never_reach_the_server_are_retried_for_a_time_not_a_count
     )
     assert 0.4 <= seconds < 0.9 and 5 < attempts < 51, (attempts, seconds)
     assert isinstance(error, MLServerConnectionError)
-    assert f"failed {attempts} times, last: connection failed (refused)." in str(error)
+    assert f"(GET /services, tried {attempts} times): connection failed (refused) at http://" in str(error)
     # the last wait is cut to what is left of the budget: a 10 s backoff still ends at the budget
     attempts, seconds, _ = run_policy(RetryPolicy(50, wait=10.0, wait_max=30.0, unreached_for=0.3), refused)
     assert attempts == 2 and 0.3 <= seconds < 0.8, (attempts, seconds)

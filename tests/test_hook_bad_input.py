@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -244,8 +245,8 @@ def test_wrong_password(mlserver: LocalMLServer, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(MLServerAuthError) as excinfo:
         hook.list_services()
     assert message(excinfo) == (
-        "The server refused the login of user 'admin' (POST /login answered 401: Invalid username or password.). "
-        "Check the login and password of connection 'mlserver_bad'."
+        "The server refused the login of user 'admin': a wrong user name or password (POST /login answered 401: "
+        "Invalid username or password.). Check the login and password of connection 'mlserver_bad'."
     )
 
 
@@ -256,11 +257,9 @@ def test_server_not_running(monkeypatch: pytest.MonkeyPatch) -> None:
     hook = use_connection(monkeypatch, f"mlserver://admin:password@127.0.0.1:{port}?max_retries=1")
     with pytest.raises(MLServerConnectionError) as excinfo:
         hook.list_services()
-    assert message(excinfo).startswith(
-        f"Could not log in: POST /login at http://127.0.0.1:{port} failed 2 times, last: "
-    )
-    assert message(excinfo).endswith(
-        "Check that the server runs and that the host and port of connection 'mlserver_bad' are right."
+    assert message(excinfo) == (
+        f"Could not log in (POST /login, tried 2 times): nothing answers at http://127.0.0.1:{port} (connection "
+        "refused). Check the host and port of connection 'mlserver_bad', and that the server is running."
     )
 
 
@@ -270,10 +269,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_test_button_answers_quickly_naming_the_server(
+#: What a library says, that a person should never have to read in a Test's answer or a task's error.
+LIBRARY_WORDS = ("HTTPConnection", "urllib3", "Errno", "object at 0x", "Max retries", "NewConnectionError")
+
+
+def test_test_button_answers_quickly_naming_the_cause_and_the_fix(
     mlserver: LocalMLServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The UI's Test: one attempt, a short timeout, the server's URL named, no connection id (it is made up)."""
+    """The UI's Test: one attempt, a short timeout, the server's URL named, no connection id (it is made up), and
+    the cause and the fix in the provider's words, whatever failed: a closed port, a host name no DNS knows, a
+    server that takes the connection and never answers, a wrong password."""
     dead = free_port()
     with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
         silent.bind(("127.0.0.1", 0))
@@ -281,31 +286,90 @@ def test_test_button_answers_quickly_naming_the_server(
         quiet = silent.getsockname()[1]
         cases = {
             f"mlserver://admin:pw@127.0.0.1:{dead}": (
-                f"Could not log in: POST /login at http://127.0.0.1:{dead} failed once: connection failed",
-                "Check that the server runs and that the host and port of this connection are right.",
+                f"Could not log in (POST /login, tried once): nothing answers at http://127.0.0.1:{dead} "
+                "(connection refused). Check the host and port of this connection, and that the server is running."
             ),
-            f"mlserver://admin:pw@127.0.0.1:{quiet}": (
-                f"Could not log in: POST /login at http://127.0.0.1:{quiet} failed once: no answer in time",
-                "Check that the server runs and that the host and port of this connection are right.",
+            f"mlserver://admin:pw@127.0.0.1:{quiet}": (  # the Test's timeout: at most 8 s
+                f"Could not log in (POST /login, tried once): http://127.0.0.1:{quiet} took the request but sent no "
+                "answer within 8 s. Check that a Machine Learning Server serves that address and is not "
+                "overloaded, or raise the Timeout (seconds) of this connection."
             ),
-            "mlserver://admin:pw@no-such-host.invalid:12800": (
-                "Could not log in: POST /login at http://no-such-host.invalid:12800 failed once: ",
-                "are right.",
+            "mlserver://admin:pw@nonexistent.invalid:12800": (
+                "Could not log in (POST /login, tried once): the host name 'nonexistent.invalid' is not known to the "
+                "DNS, so http://nonexistent.invalid:12800 cannot be reached. Check the host of this connection: its "
+                "spelling, or whether only another network (a VPN, a cluster's DNS) knows it."
             ),
             f"mlserver://admin:not-the-password@127.0.0.1:{mlserver.port}": (
                 f"Machine Learning Server at http://127.0.0.1:{mlserver.port}: The server refused the login of "
-                "user 'admin' (POST /login answered 401: Invalid username or password.).",
-                "Check the login and password of this connection.",
+                "user 'admin': a wrong user name or password (POST /login answered 401: Invalid username or "
+                "password.). Check the login and password of this connection."
             ),
         }
-        for uri, (start, end) in cases.items():
+        for uri, expected in cases.items():
             hook = use_connection(monkeypatch, uri)
             began = time.monotonic()
             ok, text = hook.test_connection()
             took = time.monotonic() - began
-            assert not ok and text.startswith(start) and text.endswith(end), (uri, text)
+            assert (ok, text) == (False, expected), uri
+            assert not [w for w in LIBRARY_WORDS if w in text], text
             assert "mlserver_bad" not in text
             assert took < 10.5, (uri, took)
+
+
+async def _poll_once(hook: MLServerHook) -> None:
+    try:
+        await hook.async_get_batch("s", "1", "e")
+    finally:
+        await hook.aclose()
+
+
+def test_a_task_reads_the_same_cause_and_fix_with_either_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that gives up after its retries names the cause and the fix as the Test does, for the sync driver
+    (requests) and the async one (aiohttp) alike; a short timeout against a server that never answers."""
+    dead = free_port()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        quiet = silent.getsockname()[1]
+        cases = {
+            f"127.0.0.1:{dead}": f"nothing answers at http://127.0.0.1:{dead} (connection refused). Check the host "
+            "and port of connection 'mlserver_bad', and that the server is running.",
+            "nonexistent.invalid:12800": "the host name 'nonexistent.invalid' is not known to the DNS, so "
+            "http://nonexistent.invalid:12800 cannot be reached. Check the host of connection 'mlserver_bad'",
+            f"127.0.0.1:{quiet}": f"http://127.0.0.1:{quiet} took the request but sent no answer within 1 s. Check "
+            "that a Machine Learning Server serves that address and is not overloaded, or raise the Timeout "
+            "(seconds) of connection 'mlserver_bad'.",
+        }
+        for where, expected in cases.items():
+            hook = use_connection(monkeypatch, f"mlserver://admin:pw@{where}?max_retries=0&timeout=1")
+            with pytest.raises(MLServerConnectionError) as sync_error:
+                hook.list_services()
+            with pytest.raises(MLServerConnectionError) as async_error:
+                asyncio.run(_poll_once(hook))
+            for text in (message(sync_error), message(async_error)):
+                assert expected in text, (where, text)
+                assert not [w for w in LIBRARY_WORDS if w in text], text
+
+
+def test_test_button_on_something_else_than_a_machine_learning_server(
+    stub: tuple[dict[tuple[str, str], tuple[int, bytes]], MLServerHook],
+) -> None:
+    """A web server that has no login, or answers a web page: the Test says it is not a Machine Learning Server."""
+    routes, hook = stub
+    url = hook.settings.base_url
+    del routes[("POST", "/login")]  # every path answers 404
+    assert hook.test_connection() == (
+        False,
+        f"Could not log in: {url} has no Machine Learning Server login (POST /login answered 404: no route). Check "
+        "the host, port and path of this connection: is a Machine Learning Server at that address?",
+    )
+    routes[("POST", "/login")] = (200, b"<html><body>Welcome to nginx</body></html>")
+    assert hook.test_connection() == (
+        False,
+        f"Machine Learning Server at {url}: The server's answer to POST /login is an HTML page, not JSON: "
+        "'<html><body>Welcome to nginx</body></html>'. Check that the connection points at a Machine Learning "
+        "Server (or a compatible one), not at a web page or another service.",
+    )
 
 
 # --- unknown things on a real server -----------------------------------------------------------------------
@@ -447,9 +511,9 @@ def test_garbage_instead_of_json(stub: tuple[dict[tuple[str, str], tuple[int, by
     with pytest.raises(MalformedResponseError) as excinfo:
         hook.list_services()
     assert message(excinfo) == (
-        "The server's answer to GET /services is not valid JSON (Expecting value: line 1 column 1 (char 0)): "
-        "'<html>proxy error</html>'. Check that the connection points at a Machine Learning Server (or a "
-        "compatible one)."
+        "The server's answer to GET /services is an HTML page, not JSON: '<html>proxy error</html>'. Check that the "
+        "connection points at a Machine Learning Server (or a compatible one), not at a web page or another "
+        "service."
     )
 
 

@@ -6,6 +6,7 @@ aiohttp is imported when the driver is built, not with the client: the sync side
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,9 +28,9 @@ from airflow_mlserver.client.protocol import (
     classified,
     resume,
 )
-from airflow_mlserver.client.quoting import shortened
 from airflow_mlserver.client.sync import TransferStats, environment_settings
 from airflow_mlserver.client.tls import ca_context, unverified
+from airflow_mlserver.client.transport import TransportFailure, transport_failure
 
 if TYPE_CHECKING:
     import aiohttp
@@ -37,19 +38,21 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def aiohttp_failure(exc: BaseException) -> Transient | None:
-    """An aiohttp failure as a retry class: may the request have reached the server or not."""
+def aiohttp_failure(
+    exc: BaseException, connect_timeout: float | None = None, read_timeout: float | None = None
+) -> Transient | None:
+    """An aiohttp failure as a retry class (may the request have reached the server or not), worded by
+    :func:`~airflow_mlserver.client.transport.transport_failure`; None for anything else."""
     import aiohttp
 
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return Transient(f"cannot connect ({shortened(str(exc))})", sent=False)
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return Transient(f"no answer in time ({type(exc).__name__})", sent=True)
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return Transient(f"the answer was cut off ({shortened(str(exc))})", sent=True)
-    if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
-        return Transient(f"connection failed ({type(exc).__name__}: {shortened(str(exc))})", sent=True)
-    return None
+    if not isinstance(
+        exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | TimeoutError | ConnectionError
+    ):
+        return None
+    failure = transport_failure(exc, connect_timeout, read_timeout) or TransportFailure(
+        "other", True, "the connection failed"
+    )
+    return Transient(failure.detail, sent=failure.sent, failure=failure)
 
 
 class AsyncDriver:
@@ -151,7 +154,9 @@ class AsyncDriver:
         spec = wire.spec
         if spec.read == "stream":
             raise MLServerConfigError(f"{spec.label} streams its answer, which the async side does not do.")
-        with classified(wire, aiohttp_failure, self.settings):
+        connect, read = min(10.0, self.settings.timeout), self.settings.timeout
+        failure_of = functools.partial(aiohttp_failure, connect_timeout=connect, read_timeout=read)
+        with classified(wire, failure_of, self.settings):
             async with session.request(
                 spec.method,
                 self.settings.base_url + spec.path,

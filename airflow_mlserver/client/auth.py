@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from airflow_mlserver.client.errors import MLServerAuthError
+from airflow_mlserver.client.errors import MLServerApiError, MLServerAuthError
 from airflow_mlserver.client.models import TokenInfo
 from airflow_mlserver.client.protocol import Answer, Flow, Spec, Wire, api_error
 from airflow_mlserver.client.quoting import quoted
@@ -163,9 +163,19 @@ class Auth:
         assert answer is not None
         if answer.status in (400, 401, 403):
             raise MLServerAuthError(
-                f"The server refused the login of user {quoted(settings.login)} (POST /login answered "
-                f"{answer.status}: {answer.error_message}). Check the login and password of connection "
-                f"'{settings.conn_id}'."
+                f"The server refused the login of user {quoted(settings.login)}: a wrong user name or password "
+                f"(POST /login answered {answer.status}: {answer.error_message}). Check the login and password of "
+                f"connection '{settings.conn_id}'."
+            )
+        if answer.status in (404, 405):  # no login there: another service, or a path too many or too few
+            raise MLServerApiError(
+                f"Could not log in: {settings.base_url} has no Machine Learning Server login (POST /login answered "
+                f"{answer.status}: {answer.error_message}). Check the host, port and path of connection "
+                f"'{settings.conn_id}': is a Machine Learning Server at that address?",
+                answer.status,
+                answer.error_message,
+                spec.method,
+                spec.path,
             )
         if answer.status >= 400:
             raise api_error(spec, answer)

@@ -87,7 +87,20 @@ class Calls:
         except MLServerApiError as exc:
             if exc.status != 404:
                 raise
-            services = yield from self.list_services()
+            try:
+                services = yield from self.list_services()
+            except MLServerApiError as again:
+                if again.status != 404:
+                    raise
+                raise MLServerApiError(
+                    f"{settings.base_url} answered 404 to both GET /status and GET /services "
+                    f"({again.server_message}): it does not serve a Machine Learning Server's API. Check the host, "
+                    f"port and path of connection '{settings.conn_id}'.",
+                    404,
+                    again.server_message,
+                    again.method,
+                    again.path,
+                ) from None
             summary = f"{plural(len(services), 'web service')} published"
         who = (
             f"as '{settings.login}'"

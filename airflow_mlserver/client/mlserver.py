@@ -31,7 +31,7 @@ from airflow_mlserver.client.models import (
 )
 from airflow_mlserver.client.protocol import CHUNK_SIZE, Flow, RetryPolicy
 from airflow_mlserver.client.publishing import encode_model_objects, publish_with_objects
-from airflow_mlserver.client.quoting import quoted, shortened
+from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.client.starting import Starter
 from airflow_mlserver.client.streaming import BatchAnswerParser
@@ -42,6 +42,7 @@ from airflow_mlserver.client.sync import (
     TransferStats,
     announced_size,
 )
+from airflow_mlserver.client.transport import transport_failure
 from airflow_mlserver.client.words import plural
 
 if TYPE_CHECKING:
@@ -311,16 +312,15 @@ class MLServerClient:
                     {"state": "running", "totalItemCount": 0, "completedItemCount": 0, **parser.head}
                 ).is_finished
                 failures += 1
+                failure = transport_failure(exc, read_timeout=self.settings.timeout)
+                why = failure.detail if failure else "the request failed"
                 if (yielded and not finished) or failures > self.settings.max_retries:
                     raise MLServerConnectionError(
                         f"Reading the results of batch execution {quoted(execution_id)} broke off after "
-                        f"{plural(yielded, 'result')} ({shortened(str(exc))}). Read them again once the execution "
-                        "has finished."
+                        f"{plural(yielded, 'result')} ({why}). Read them again once the execution has finished."
                     ) from None
                 self.log.warning(
-                    "Reading results broke off after %s (%s); resuming",
-                    plural(yielded, "result"),
-                    shortened(str(exc)),
+                    "Reading results broke off after %s (%s); resuming", plural(yielded, "result"), why
                 )
 
     # -- artifacts -------------------------------------------------------------------------------------------

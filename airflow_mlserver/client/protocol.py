@@ -33,6 +33,7 @@ from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.client.settings import ConnectionSettings
 from airflow_mlserver.client.streaming import BatchReader, ErrorBodyReader, JsonReader
 from airflow_mlserver.client.tls import tls_error, tls_refusal
+from airflow_mlserver.client.transport import TransportFailure, failure_sentences
 
 T = TypeVar("T")
 
@@ -158,16 +159,25 @@ class AnswerBody:
 
 
 class Transient(Exception):
-    """A failure worth retrying; ``sent`` tells whether the server may have acted on the request."""
+    """A failure worth retrying; ``sent`` tells whether the server may have acted on the request.
+
+    ``failure`` is what went wrong on the way, for a failure with no answer (its kind words the final error).
+    """
 
     def __init__(
-        self, reason: str, sent: bool, status: int | None = None, retry_after: float | None = None
+        self,
+        reason: str,
+        sent: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+        failure: TransportFailure | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.sent = sent
         self.status = status
         self.retry_after = retry_after
+        self.failure = failure
 
 
 class AmbiguousSend(Exception):
@@ -408,11 +418,10 @@ def exhausted_error(settings: ConnectionSettings, spec: Spec, exc: Transient, at
             spec.method,
             spec.path,
         )
-    failed = "once" if attempts == 1 else f"{attempts} times, last"
-    return MLServerConnectionError(
-        f"Could not {spec.what}: {spec.label} at {settings.base_url} failed {failed}: {exc.reason}. "
-        f"Check that the server runs and that the host and port of connection '{settings.conn_id}' are right."
-    )
+    failure = exc.failure or TransportFailure("other", exc.sent, exc.reason)
+    cause, fix = failure_sentences(failure, settings.base_url, f"connection '{settings.conn_id}'")
+    tried = "tried once" if attempts == 1 else f"tried {attempts} times"
+    return MLServerConnectionError(f"Could not {spec.what} ({spec.label}, {tried}): {cause}. {fix}")
 
 
 def api_error(spec: Spec, answer: Answer) -> MLServerApiError:

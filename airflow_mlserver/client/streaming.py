@@ -67,6 +67,10 @@ def _malformed(what: str, why: str, sample: str) -> MalformedResponseError:
     )
 
 
+#: The first bytes a JSON text can start with (after white space).
+_JSON_STARTS = frozenset(bytes([c]) for c in b'{["-0123456789tfn')
+
+
 def _why(exc: RecursionError | ValueError) -> str:
     """Why the JSON decoder failed: bad JSON or UTF-8 (its message), nesting too deep, a number too long to read."""
     if isinstance(exc, RecursionError):
@@ -96,7 +100,15 @@ class JsonReader:
         try:
             return json.loads(raw)
         except (RecursionError, ValueError) as exc:
-            raise _malformed(self.what, _why(exc), raw.decode("utf-8", "replace")) from None
+            text = raw.decode("utf-8", "replace")
+            if raw.lstrip()[:1] not in _JSON_STARTS:  # not JSON at all: a web page, a proxy's text
+                kind = "an HTML page" if text.lstrip().startswith("<") else "plain text"
+                raise MalformedResponseError(
+                    f"The server's answer to {self.what} is {kind}, not JSON: {quoted(text)}. Check that the "
+                    "connection points at a Machine Learning Server (or a compatible one), not at a web page or "
+                    "another service."
+                ) from None
+            raise _malformed(self.what, _why(exc), text) from None
 
 
 class ErrorBodyReader:

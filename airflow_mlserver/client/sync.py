@@ -6,6 +6,7 @@ lives in the flows and in :mod:`~airflow_mlserver.client.protocol`.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import time
@@ -14,7 +15,6 @@ from typing import Any, TypeVar
 
 import requests
 import tenacity
-import urllib3
 
 from airflow_mlserver.client.auth import Auth
 from airflow_mlserver.client.errors import MLServerConnectionError
@@ -31,34 +31,29 @@ from airflow_mlserver.client.protocol import (
     classified,
     resume,
 )
-from airflow_mlserver.client.quoting import shortened
 from airflow_mlserver.client.tls import ca_context, unverified
+from airflow_mlserver.client.transport import TransportFailure, transport_failure
 
 T = TypeVar("T")
 
 
-def requests_failure(exc: BaseException) -> Transient | None:
-    """A ``requests`` failure as a retry class: may the request have reached the server or not."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return Transient(f"cannot connect ({shortened(str(_cause(exc)))})", sent=False)
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        cause = _cause(exc)
-        never_connected = isinstance(cause, urllib3.exceptions.NewConnectionError | ConnectionRefusedError)
-        return Transient(f"connection failed ({shortened(str(cause))})", sent=not never_connected)
-    if isinstance(exc, requests.exceptions.Timeout):
-        return Transient(f"no answer in time ({type(exc).__name__})", sent=True)
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return Transient(f"the answer was cut off ({shortened(str(exc))})", sent=True)
-    if isinstance(exc, ConnectionError):
-        return Transient(f"connection failed ({type(exc).__name__}: {shortened(str(exc))})", sent=True)
-    return None
-
-
-def _cause(exc: requests.exceptions.RequestException) -> object:
-    """What went wrong below ``requests``: urllib3's error (a refused or unresolved connection is a
-    ``NewConnectionError``: nothing was sent), without the URL and retry count ``requests`` wraps around it."""
-    cause = exc.args[0] if exc.args else exc
-    return getattr(cause, "reason", None) or cause  # requests wraps urllib3's MaxRetryError around the cause
+def requests_failure(
+    exc: BaseException, connect_timeout: float | None = None, read_timeout: float | None = None
+) -> Transient | None:
+    """A ``requests`` failure as a retry class (may the request have reached the server or not), worded by
+    :func:`~airflow_mlserver.client.transport.transport_failure`; None for anything else (a bug, a bad URL)."""
+    if not isinstance(
+        exc,
+        requests.exceptions.ConnectionError
+        | requests.exceptions.Timeout
+        | requests.exceptions.ChunkedEncodingError
+        | ConnectionError,
+    ):
+        return None
+    failure = transport_failure(exc, connect_timeout, read_timeout) or TransportFailure(
+        "other", True, "the connection failed"
+    )
+    return Transient(failure.detail, sent=failure.sent, failure=failure)
 
 
 class TransferStats:
@@ -174,14 +169,16 @@ class SyncDriver:
         started = time.monotonic()
         response = None
         try:
-            with classified(wire, requests_failure, self.settings):
+            connect, read = min(10.0, self.settings.timeout), self.settings.timeout
+            failure_of = functools.partial(requests_failure, connect_timeout=connect, read_timeout=read)
+            with classified(wire, failure_of, self.settings):
                 response = self.session.request(
                     spec.method,
                     self.settings.base_url + spec.path,
                     params=list(spec.params),
                     data=spec.body,
                     headers=dict(wire.headers),
-                    timeout=(min(10.0, self.settings.timeout), self.settings.timeout),
+                    timeout=(connect, read),
                     stream=True,
                 )
                 body = AnswerBody(wire, response.status_code, response.headers)
@@ -229,8 +226,9 @@ class ResponseStream(io.RawIOBase):
         try:
             data = self._raw.read(len(buffer))
         except Exception as exc:
+            failure = transport_failure(exc)
             raise MLServerConnectionError(
-                f"Reading an artifact broke off ({shortened(str(exc))}); open it again."
+                f"Reading an artifact broke off ({failure.detail if failure else 'the stream failed'}); open it again."
             ) from None
         n = len(data)
         buffer[:n] = data

@@ -15,13 +15,13 @@ import ssl
 import threading
 import urllib.parse
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_mlserver.client.errors import MLServerTLSError
 from airflow_mlserver.client.quoting import quoted, shortened
 from airflow_mlserver.client.settings import ConnectionSettings
+from airflow_mlserver.client.transport import causes
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.protocol import Spec
@@ -60,22 +60,6 @@ class TLSRefusal:
     detail: str
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps, however a library wraps it: ``requests`` and urllib3 (``args[0]``, ``reason``),
-    aiohttp (``certificate_error``, ``os_error``), ``raise ... from``. Not ``__context__``: an exception that was
-    being handled when the failure happened is not its cause."""
-    seen: set[int] = set()
-    todo: list[object] = [exc]
-    while todo and len(seen) < 32:
-        item = todo.pop(0)
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        yield item
-        todo += [getattr(item, name, None) for name in ("certificate_error", "os_error", "reason")]
-        todo += [*item.args[:1], item.__cause__]
-
-
 def tls_refusal(exc: BaseException) -> TLSRefusal | None:
     """The TLS failure behind a transport error, when no retry can mend it; None for any other failure.
 
@@ -84,7 +68,7 @@ def tls_refusal(exc: BaseException) -> TLSRefusal | None:
     failure: the driver's classification retries it.
     """
     found: TLSRefusal | None = None
-    for cause in _causes(exc):
+    for cause in causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             # aiohttp's own error is one too, without OpenSSL's code: the one it wraps comes next
             code, words = getattr(cause, "verify_code", None), getattr(cause, "verify_message", None)
