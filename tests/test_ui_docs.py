@@ -112,7 +112,12 @@ def test_the_guide_is_a_users_guide_and_ships_its_images() -> None:
     for source in page.images:  # every picture is one of the folder's, which the package ships
         assert source.startswith("docs/images/"), source
         assert source.removeprefix("docs/images/") in images(), source
-    assert set(images()) == {"connection-form.png", "connection-test.png", "batch-view.png"}
+    assert set(images()) == {
+        "connection-form.png",
+        "connection-test.png",
+        "batch-view.png",
+        "batch-view-thumbnails.png",
+    }
     assert all(kind == "image/png" for kind in images().values())
     for link in page.links:  # every link inside the guide leads to one of its sections, or its images
         assert link.startswith("#") or link.removeprefix("docs/images/") in images(), link
@@ -158,7 +163,7 @@ def test_docs_page_answers_a_viewer_with_contents_and_sections(airflow_ui: Airfl
 def test_every_image_of_the_page_answers_as_an_image(airflow_ui: AirflowUI) -> None:
     docs_url = f"{airflow_ui.url}{DOCS}"
     page = Page(airflow_ui.get(DOCS, user="viewer").text)
-    assert len(page.images) == len(images()) == 3
+    assert len(page.images) == len(images()) == 4
     for source in page.images:
         url = urllib.parse.urljoin(docs_url, source)  # as the browser resolves it
         assert url.startswith(f"{docs_url}/images/"), url
@@ -206,8 +211,8 @@ def test_providers_page_links_to_the_guide_with_its_images(ui_page: UiPages) -> 
     for title in SECTIONS:
         expect(contents.get_by_role("link", name=title, exact=True)).to_be_visible()
     pictures = guide_page.locator("article img")
-    expect(pictures).to_have_count(3)
-    for number in range(3):
+    expect(pictures).to_have_count(4)
+    for number in range(4):
         picture = pictures.nth(number)
         picture.scroll_into_view_if_needed()
         expect(picture).to_be_visible()
