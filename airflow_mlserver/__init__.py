@@ -16,6 +16,12 @@ def get_provider_info() -> dict[str, Any]:
 
     The connection form is declared here (``ui-field-behaviour`` and ``conn-fields``): Airflow's UI builds it
     from this description without importing the hook.
+
+    Airflow's form stores every extra field in the connection's extra, with the field's default when left as
+    it is and null when emptied. So each field has its default (the hook's), and a form saved as it opens stores
+    ``{"verify": "true", "timeout": 60, "max_retries": 8}`` and no null, except for the access token: Airflow
+    shows any default of a field named like a secret as ``***`` (which the form would then save as the token),
+    so it has none, and is stored as null when left empty. The hook reads null (and "") as absent.
     """
     from airflow_mlserver.client.settings import DEFAULT_MAX_RETRIES, DEFAULT_PORT, DEFAULT_TIMEOUT
 
@@ -61,13 +67,17 @@ def get_provider_info() -> dict[str, Any]:
                     "timeout": {
                         "label": "Timeout (seconds)",
                         "description": f"Seconds to wait for each answer (default {DEFAULT_TIMEOUT:g}).",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "schema": {
+                            "type": ["number", "null"],
+                            "exclusiveMinimum": 0,
+                            "default": DEFAULT_TIMEOUT,
+                        },
                     },
                     "max_retries": {
                         "label": "Max retries",
                         "description": "Retries of a request that failed on the way (connection errors, 429, "
                         f"502, 503, 504) before giving up (default {DEFAULT_MAX_RETRIES}).",
-                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                        "schema": {"type": ["integer", "null"], "minimum": 0, "default": DEFAULT_MAX_RETRIES},
                     },
                 },
             }
