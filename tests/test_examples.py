@@ -25,6 +25,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "dags_examples"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 DAG_IDS = {
     "mlserver_batch_scoring",
+    "mlserver_collect_finished_batches",
     "mlserver_external_batch_sensor",
     "mlserver_large_scoring",
     "mlserver_r_manual_transmission",
@@ -33,6 +34,7 @@ DAG_IDS = {
 PUBLIC = (
     "airflow_mlserver.operators.",
     "airflow_mlserver.sensors.",
+    "airflow_mlserver.triggers.",
     "airflow_mlserver.hooks.",
     "airflow_mlserver.exceptions",
 )
