@@ -113,6 +113,11 @@ def test_hook_meta_describes_our_form(airflow_ui: AirflowUI) -> None:
         assert extra[name]["description"]
     assert extra["access_token"]["schema"]["format"] == "password"  # masked in the form and in the API
     assert extra["verify"]["value"] == "true"
+    # the defaults the form opens with, and saves when left as they are (no null for these fields)
+    assert (extra["timeout"]["value"], extra["max_retries"]["value"]) == (60, 8)
+    assert (
+        extra["access_token"]["value"] is None
+    )  # a default here would be shown as *** and saved as the token
     assert extra["timeout"]["schema"]["type"] == ["number", "null"]
     assert extra["max_retries"]["schema"]["type"] == ["integer", "null"]
 
@@ -189,6 +194,7 @@ def test_add_save_and_test_a_connection(
         expect(form.get_by_text(declared[name]["description"], exact=True)).to_be_visible()
     expect(_extra_field(page, form, "Access token")).to_have_attribute("type", "password")
     expect(_extra_field(page, form, "Verify TLS")).to_have_value("true")
+    expect(_extra_field(page, form, "Max retries")).to_have_value("8")
     _extra_field(page, form, "Timeout (seconds)").fill("20")
     screenshot(form, "connection-form-extra-fields")
 
@@ -201,7 +207,17 @@ def test_add_save_and_test_a_connection(
         mlserver.port,
         mlserver.username,
     )
-    assert json.loads(saved["extra"])["timeout"] == 20
+    extra = json.loads(saved["extra"])
+    assert extra["timeout"] == 20
+    assert (extra["verify"], extra["max_retries"]) == (
+        "true",
+        8,
+    )  # the defaults, as the form opened with them
+    # Nothing left empty is stored as null, but the access token: Airflow shows a default of a field named like
+    # a secret as *** (and the form would save that as the token), so it has none, and the form saves null for
+    # it when left empty (the hook reads null as absent).
+    nulls = sorted(name for name, value in extra.items() if value is None)
+    assert nulls in ([], ["access_token"]), extra
 
     # Test: connected
     url = f"http://127.0.0.1:{mlserver.port}"
@@ -215,7 +231,8 @@ def test_add_save_and_test_a_connection(
     _test_button(page).click()
     refused = _toast(page, "Test Connection Failed", url).inner_text()
     assert "this connection" in refused, refused
-    assert "refused the login" in refused, refused
+    assert "refused the login" in refused and "a wrong user name or password" in refused, refused
+    assert "Check the login and password of this connection." in refused, refused
     assert not re.search(r"onnection '", refused), refused  # never the made-up id the UI tests under
     screenshot(page, "connection-test-wrong-password")
 
@@ -226,6 +243,9 @@ def test_add_save_and_test_a_connection(
     _test_button(page).click()
     unreachable = _toast(page, "Test Connection Failed", dead).inner_text()
     assert time.monotonic() - started < 15
-    assert "this connection" in unreachable, unreachable
+    assert f"nothing answers at {dead} (connection refused)" in unreachable, unreachable
+    assert "Check the host and port of this connection, and that the server is running." in unreachable
     assert not re.search(r"onnection '", unreachable), unreachable
+    library_words = ("HTTPConnection", "urllib3", "Errno", "object at 0x", "Max retries")
+    assert not [w for w in library_words if w in unreachable], unreachable
     screenshot(page, "connection-test-unreachable")
