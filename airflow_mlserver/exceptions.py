@@ -46,6 +46,53 @@ class OperatorArgumentError(MLServerConfigError, ValueError):
         self.fix = fix
 
 
+class ServiceArgumentError(OperatorArgumentError):
+    """An argument of the publish or delete service operator is not usable (a name, a version, ``if_exists``)."""
+
+
+class ServiceCodeArgumentError(ServiceArgumentError):
+    """The service's code is given in no way or in two (``code`` and ``code_path``), or its init code in two
+    (``init_code`` and ``init_code_path``), or it is empty once rendered."""
+
+
+class ServiceRuntimeTypeError(ServiceArgumentError):
+    """``runtime_type`` names no runtime the client publishes to (``Python`` or ``R``)."""
+
+
+class ServiceParameterArgumentError(ServiceArgumentError):
+    """A declared input or output (its name or its type) or an output file name is not usable."""
+
+
+class ServiceModelArgumentError(ServiceArgumentError):
+    """``model_objects`` or ``model_paths`` is not a mapping of variable names, or both name one variable."""
+
+
+class ServiceVersionSelectionError(ServiceArgumentError):
+    """The delete operator was given both or neither of ``service_version`` and ``keep_newest``, or a
+    ``keep_newest`` below 1."""
+
+
+class ServiceVersionConflictError(MLServerError, AirflowFailException):
+    """The version to publish exists with other content (or content of unknown digest); nothing was published.
+
+    Publishing again cannot help, so the task fails without retries.
+
+    :param service_name: The web service's name.
+    :param service_version: The version that exists.
+    :param digest: The content digest of what the task would publish.
+    :param found: The digest the published version carries, or None when it carries none.
+    """
+
+    def __init__(
+        self, message: str, service_name: str, service_version: str, digest: str, found: str | None
+    ) -> None:
+        super().__init__(message)
+        self.service_name = service_name
+        self.service_version = service_version
+        self.digest = digest
+        self.found = found
+
+
 class ArtifactsConfigError(MLServerConfigError, ValueError):
     """An argument of the artifacts operator is not usable (a bad ``dest``, index, glob or path template)."""
 
@@ -115,7 +162,14 @@ __all__ = [
     "ModelObjectError",
     "OperatorArgumentError",
     "RecordValidationError",
+    "ServiceArgumentError",
+    "ServiceCodeArgumentError",
     "ServiceExistsError",
+    "ServiceModelArgumentError",
     "ServiceNotFoundError",
+    "ServiceParameterArgumentError",
+    "ServiceRuntimeTypeError",
+    "ServiceVersionConflictError",
+    "ServiceVersionSelectionError",
     "UnsafeArtifactNameError",
 ]
