@@ -201,3 +201,71 @@ def test_user_kill_cancels_the_execution_once(
     assert status["cancelRequestCount"] == 1
     assert status["completedItemCount"] < 400
     assert deployment.task("mlserver_deploy_deferrable", run_id)["state"] == "failed"
+
+
+# --- The event-driven example: an asset watched by MLServerBatchExecutionsTrigger (deploy_dags/collect_finished.py)
+
+WATCHED = "mlserver_deploy_collect_finished"
+WATCH_SERVICE = "import time\ntime.sleep(0.1)\ny = x * 2\nopen('out.txt', 'w').write(str(y))\n"
+
+
+def _watched_store(deployment: Deployment) -> dict[str, Any] | None:
+    """What the watcher stored in its asset's state store; None before its first round."""
+    assets = deployment.request(
+        "GET", "/assets", params={"name_pattern": "mlserver_deploy_watch_finished_batches"}
+    )
+    if not assets["assets"]:
+        return None
+    store = deployment.request("GET", f"/assets/{assets['assets'][0]['id']}/state-store")
+    values = [
+        e["value"] for e in store["asset_state_store"] if e["key"].startswith("mlserver_batch_executions/")
+    ]
+    return values[0] if values else None
+
+
+def _watched_runs(deployment: Deployment) -> dict[str, list[str]]:
+    """Each run of the asset-scheduled DAG, by run id: the execution ids in its asset events' payloads."""
+    runs = deployment.request("GET", f"/dags/{WATCHED}/dagRuns", params={"limit": 100})["dag_runs"]
+    return {
+        run["dag_run_id"]: [
+            e["extra"]["payload"]["execution_id"]
+            for e in deployment.request(
+                "GET", f"/dags/{WATCHED}/dagRuns/{run['dag_run_id']}/upstreamAssetEvents"
+            )["asset_events"]
+        ]
+        for run in runs
+    }
+
+
+def test_a_batch_started_outside_airflow_runs_the_event_driven_dag_once(
+    deployment: Deployment, ml: LocalMLServer
+) -> None:
+    """Raw HTTP starts a batch; the watcher's event runs the DAG once with its id, also after a triggerer restart,
+    and an execution that finished while the triggerer was down runs it once when it is back."""
+    api = Api(ml)
+    api.publish("deploy_watch", "v1", WATCH_SERVICE, {"x": "numeric"}, {"y": "numeric"}, files=["out.txt"])
+    deployment.wait_for_dags([WATCHED])
+    wait_for("the watcher's first round", lambda: _watched_store(deployment), timeout=180, interval=1)
+    execution_id = api.start_batch("deploy_watch", "v1", [{"x": float(i)} for i in range(5)], 2)
+    (run_id,) = wait_for("the asset-triggered run", lambda: list(_watched_runs(deployment)), timeout=120)
+    assert deployment.wait_run(WATCHED, run_id)["state"] == "success", deployment.logs()
+    assert _watched_runs(deployment) == {run_id: [execution_id]}
+    manifest = deployment.home / "finished" / execution_id / "manifest.json"
+    assert manifest.is_file() and len(list(manifest.parent.glob("*/out.txt"))) == 5
+
+    deployment.stop("triggerer")  # the trigger is dropped; a new triggerer recreates it from its kwargs
+    try:
+        meanwhile = api.start_batch("deploy_watch", "v1", [{"x": 1.0}], 1)
+        api.wait("deploy_watch", "v1", meanwhile)  # finishes while no triggerer runs the watcher
+    finally:
+        deployment.start("triggerer")
+
+    def two_runs() -> dict[str, list[str]] | None:
+        runs = _watched_runs(deployment)
+        return runs if len(runs) >= 2 else None
+
+    runs = wait_for("the run of the execution finished meanwhile", two_runs, timeout=120)
+    assert sorted(runs.values()) == sorted([[execution_id], [meanwhile]])
+    time.sleep(5)  # five more rounds of the restarted watcher: no run of either execution again
+    assert _watched_runs(deployment) == runs
+    assert _watched_store(deployment) == {"form": 1, "done": sorted([execution_id, meanwhile])}
