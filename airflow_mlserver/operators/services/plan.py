@@ -160,7 +160,7 @@ def decide_publish(
     found = digest_in(existing.description)
     if found == digest:
         return PublishDecision(Action.REUSE, version, found, f"{words} exists with content sha256:{digest}")
-    there = f"{words} exists with {_content(found)}, not content sha256:{digest}"
+    there = f"{words} exists with {_content(found)}, not this task's content sha256:{digest}"
     if if_exists == "replace":
         return PublishDecision(Action.REPLACE, version, found, f"{there}; replacing it (if_exists='replace')")
     if if_exists == "skip":

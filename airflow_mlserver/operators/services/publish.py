@@ -210,7 +210,7 @@ class MLServerPublishServiceOperator(BaseOperator):
             model_objects=objects.to_publish or None,
         )
         self.log.info(
-            "%s web service %s version %s (%s in, %s out)",
+            "%s web service %s version %s (%s, %s)",
             "Replaced" if decision.action is Action.REPLACE else "Published",
             quoted(service.name),
             quoted(service.version),
