@@ -113,7 +113,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Machine Learning Server",
-                "python-modules": ["airflow_mlserver.triggers.batch"],
+                "python-modules": [
+                    "airflow_mlserver.triggers.batch",
+                    "airflow_mlserver.triggers.executions",
+                ],
             }
         ],
         "extra-links": ["airflow_mlserver.operators.links.MLServerBatchLink"],
