@@ -101,6 +101,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_mlserver.operators.batch",
                     "airflow_mlserver.operators.artifacts",
+                    "airflow_mlserver.operators.services",
                 ],
             }
         ],
