@@ -7,10 +7,11 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from airflow.triggers.shared_stream import SharedStreamManager
 
 from airflow_mlserver.client.models import BatchStatus
 from airflow_mlserver.executions.finished import Announced, Listing, known_after, plan, to_poll
@@ -142,9 +143,15 @@ class Watching:
         self.loop.close()
 
 
-def _trigger(store: MemoryStore | None, service: str = SERVICE) -> MLServerBatchExecutionsTrigger:
+def _trigger(
+    store: MemoryStore | None, service: str = SERVICE, states: list[str] | None = None
+) -> MLServerBatchExecutionsTrigger:
     trigger = MLServerBatchExecutionsTrigger(
-        service_name=service, service_version="v1", mlserver_conn_id="mlserver_default", poll_interval=0.2
+        service_name=service,
+        service_version="v1",
+        mlserver_conn_id="mlserver_default",
+        poll_interval=0.2,
+        states=states,
     )
     trigger.asset_state_store = store  # type: ignore[assignment]  # what the triggerer injects
     return trigger
@@ -254,3 +261,49 @@ def test_a_service_not_published_yet_is_polled_until_it_is(api: Api, watch: Any,
         assert [e["execution_id"] for e in _events_for(watching, 1)] == [execution_id]
     finally:
         watching.stop()
+
+
+def test_watchers_of_one_service_share_one_poll_each_with_its_own_states(
+    api: Api, mlserver_conn: str, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two watchers of one service through Airflow's shared-stream manager, as the triggerer runs them."""
+    opened: list[dict[str, Any]] = []
+    poll = MLServerBatchExecutionsTrigger.open_shared_stream.__func__  # type: ignore[attr-defined]
+
+    async def counted(cls: type, kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        opened.append(kwargs)
+        async for listing in poll(cls, kwargs):
+            yield listing
+
+    monkeypatch.setattr(MLServerBatchExecutionsTrigger, "open_shared_stream", classmethod(counted))
+    watchers = {"complete": _trigger(MemoryStore(), service, ["complete"])}
+    watchers["canceled"] = _trigger(MemoryStore(), service, ["canceled"])
+
+    async def main() -> tuple[dict[str, list[str]], str, str]:
+        manager = SharedStreamManager()
+        got: dict[str, list[str]] = {name: [] for name in watchers}
+
+        async def consume(number: int, name: str) -> None:
+            trigger = watchers[name]
+            stream = manager.subscribe(trigger_id=number, trigger=trigger, key=trigger.shared_stream_key())
+            async for event in trigger.filter_shared_stream(stream):
+                got[name].append(event.payload["execution_id"])
+
+        tasks = [asyncio.create_task(consume(n, name)) for n, name in enumerate(watchers)]
+        while not all(t._recalled for t in watchers.values()):
+            await asyncio.sleep(0.05)
+        complete = await asyncio.to_thread(api.start_batch, service, "v1", [{"x": 0.1}], 1)
+        canceled = await asyncio.to_thread(api.start_batch, service, "v1", [{"x": 30.0}], 1)
+        await asyncio.to_thread(api.delete, f"/api/{service}/v1/batch/{canceled}")
+        while not all(got.values()):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)
+        for number, task in enumerate(tasks):
+            task.cancel()
+            await manager.unsubscribe(number, watchers["complete"].shared_stream_key())
+        await manager.stop_all()
+        return got, complete, canceled
+
+    got, complete, canceled = asyncio.run(asyncio.wait_for(main(), 60))
+    assert got == {"complete": [complete], "canceled": [canceled]}
+    assert len(opened) == 1  # one poll for both
