@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_mlserver.client.models import WebService
 from airflow_mlserver.exceptions import (
@@ -103,6 +104,12 @@ def test_code_and_init_code_from_file_paths(mlserver_conn: str, tmp_path: Path) 
         publish(name, service_version="1.0", **kwargs)
     with pytest.raises(ServiceCodeArgumentError, match="readable file"):
         publish(name, service_version="1.0", code_path=f"file://{tmp_path}/missing.py")
+    (tmp_path / "empty.py").write_text(" \n")
+    with pytest.raises(ServiceCodeArgumentError, match="it is empty"):
+        publish(name, service_version="1.0", code_path=f"file://{tmp_path}/empty.py")
+    (tmp_path / "latin1.py").write_bytes("y = 'caf\u00e9'".encode("latin-1"))
+    with pytest.raises(ServiceCodeArgumentError, match="the byte at offset 8 is not UTF-8"):
+        publish(name, service_version="1.0", code_path=str(tmp_path / "latin1.py"))  # a plain path too
 
 
 def test_changed_code_under_one_version_fails_clearly_then_replaces(mlserver_conn: str) -> None:
@@ -115,6 +122,7 @@ def test_changed_code_under_one_version_fails_clearly_then_replaces(mlserver_con
     assert f"'{name}' version 'v1'" in message and first["digest"] in message and error.digest in message
     assert "if_exists='replace'" in message
     assert (error.found, error.service_version) == (first["digest"], "v1")
+    assert isinstance(error, AirflowFailException)  # publishing again cannot help: no retries
     assert consume(name, "v1", x=1.0) == {"y": 2.0}  # untouched
 
     kept = publish(name, service_version="v1", code=TRIPLE, if_exists="skip")
@@ -189,6 +197,8 @@ def test_r_service_with_an_rds_model_from_object_storage(mlserver_conn: str, tmp
     assert answer["published"]
     assert round(consume(name, "v1.0.0", hp=120, wt=2.8)["answer"], 7) == 0.6418125  # the seed's value
     assert publish(name, service_version="v1.0.0", **kwargs)["published"] is False
+    as_bytes = {**kwargs, "model_paths": None, "model_objects": {"carsModel": rds.read_bytes()}}
+    assert publish(name, service_version="v1.0.0", **as_bytes)["published"] is False  # the same bytes
 
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(1))
     with pytest.raises(ModelObjectError, match="not RDS"):

@@ -36,18 +36,16 @@ def read_code(argument: str, path: Any, conn_id: str | None) -> str:
         data = _read(path, conn_id)
     except Exception as exc:
         raise ServiceCodeArgumentError(
-            argument, str(path), f"give the path of a readable file (reading it failed: {_reason(exc)})", True
+            argument, str(path), f"give the path of a readable file (reading it failed: {_reason(exc)})"
         ) from exc
     try:
         code = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ServiceCodeArgumentError(
-            argument, str(path), f"give a file of UTF-8 text (byte {exc.start:,} is not UTF-8)", True
+            argument, str(path), f"give a file of UTF-8 text (the byte at offset {exc.start:,} is not UTF-8)"
         ) from None
     if not code.strip():
-        raise ServiceCodeArgumentError(
-            argument, str(path), "give a file that holds the code (it is empty)", True
-        )
+        raise ServiceCodeArgumentError(argument, str(path), "give a file that holds the code (it is empty)")
     return code
 
 
@@ -86,7 +84,6 @@ def model_objects(
                 f"model_paths[{name!r}]",
                 str(path),
                 f"give the path of a readable file (reading it failed: {_reason(exc)})",
-                True,
             ) from exc
         digested[name] = data
         to_publish[name] = data if is_r(runtime_type) else _unpickled(name, path, data)
