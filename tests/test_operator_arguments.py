@@ -221,6 +221,29 @@ def test_a_templated_argument_waits_for_its_rendering(arguments: dict[str, Any])
     assert getattr(operator, name) == value
 
 
+def test_an_xcomarg_waits_for_its_rendering_and_is_then_checked() -> None:
+    """``service_version=publish.output["service_version"]``: scoring with what a task just published."""
+    from airflow.sdk import DAG, task
+
+    with DAG("mlserver_test_xcomarg_version", schedule=None):
+
+        @task
+        def publish() -> dict[str, str]:
+            return {"service_version": "v2"}
+
+        version = publish()["service_version"]
+        operator = MLServerBatchOperator(
+            task_id="score", service_name="svc", service_version=version, records=[{"x": 1.0}]
+        )
+    assert operator.service_version is version
+    operator.service_version = "v 2/3"  # what it rendered to: refused, with its own class, "once rendered"
+    from airflow_mlserver.operators.arguments import check_arguments
+    from airflow_mlserver.operators.batch.arguments import ARGUMENT_CHECKS
+
+    with pytest.raises(OperatorArgumentError, match="once rendered"):
+        check_arguments(operator, ARGUMENT_CHECKS, rendered=True)
+
+
 @pytest.mark.parametrize("argument", ["parallel_count", "poll_interval", "output_format", "deferrable"])
 def test_a_template_in_an_argument_that_is_not_templated_is_refused(argument: str) -> None:
     """Only template_fields render: elsewhere the template text is the value, and it is not a valid one."""

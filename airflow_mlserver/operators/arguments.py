@@ -51,20 +51,24 @@ def has_template(value: Any) -> bool:
 def check_arguments(task: Any, checks: Mapping[str, Check], rendered: bool = False) -> None:
     """Check ``task``'s arguments and keep what each check answers.
 
-    At construction (``rendered=False``) a templated argument that holds a template is left for later; with
-    ``rendered=True`` only the templated arguments are checked (the others were at construction).
+    At construction (``rendered=False``) a templated argument that holds a template, or any XComArg (it
+    resolves at run time, as a template renders), is left for later; with ``rendered=True`` only the templated
+    arguments are checked (the others were at construction). A refusal keeps its class, said "once rendered".
     """
+    from airflow.sdk import XComArg
+
     templated = set(task.template_fields)
     for name, check in checks.items():
         value = getattr(task, name)
-        if (name not in templated) if rendered else (name in templated and has_template(value)):
+        later = isinstance(value, XComArg) or (name in templated and has_template(value))
+        if (name not in templated) if rendered else later:
             continue  # checked at construction already, or to be checked once rendered
         try:
             setattr(task, name, check(name, value))
         except OperatorArgumentError as exc:
             if not rendered:
                 raise
-            raise OperatorArgumentError(exc.argument, exc.value, exc.fix, rendered=True) from None
+            raise type(exc)(exc.argument, exc.value, exc.fix, rendered=True) from None
 
 
 def optional(check: Check) -> Check:

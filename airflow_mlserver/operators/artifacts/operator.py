@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, ObjectStoragePath, XComArg
+from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_mlserver.client.words import count, first_few, plural
 from airflow_mlserver.exceptions import ArtifactTransferError
@@ -209,9 +209,7 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         self.chunk_size = chunk_size
         self.mlserver_conn_id = mlserver_conn_id
         self.dest_conn_id = dest_conn_id
-        # an XComArg resolves at run time, as a template renders: both are checked right after rendering
-        checks = self._checks()
-        check_arguments(self, {k: c for k, c in checks.items() if not isinstance(getattr(self, k), XComArg)})
+        check_arguments(self, self._checks())  # a template or an XComArg: right after it renders
 
     def _checks(self) -> dict[str, Check]:
         """Each argument's check; the manifest may name the execution only when there is one."""
@@ -283,10 +281,10 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
         )
         manifest.write(dest.fs, dest.mode, plan.manifest_path)
         if copied.failure is not None:
+            self.log.error("Listing artifacts failed: %s", copied.failure)
             self.log.error(
-                "Listing artifacts failed (%s); the manifest %s lists the %s handled before it (with "
-                "their sha256, carried over when they are skipped). Run the task again: nothing is copied twice.",
-                copied.failure, manifest.uri, plural(len(copied.entries), "artifact"),
+                "The manifest %s lists the %s handled before it, with their sha256: run the task again, nothing "
+                "is copied twice", manifest.uri, plural(len(copied.entries), "artifact"),
             )  # fmt: skip
             raise copied.failure
         return self._report(context, manifest)

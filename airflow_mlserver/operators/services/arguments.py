@@ -11,8 +11,6 @@ import keyword
 from collections.abc import Mapping
 from typing import Any
 
-from airflow.sdk import XComArg
-
 from airflow_mlserver.client.parameters import PARAMETER_TYPES
 from airflow_mlserver.client.protocol import valid_segment
 from airflow_mlserver.exceptions import (
@@ -187,19 +185,9 @@ DELETE_CHECKS: dict[str, Check] = {
 
 
 def check_service_arguments(task: Any, checks: Mapping[str, Check], rendered: bool = False) -> None:
-    """:func:`~airflow_mlserver.operators.arguments.check_arguments`, an XComArg left for after rendering, and
-    the specific class of each refusal kept once rendered."""
-    if not rendered:
-        checks = {
-            name: check for name, check in checks.items() if not isinstance(getattr(task, name), XComArg)
-        }
-    try:
-        check_arguments(task, checks, rendered)
-    except OperatorArgumentError as exc:
-        original = exc.__context__
-        if rendered and isinstance(original, OperatorArgumentError) and type(original) is not type(exc):
-            raise type(original)(original.argument, original.value, original.fix, rendered=True) from None
-        raise
+    """:func:`~airflow_mlserver.operators.arguments.check_arguments` (an XComArg left for after rendering, the
+    specific class of each refusal kept once rendered)."""
+    check_arguments(task, checks, rendered)
 
 
 def _given(value: Any) -> bool:
