@@ -790,7 +790,8 @@ def test_a_retry_during_a_rescore_round_reattaches_to_its_execution(
     assert [p["execution_id"] for p in _stored_batch(dagrun)["rounds"][1]["parts"]] == [rescore]
     log = capfd.readouterr().out
     if stopped == "waiting":
-        assert f"the only chunk: {chunk} and rescore round 1: {rescore}" in log
+        assert "Found the executions of an earlier try (started 2m" in log
+        assert f"the only chunk: {chunk} and 1 more" in log  # the first, and how many more
     else:
         assert f"Adopted batch execution {rescore} for rescore round 1: an earlier try started it" in log
     assert "Started batch execution" not in log
@@ -866,3 +867,49 @@ def test_a_retry_after_a_lost_worker_scores_each_chunk_once_and_writes_everythin
     assert "Found the executions of an earlier try" in log
     assert sorted(_staged_chunks(log)) == [1, 2, 3, 4, 5, 6]  # each chunk staged once, across both tries
     assert not (tmp_path / ".results.parquet.parts").exists()
+
+
+#: A line of the task's log as Airflow prints it: time, level, message, logger, source.
+_LOG_LINE = re.compile(r"^\S+ \[(?P<level>\w+)\s*\] (?P<message>.*) \[(?P<logger>[^\]]+)\](?: \S+=\S+)*\s*$")
+#: What a line may quote of the user's, whatever its length: a quoted name, a file URI or path.
+_VALUES = re.compile(r"'[^']*'|\w+://\S+|(?<!\w)/[\w.\-/]+")
+#: The most characters of our own text in one line of a task's log.
+MAX_LINE = 160
+
+
+def test_log_lines_stay_short_in_a_chunked_batch_with_failures_and_a_retry(
+    run_dag: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Every line the provider writes in a task's log fits in MAX_LINE characters, the user's quoted values
+    (names, paths, URIs) aside: a chunked batch whose failing records are rescored, then one lost midway and
+    retried, with failing records.
+
+    Before the lines were shortened, the retry's "Found the executions of an earlier try ..." listed every chunk
+    with its execution id on one line (here 4 to 6 of them: 260 to 370 characters); it fails this test.
+    """
+    lines: list[str] = []
+
+    def run(dag_id: str, frame: pd.DataFrame, state: str) -> None:
+        dagrun = run_dag(
+            dag_id,
+            service="scorer",
+            records=_write(frame, tmp_path / f"{dag_id}.csv"),
+            output=str(tmp_path / f"{dag_id}.parquet"),
+        )
+        assert dagrun.state == state
+        found = map(_LOG_LINE.match, capfd.readouterr().out.splitlines())
+        lines.extend(m["message"] for m in found if m and _ours(m["logger"]))
+
+    run(
+        "mlserver_test_rescore", _frame(10, negative=(7,)), "success"
+    )  # one failure tolerated, after 2 rounds
+    run("mlserver_test_lost_midway", _frame(6, negative=(2, 4)), "failed")  # two failures, none tolerated
+    for start in ("Started batch execution", "Rescoring", "Rescored", "Scored", "Found the executions of an"):
+        assert any(line.startswith(start) for line in lines), (start, lines)
+    too_long = [line for line in lines if len(_VALUES.sub("…", line)) > MAX_LINE]
+    assert not too_long, "\n".join(too_long)
+
+
+def _ours(logger: str) -> bool:
+    """A logger of the provider's: its modules', or a task's of an operator of ours (or of a subclass)."""
+    return "airflow_mlserver" in logger or logger.startswith(("airflow.task.operators.", "airflow.triggers."))

@@ -288,7 +288,8 @@ def test_an_unreadable_server_ends_the_wait_after_unreachable_timeout(
     assert 1.0 <= time.monotonic() - started < 5
     assert (event["status"], event["unreachable"]) == ("error", True)
     assert event["message"].startswith("The server was not readable for 1.")
-    assert "Last error: Could not log in: POST /login at http://127.0.0.1:" in event["message"]
+    assert "Last error: Could not log in (POST /login, tried " in event["message"]
+    assert "nothing answers at http://127.0.0.1:" in event["message"]
 
 
 def test_the_deadline_wins_over_unreachable_timeout_when_it_comes_first(

@@ -41,6 +41,7 @@ from airflow_mlserver.executions.outage import (
     Outage,
     OutageWatch,
     back_line,
+    error_line,
     gave_up_message,
     is_outage,
     judge,
@@ -135,9 +136,16 @@ def test_no_sleep_runs_past_the_give_up(
 def test_the_lines_and_the_message() -> None:
     outage = Outage(since=0.0, logged=62.0, error="Could not get it: refused.", polls=7)
     assert outage_line(outage, 62.0, 1800.0, "map index 2: ") == (
-        "map index 2: Batch state unknown: the server has not been readable for 1m02s (Could not get it: "
-        "refused.); waiting for it 28m58s more (unreachable_timeout 30m00s)"
+        "map index 2: Batch state unknown: the server has not been readable for 1m02s; waiting for it 28m58s "
+        "more (unreachable_timeout 30m00s)"
     )
+    assert error_line(outage, "map index 2: ") == "map index 2: Last error: Could not get it: refused"
+    told = Outage(
+        since=0.0, logged=0.0, error="Could not get x (GET /x, tried once): nothing answers. Check it."
+    )
+    assert (
+        error_line(told) == "Last error: Could not get x (GET /x, tried once): nothing answers"
+    )  # not the fix
     assert back_line(outage, 100.0) == "The server is readable again after 1m40s; waiting on"
     what = waited_for(["e1"], "svc", "1.0")
     assert what == "batch execution e1 of web service 'svc' version '1.0'"
@@ -175,8 +183,9 @@ def test_an_outage_is_logged_once_a_minute_not_on_every_poll() -> None:
     watch = OutageWatch(log, 600.0, "batch execution e1 of web service 's' version 'v'")
     verdicts = [watch.failed(REFUSED, t, t + 0.5) for t in range(0, 150, 10)]  # a poll every 10 s
     assert verdicts.count(LOG) == 3 and verdicts.count(QUIET) == 12  # at 0.5 s, 60.5 s and 120.5 s
-    assert [level for level, _ in log.lines] == ["warning"] * 3
-    assert log.lines[1][1].startswith("Batch state unknown: the server has not been readable for 1m00s")
+    assert [level for level, _ in log.lines] == ["warning"] * 6  # the state, then the last error
+    assert log.lines[2][1].startswith("Batch state unknown: the server has not been readable for 1m00s")
+    assert log.lines[3][1] == "Last error: Could not get the status: GET /x failed once: connection refused"
     watch.readable(155.0)
     assert log.lines[-1] == ("info", "The server is readable again after 2m35s; waiting on")
     assert watch.outage is None
@@ -238,8 +247,8 @@ def test_the_in_worker_wait_gives_up_after_unreachable_timeout_with_the_last_err
 def test_the_in_worker_wait_survives_an_outage_and_says_when_it_ends() -> None:
     hook, log = ScriptedHook(_status("Running"), REFUSED, _api(503), REFUSED, _status("Complete")), Lines()
     assert [s.state for s in _wait(hook, log)] == ["Complete"]
-    assert [level for level, _ in log.lines] == ["warning", "info"]
-    assert log.lines[1][1].startswith("The server is readable again after")
+    assert [level for level, _ in log.lines] == ["warning", "warning", "info"]
+    assert log.lines[2][1].startswith("The server is readable again after")
 
 
 def test_wrong_input_ends_the_in_worker_wait_at_once() -> None:
@@ -393,7 +402,8 @@ def test_the_in_worker_wait_against_a_stopped_server_fails_with_the_last_error(o
     assert str(raised.value).startswith("The server was not readable for 2.")
     assert "Last error: Could not log in (POST /login, tried " in str(raised.value)
     assert isinstance(raised.value.__cause__, MLServerConnectionError)
-    assert len(log.lines) == 1 and log.lines[0][1].startswith("Batch state unknown")
+    assert len(log.lines) == 2 and log.lines[0][1].startswith("Batch state unknown")
+    assert log.lines[1][1].startswith("Last error: Could not log in (POST /login, tried ")
 
 
 def _restart_after(server: Any, seconds: float) -> threading.Thread:
@@ -436,8 +446,8 @@ def test_a_wait_survives_a_short_outage_when_the_server_comes_back(
             log=log,
         )
         assert [s.state for s in statuses] == ["Complete"]
-        assert [level for level, _ in log.lines] == ["warning", "info"]
-        assert log.lines[1][1].startswith("The server is readable again after")
+        assert [level for level, _ in log.lines] == ["warning", "warning", "info"]
+        assert log.lines[2][1].startswith("The server is readable again after")
     restart.join()
     assert server.port == port and os.path.isdir(server.data_dir)
     assert api.status("outage", "v1", execution_id)["completedItemCount"] == 4

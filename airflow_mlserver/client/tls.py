@@ -187,10 +187,12 @@ def unverified(settings: ConnectionSettings, verify: bool | str, log: logging.Lo
         if (settings.conn_id, settings.base_url) in _unverified_warned:
             return
         _unverified_warned.add((settings.conn_id, settings.base_url))
-    log.warning(
-        "Connection '%s' has Verify TLS false: the TLS certificate of %s is not checked, so whoever can intercept "
-        "the traffic could read the password and tokens. Set its Verify TLS field (extra 'verify') to the path of "
-        "the CA bundle that issued the server's certificate. (Said once per process.)",
+    log.warning(  # two lines, each short enough to read in a task's log
+        "Connection '%s' has Verify TLS false: the TLS certificate of %s is not checked (said once per process)",
         settings.conn_id,
         settings.base_url,
+    )
+    log.warning(
+        "Whoever can intercept the traffic could read the password and tokens: set Verify TLS (extra 'verify') "
+        "to the path of the CA bundle that issued the server's certificate"
     )

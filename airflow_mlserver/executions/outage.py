@@ -14,9 +14,10 @@ trigger, the in-worker wait (:mod:`~airflow_mlserver.executions.polling`, behind
   ends the wait with the last error (:data:`GIVE_UP`), and no sleep runs past that moment
   (:func:`outage_sleep`). A task's deadline (``timeout``) still applies beside it: whichever comes first ends
   the wait.
-* **What it logs**: one line when the outage starts, then one a minute (:data:`OUTAGE_LOG_INTERVAL`), never
-  one a poll (:func:`outage_line`); one line when the server is readable again (:func:`back_line`); the
-  message the wait fails with names the outage's length and the last error (:func:`gave_up_message`).
+* **What it logs**: two lines when the outage starts (its state, then the last error's first sentence), then
+  the same once a minute (:data:`OUTAGE_LOG_INTERVAL`), never on every poll (:func:`outage_line`,
+  :func:`error_line`); one line when the server is readable again (:func:`back_line`); the message the wait
+  fails with names the outage's length and the last error (:func:`gave_up_message`).
 
 :func:`judge` is the rule, a function of data (no clock, no I/O): each wait keeps the :class:`Outage` it answers
 between polls; :class:`OutageWatch` is that bookkeeping and the log lines, for a caller that passes the clock.
@@ -30,6 +31,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from airflow_mlserver.client.errors import MalformedResponseError, MLServerApiError, MLServerConnectionError
+from airflow_mlserver.client.quoting import shortened
 from airflow_mlserver.client.words import plural
 from airflow_mlserver.executions.progress import duration
 
@@ -148,14 +150,21 @@ def outage_sleep(sleep: float, outage: Outage | None, unreachable_timeout: float
 
 
 def outage_line(outage: Outage, now: float, unreachable_timeout: float, prefix: str = "") -> str:
-    """``Batch state unknown: the server has not been readable for 1m02s (...); waiting for it 28m58s more
-    (unreachable_timeout 30m00s)``."""
+    """``Batch state unknown: the server has not been readable for 1m02s; waiting for it 28m58s more
+    (unreachable_timeout 30m00s)``; the last error has a line of its own (:func:`error_line`)."""
     lasted = outage.lasted(now)
     return (
-        f"{prefix}Batch state unknown: the server has not been readable for {duration(lasted)} "
-        f"({outage.error}); waiting for it {duration(max(0.0, unreachable_timeout - lasted))} more "
-        f"(unreachable_timeout {duration(unreachable_timeout)})"
+        f"{prefix}Batch state unknown: the server has not been readable for {duration(lasted)}; waiting for it "
+        f"{duration(max(0.0, unreachable_timeout - lasted))} more (unreachable_timeout {duration(unreachable_timeout)})"
     )
+
+
+def error_line(outage: Outage, prefix: str = "") -> str:
+    """``Last error: Could not get ... (GET ..., tried 9 times): nothing answers at http://... (connection
+    refused)``: the first sentence of the last error, what happened (its fix is in the message a wait fails
+    with)."""
+    first, _, _ = outage.error.partition(". ")
+    return f"{prefix}Last error: {shortened(first.rstrip('.'))}"
 
 
 def back_line(outage: Outage, now: float, prefix: str = "") -> str:
@@ -224,6 +233,7 @@ class OutageWatch:
         self.outage = judgement.outage
         if judgement.verdict is LOG and self.outage is not None:
             self.log.warning("%s", outage_line(self.outage, now, self.unreachable_timeout, self.prefix))
+            self.log.warning("%s", error_line(self.outage, self.prefix))
         return judgement.verdict
 
     def readable(self, now: float) -> None:
@@ -255,6 +265,7 @@ __all__ = [
     "Verdict",
     "WarningLog",
     "back_line",
+    "error_line",
     "gave_up_message",
     "is_outage",
     "judge",

@@ -100,7 +100,7 @@ class BatchRun:
                 "%sFound the executions of an earlier try (started %s ago): %s",
                 self.prefix,
                 ago,
-                first_few(found, shown=2),
+                first_few(found, shown=1),  # a line of a readable length, however many chunks
             )
 
     def settle(self) -> None:
