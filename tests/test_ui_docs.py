@@ -27,6 +27,7 @@ DOCS = "/mlserver/docs"
 #: The sections a user looks for, by task (``##`` headings of the guide).
 SECTIONS = (
     "Install and connect",
+    "Publish and retire a service",
     "Score records in batch",
     "Wait on an execution started elsewhere",
     "Copy artifacts to object storage",
