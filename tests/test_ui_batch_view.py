@@ -388,3 +388,42 @@ def rendered_field(dagrun: Any, task_id: str, name: str, value: Any) -> Iterator
     finally:
         with create_session() as session:
             session.execute(update(Rtif).where(*where).values(rendered_fields=before))
+
+
+@pytest.fixture(scope="module")
+def publish_runs(batch_run: Any, tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+    """Publish a service, score with it and keep only its newest version, twice: the second run's code is new,
+    so it publishes a new version and deletes the first."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder = tmp_path_factory.mktemp("ui-publish")
+    pd.DataFrame({"x": [1.0, 2.0]}).to_csv(folder / "records.csv", index=False)
+    bag = DagBag(dag_folder=str(Path(__file__).parent / "dags" / "services_dags.py"))
+    dag = bag.get_dag("mlserver_test_publish_then_score")
+    runs = []
+    for n, code in enumerate(("y = x * 2\n", "y = x * 3\n")):
+        params = {"service": "uipublished", "code": code, "records": f"file://{folder}/records.csv"}
+        dagrun = dag.test(run_conf={**params, "output": f"file://{folder}/scores-{n}.csv"})
+        assert dagrun.state == "success", dagrun.state
+        runs.append(dagrun)
+    return runs
+
+
+def test_the_tab_of_a_publish_task_shows_what_was_published(
+    airflow_ui: AirflowUI, publish_runs: list[Any], ui_page: UiPages
+) -> None:
+    view = airflow_ui.get(view_path(publish_runs[1], "publish"), user="viewer").json()
+    assert (view["kind"], view["operator"]) == ("publish", "MLServerPublishServiceOperator")
+    page = airflow_ui.get(view_path(publish_runs[1], "publish", json=False), user="viewer").text
+    assert "Published this version." in page and "x: numeric" in page and "y: numeric" in page
+    assert "refresh" not in page
+    tidy = airflow_ui.get(view_path(publish_runs[1], "tidy", json=False), user="viewer").text
+    assert "1 version deleted" in html.unescape(tidy), tidy[-600:]
+    run = urllib.parse.quote(publish_runs[1].run_id, safe="")
+    browser = ui_page(
+        "viewer", f"/dags/mlserver_test_publish_then_score/runs/{run}/tasks/publish/plugin/mlserver-batch"
+    )
+    frame = browser.frame_locator("iframe").first
+    expect(frame.locator("#published")).to_have_text("Published this version.")
+    expect(frame.locator("#service")).to_contain_text("Content digest")
+    screenshot(browser, "batch-view-publish")

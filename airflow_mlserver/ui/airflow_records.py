@@ -33,7 +33,14 @@ class TaskKind(StrEnum):
     BATCH = "batch"
     ARTIFACTS = "artifacts"
     SENSOR = "sensor"
+    PUBLISH = "publish"
+    DELETE = "delete"
     OTHER = "other"
+
+    @property
+    def scores(self) -> bool:
+        """A kind of task that has batch executions to show (publishing and deleting have none)."""
+        return self in (TaskKind.BATCH, TaskKind.ARTIFACTS, TaskKind.SENSOR)
 
 
 #: The kind of each of this provider's operator classes, by the class name Airflow stores for a task instance.
@@ -41,6 +48,8 @@ OPERATOR_KINDS = {
     "MLServerBatchOperator": TaskKind.BATCH,
     "MLServerArtifactsToObjectStorageOperator": TaskKind.ARTIFACTS,
     "MLServerBatchSensor": TaskKind.SENSOR,
+    "MLServerPublishServiceOperator": TaskKind.PUBLISH,
+    "MLServerDeleteServiceOperator": TaskKind.DELETE,
 }
 #: Task instance states in which the view refreshes itself: the task runs, or waits on its trigger.
 LIVE_STATES = frozenset({"running", "deferred"})
@@ -118,6 +127,7 @@ class AirflowRecords:
     :param rendered: The rendered template fields (service, conn ids, paths).
     :param run_summaries: Return values of the other task instances of the run, by task id and map index
         (for artifact manifests).
+    :param returned: The task's return value as it is (a delete task returns a list).
     """
 
     state: BatchState | None
@@ -125,6 +135,7 @@ class AirflowRecords:
     execution_ids: list[str]
     rendered: dict[str, Any]
     run_summaries: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    returned: Any = None
 
 
 def read_airflow_records(ref: TaskInstanceRef, session: Session) -> AirflowRecords:
@@ -169,6 +180,7 @@ def read_airflow_records(ref: TaskInstanceRef, session: Session) -> AirflowRecor
             for (task_id, map_index, key), value in xcoms.items()
             if key == "return_value" and isinstance(value, dict) and (task_id, map_index) != own
         },
+        returned=summary,
     )
 
 

@@ -145,6 +145,8 @@ class BatchView:
     failures: list[FailedRecord] = field(default_factory=list)
     manifests: list[ManifestView] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    rendered: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ours(self) -> bool:
@@ -315,11 +317,14 @@ def build_view(
     ``page`` is the page of the artifacts lists."""
     rendered, summary, state = records.rendered, records.summary or {}, records.state
     view = BatchView(ref=ref, task=task, conn_id=str(rendered.get("mlserver_conn_id") or DEFAULT_CONN_ID))
+    view.summary, view.rendered = dict(summary), dict(rendered)
     if now is not None:
         view.now = now
     view.kind = _kind(task, records)
-    if not view.ours:
-        return view
+    if view.kind is TaskKind.DELETE and isinstance(records.returned, list):
+        view.summary = {"deleted": [str(v) for v in records.returned]}
+    if not view.kind.scores:
+        return view  # another task's, or a service published or deleted: the page shows what Airflow keeps
     view.service = _text(summary.get("service_name")) or (state.service if state else None)
     view.version = _text(summary.get("service_version")) or (state.version if state else None)
     view.service = view.service or _text(rendered.get("service_name"))
