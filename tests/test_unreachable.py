@@ -149,7 +149,10 @@ def test_the_lines_and_the_message() -> None:
     assert back_line(outage, 100.0) == "The server is readable again after 1m40s; waiting on"
     what = waited_for(["e1"], "svc", "1.0")
     assert what == "batch execution e1 of web service 'svc' version '1.0'"
-    assert waited_for(["e1", "e2"], "svc", "1.0").startswith("batch executions e1, e2 of")
+    assert waited_for(["e1", "e2"], "svc", "1.0").startswith("batch executions e1 and e2 of")
+    assert waited_for([f"e{i}" for i in range(8)], "s", "1").startswith(
+        "batch executions e0, e1, e2 and 5 more of"
+    )
     assert gave_up_message(outage, 1805.0, 1800.0, what) == (
         "The server was not readable for 30m05s (7 polls failed), as long as unreachable_timeout (30m00s) "
         "allows, while waiting for batch execution e1 of web service 'svc' version '1.0'. Last error: Could not "

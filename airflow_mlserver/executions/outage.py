@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from airflow_mlserver.client.errors import MalformedResponseError, MLServerApiError, MLServerConnectionError
 from airflow_mlserver.client.quoting import shortened
-from airflow_mlserver.client.words import plural
+from airflow_mlserver.client.words import first_few, noun, plural
 from airflow_mlserver.executions.progress import duration
 
 #: How long a wait goes on while the server cannot be read, by default (seconds): 30 minutes.
@@ -185,9 +185,10 @@ def gave_up_message(outage: Outage, now: float, unreachable_timeout: float, wait
 
 
 def waited_for(execution_ids: list[str] | tuple[str, ...], service_name: str, service_version: str) -> str:
-    """``batch execution e1 of web service 'svc' version '1.0'`` (``executions e1, e2`` for several)."""
-    which = "batch execution" if len(execution_ids) == 1 else "batch executions"
-    return f"{which} {', '.join(execution_ids)} of web service '{service_name}' version '{service_version}'"
+    """``batch execution e1 of web service 'svc' version '1.0'`` (``executions e1 and e2``, ``e1, e2, e3 and 5
+    more`` for several)."""
+    which = noun(len(execution_ids), "batch execution")
+    return f"{which} {first_few(execution_ids)} of web service '{service_name}' version '{service_version}'"
 
 
 class WarningLog(Protocol):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_mlserver.client.quoting import quoted, shortened
-from airflow_mlserver.client.words import noun
+from airflow_mlserver.client.words import first_few, noun
 from airflow_mlserver.server import runtimes
 from airflow_mlserver.server.errors import bad_request
 from airflow_mlserver.server.runtimes.protocol import Job, answer
@@ -63,8 +63,7 @@ def record_texts(service: dict[str, Any], records: list[Any]) -> list[str]:
 
 def _names(names: list[str]) -> str:
     """Up to five names, each quoted (cut if long), and how many more."""
-    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-    return ", ".join(quoted(n) for n in names[:5]) + more
+    return first_few(map(quoted, names), shown=5)
 
 
 def build_job(

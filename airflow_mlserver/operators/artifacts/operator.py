@@ -298,7 +298,7 @@ class MLServerArtifactsToObjectStorageOperator(BaseOperator):
                 "%s produced no artifacts%s: %s",
                 plural(len(no_artifacts), "record"),
                 "" if manifest.executions.finished else " so far (an execution is still running)",
-                first_few((f"{n:,}" for n in no_artifacts), shown=10),
+                first_few((f"{n:,}" for n in no_artifacts), shown=5),
             )
         self.log.info(
             "Artifacts: %s copied (%s), %s skipped (already there), %s refused, %s failed; manifest %s",
