@@ -386,8 +386,7 @@ class _Table:
         self.columns: dict[str, Any] = {}
         if isinstance(data, pd.DataFrame):
             names = [str(c) for c in data.columns]
-            duplicated = sorted({n for n in names if names.count(n) > 1})
-            if duplicated:
+            if duplicated := sorted({n for n in names if names.count(n) > 1}):
                 raise RecordValidationError(
                     f"The DataFrame has duplicate {noun(len(duplicated), 'column')} "
                     f"{', '.join(map(repr, duplicated))}: give each input one column."
