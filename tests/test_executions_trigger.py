@@ -82,6 +82,9 @@ def test_serialized_kwargs_recreate_the_trigger_and_arguments_are_checked() -> N
     assert json.loads(json.dumps(kwargs)) == kwargs
     assert MLServerBatchExecutionsTrigger(**kwargs).serialize() == (path, kwargs)
     assert trigger.shared_stream_key() == ("mlserver-batch-executions", "c", "s", "v", 5.0)
+    assert (
+        trigger.store_key == "mlserver_batch_executions/c/s/v/failed"
+    )  # other states: a memory of their own
     other = MLServerBatchExecutionsTrigger(
         service_name="s", service_version="v", mlserver_conn_id="c", poll_interval=5
     )

@@ -28,7 +28,7 @@ the asset's state store (key :data:`STORE_KEY`, through the triggerer; every wat
 trigger watches several assets), and stores what it will announce *before* it announces it. So:
 
 * an execution is announced at most once per asset, across triggerer restarts, moves to another triggerer
-  and DAG changes that keep the trigger's arguments;
+  and changes of ``poll_interval`` (another connection, service version or ``states`` starts from nothing);
 * an execution that finishes while no triggerer runs the trigger is announced when a triggerer runs it again,
   as long as the server still lists it;
 * the executions already finished when the trigger first runs on an asset (nothing stored yet) are taken as
@@ -76,8 +76,9 @@ from airflow_mlserver.hooks.mlserver import MLServerHook
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
 
-#: The state-store key the trigger remembers under, per connection, service and version.
-STORE_KEY = "mlserver_batch_executions/{conn_id}/{service_name}/{service_version}"
+#: The state-store key the trigger remembers under: one per connection, service version and states, so that
+#: watchers of one asset with other states each keep their own memory.
+STORE_KEY = "mlserver_batch_executions/{conn_id}/{service_name}/{service_version}/{states}"
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ class MLServerBatchExecutionsTrigger(BaseEventTrigger):
             conn_id=self.mlserver_conn_id,
             service_name=self.service_name,
             service_version=self.service_version,
+            states=",".join(self.states),
         )
 
     def _stores(self) -> list[Any]:
