@@ -22,6 +22,13 @@ MTCARS_SCORES = Asset(name="mlserver_mtcars_scores", uri=f"{STORAGE}/scores")
 #: without a logical date (``"logical_date": null`` in the REST API, an asset-triggered run).
 RUN_STAMP = "{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S') }}"
 
+
+def run_stamp(dag_run: Any) -> str:
+    """:data:`RUN_STAMP` in a task's code (``20261207T190108``): give it the task's ``dag_run``."""
+    run_after: datetime = dag_run.run_after
+    return run_after.strftime("%Y%m%dT%H%M%S")
+
+
 #: The folder of a run of dated data: its logical date (``2026-03-01``, what ``{{ ds }}`` renders) when it has
 #: one, so that reruns and backfills of a date write that date's folder; else when the run was triggered
 #: (``2026-12-07T190108``), which its reruns keep. A run without a logical date has no ``ds``, ``ds_nodash``,
@@ -38,3 +45,12 @@ def run_key(dag_run: Any, logical_date: datetime | None = None) -> str:
         return logical_date.strftime("%Y-%m-%d")
     run_after: datetime = dag_run.run_after
     return run_after.strftime("%Y-%m-%dT%H%M%S")
+
+
+def published_words(published: dict[str, Any]) -> str:
+    """One line on what a publish task answered (``MLServerPublishServiceOperator``'s return value)."""
+    service = f"Web service '{published['service_name']}' version '{published['service_version']}'"
+    content = f"content sha256:{published['digest']}" if published["digest"] else "no content digest"
+    if published["published"]:
+        return f"{service}: published by this run ({content})"
+    return f"{service}: found with the same content ({content}), nothing published"

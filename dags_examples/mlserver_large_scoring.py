@@ -10,6 +10,11 @@ its execution instead of scoring again. The merged results are published as the 
 asset, on which ``mlserver_scores_report`` is scheduled; their ``record`` column numbers the cars across the
 chunks. The service writes a file (``borderline.csv``) only for the cars it cannot call; one artifacts task
 copies those of every chunk, selected by their record numbers in the merged results.
+
+The service, ``TxScore`` 2.0 (the mtcars model's variant that writes ``borderline.csv`` only), is published
+first by ``MLServerPublishServiceOperator``, with the coefficients ``train`` fits as its model object
+``coefficients``; the version carries the content's digest, so a rerun publishes nothing (other content
+replaces 2.0). The version is fixed, so nothing is retired: there is no delete step.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import mtcars_service
 from _common import LARGE_SCORES as SCORES
 from _common import RUN_KEY, STORAGE, STORAGE_CONN_ID, run_key
 from airflow.sdk import DAG, ObjectStoragePath, task
 
 from airflow_mlserver.operators.artifacts import MLServerArtifactsToObjectStorageOperator
 from airflow_mlserver.operators.batch import MLServerBatchOperator
+from airflow_mlserver.operators.services import MLServerPublishServiceOperator
 
 SERVICE, VERSION = "TxScore", "2.0"  # 2.0 writes borderline.csv (1.0 wrote no file)
 
@@ -38,13 +45,18 @@ with DAG(
 ):
 
     @task
-    def publish_model() -> str:
-        """Publish the mtcars model for large batches (a file for borderline cars only), unless it is there."""
-        import mtcars_service
+    def train() -> dict[str, list[float]]:
+        """The model objects: ``{"coefficients": [intercept, hp, wt]}``, fitted on mtcars."""
+        return {"coefficients": mtcars_service.train()}
 
-        from airflow_mlserver.hooks.mlserver import MLServerHook
-
-        return mtcars_service.publish_if_absent(MLServerHook(), SERVICE, VERSION, borderline_only=True)
+    publish = MLServerPublishServiceOperator(
+        task_id="publish",
+        service_name=SERVICE,
+        service_version=VERSION,
+        model_objects=train(),
+        if_exists="replace",
+        **mtcars_service.service_arguments(borderline_only=True),
+    )
 
     @task
     def generate_input(
@@ -78,7 +90,7 @@ with DAG(
     score = MLServerBatchOperator.partial(
         task_id="score_chunk",
         service_name=SERVICE,
-        service_version=VERSION,
+        service_version=publish.output["service_version"],
         records_conn_id=STORAGE_CONN_ID,
         output_conn_id=STORAGE_CONN_ID,
         parallel_count=20,
@@ -133,7 +145,6 @@ with DAG(
     @task
     def borderline_records(merged: dict[str, Any]) -> list[int]:
         """The record numbers of the cars the model cannot call (the merged results' ``record`` column)."""
-        import mtcars_service
         import pandas as pd
 
         with ObjectStoragePath(merged["path"], conn_id=STORAGE_CONN_ID).open("rb") as handle:
@@ -144,7 +155,7 @@ with DAG(
     collect = MLServerArtifactsToObjectStorageOperator(
         task_id="collect_borderline_artifacts",
         service_name=SERVICE,
-        service_version=VERSION,
+        service_version=publish.output["service_version"],
         execution_ids=score.output,  # every chunk's summary, in map index order: their executions
         indexes=borderline_records(merge(score.output)),  # record numbers, as in the merged results
         dest=f"{STORAGE}/large/{RUN_KEY}/borderline",  # <record>/borderline.csv, and manifest.json
@@ -152,5 +163,3 @@ with DAG(
         max_concurrency=8,
         poll_interval=5,
     )
-
-    publish_model() >> score

@@ -1,13 +1,13 @@
 """The seed workflow's model: a logistic regression ``am ~ hp + wt`` on mtcars, published as a Python service.
 
 The fit (iteratively reweighted least squares, as R's ``glm(family = binomial)`` does) runs where the DAG
-runs; the service carries the three coefficients and, per record, writes ``answer.csv`` (and, for the
-first records, ``histogram.png``) as artifacts, like the seed's ``manualTransmission``.
+runs (:func:`train`); the service gets the three coefficients as its model object ``coefficients`` and, per
+record, writes ``answer.csv`` (and, for the first records, ``histogram.png``) as artifacts, like the seed's
+``manualTransmission``. :func:`service_arguments` is the rest of what ``MLServerPublishServiceOperator`` sends.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,6 @@ import pandas as pd
 MTCARS = Path(__file__).parent / "data" / "mtcars.csv"
 SERVICE_NAME = "TxService"
 SERVICE_VERSION = "1.0"
-
-log = logging.getLogger(__name__)
 
 
 def load_mtcars() -> pd.DataFrame:
@@ -77,70 +75,31 @@ if hp < 150:
 """
 
 
-def publish_request(coefficients: list[float]) -> dict[str, Any]:
-    """The PublishWebServiceRequest body of the service (coefficients baked into ``initCode``)."""
-    return {
-        "code": CODE,
-        "initCode": INIT_CODE + f"\ncoefficients = {coefficients!r}\n",
-        "runtimeType": "Python",
-        "description": "Probability of a manual transmission from horsepower and weight (mtcars logistic model).",
-        "operationId": "manualTransmission",
-        "inputParameterDefinitions": [{"name": "hp", "type": "numeric"}, {"name": "wt", "type": "numeric"}],
-        "outputParameterDefinitions": [{"name": "answer", "type": "numeric"}],
-        "outputFileNames": ["answer.csv", "histogram.png"],
-    }
+def train() -> list[float]:
+    """The model object ``coefficients``: :func:`fit_logistic` on mtcars, to 10 significant digits.
 
-
-def publish_if_absent(
-    hook: Any, name: str = SERVICE_NAME, version: str = SERVICE_VERSION, borderline_only: bool = False
-) -> str:
-    """Publish the service on the server of ``hook`` unless that name and version exist; answer ``name/version``.
-
-    It logs which: ``Published web service 'TxService' version '1.0'``, or ``Found web service 'TxService'
-    version '1.0' (published 2026-11-30T12:00:00, by admin)``, so the task's log tells whether this run's
-    scores come from a model it fitted or from one already there. ``borderline_only=True`` publishes a variant
-    for very large batches: it writes one file, ``borderline.csv``, and only for the cars the model cannot
-    call (:data:`BORDERLINE`).
+    Rounded so that a refit gives the same bytes, hence the same content digest, wherever it runs (another BLAS
+    may differ in the last bits); the answers move by less than 1e-8.
     """
-    from airflow_mlserver.exceptions import ServiceExistsError, ServiceNotFoundError
-
-    try:
-        found = hook.get_service(name, version)
-    except ServiceNotFoundError:
-        found = None
-    if found is not None:
-        log.info(
-            "Found web service '%s' version '%s' (published %s, by %s)",
-            name,
-            version,
-            found.creation_time or "at a time the server does not say",
-            found.published_by or "a user the server does not name",
-        )
-        return f"{name}/{version}"
-    body = publish_request(fit_logistic(load_mtcars()))
-    try:
-        _publish(hook, name, version, body, borderline_only)
-    except ServiceExistsError:
-        # Another run (a backfill's runs start together) published it between our look and our publish: the
-        # server keeps the first one, which is the same model, so this run scores against it.
-        log.info("Found web service '%s' version '%s' (published meanwhile by another run)", name, version)
-        return f"{name}/{version}"
-    log.info("Published web service '%s' version '%s'", name, version)
-    return f"{name}/{version}"
+    return [float(f"{b:.10g}") for b in fit_logistic(load_mtcars())]
 
 
-def _publish(hook: Any, name: str, version: str, body: dict[str, Any], borderline_only: bool) -> None:
-    hook.publish_service(
-        name,
-        version,
-        code=BORDERLINE_CODE if borderline_only else body["code"],
-        inputs={p["name"]: p["type"] for p in body["inputParameterDefinitions"]},
-        outputs={p["name"]: p["type"] for p in body["outputParameterDefinitions"]},
-        init_code=body["initCode"],
-        output_file_names=["borderline.csv"] if borderline_only else body["outputFileNames"],
-        operation_id=body["operationId"],
-        description=body["description"],
-    )
+def service_arguments(borderline_only: bool = False) -> dict[str, Any]:
+    """The arguments of ``MLServerPublishServiceOperator`` for the service, but its name, version and model.
+
+    The code reads the model object ``coefficients`` (see :func:`train`), a variable when the code runs.
+    ``borderline_only=True`` is the variant for very large batches: it writes one file, ``borderline.csv``, and
+    only for the cars the model cannot call (:data:`BORDERLINE`).
+    """
+    return {
+        "code": BORDERLINE_CODE if borderline_only else CODE,
+        "init_code": INIT_CODE,
+        "inputs": {"hp": "numeric", "wt": "numeric"},
+        "outputs": {"answer": "numeric"},
+        "output_file_names": ["borderline.csv"] if borderline_only else ["answer.csv", "histogram.png"],
+        "operation_id": "manualTransmission",
+        "description": "Probability of a manual transmission from horsepower and weight (mtcars logistic model).",
+    }
 
 
 #: P(manual) between these: a car the model cannot call either way.
