@@ -1,10 +1,11 @@
 """The R seed's service: ``manualTransmission(hp, wt)``, a ``glm`` fitted in R, published as an R service.
 
-The model is fitted by R itself (``Rscript``, where the publishing task runs) exactly as the seed fits it,
-``glm(formula = am ~ hp + wt, data = mtcars, family = binomial)``, and saved with ``saveRDS``; that file is
-published as the service's model object ``carsModel``. The service's ``initCode`` defines the seed's
-function (it draws ``Histogram.png`` and predicts with ``carsModel``); its ``code`` calls it with the
-record's inputs and leaves the result in the output ``answer``, as a published R service returns outputs.
+The model is fitted by R itself (``Rscript``, where the fitting task runs) exactly as the seed fits it,
+``glm(formula = am ~ hp + wt, data = mtcars, family = binomial)``, and saved with ``saveRDS``
+(:func:`save_model` writes that file to object storage); that file is published as the service's model object
+``carsModel``. The service's ``initCode`` defines the seed's function (it draws ``Histogram.png`` and predicts
+with ``carsModel``); its ``code`` calls it with the record's inputs and leaves the result in the output
+``answer``, as a published R service returns outputs. :data:`SERVICE_ARGUMENTS` is what a publish sends.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ CODE = "answer <- manualTransmission(hp, wt)\n"
 
 
 class RMissingError(RuntimeError):
-    """R is not installed where the publishing task runs."""
+    """R is not installed where the fitting task runs."""
 
 
 def fit_model(folder: Path) -> Path:
@@ -74,23 +75,44 @@ def fit_model(folder: Path) -> Path:
     return path
 
 
+def save_model(target: Any) -> str:
+    """Fit the seed's ``carsModel`` with R (:func:`fit_model`) and write the RDS file to ``target``, an
+    ``ObjectStoragePath`` (a local folder or any object store); answer its URI."""
+    with tempfile.TemporaryDirectory(prefix="carsModel-") as folder:
+        model = fit_model(Path(folder))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(model.read_bytes())
+    return str(target)
+
+
+#: The arguments of ``MLServerPublishServiceOperator`` (and of the hook's ``publish_service``) for the service,
+#: but its name, version and model object.
+SERVICE_ARGUMENTS: dict[str, Any] = {
+    "code": CODE,
+    "init_code": INIT_CODE,
+    "runtime_type": "R",
+    "inputs": {"hp": "numeric", "wt": "numeric"},
+    "outputs": {"answer": "numeric"},
+    "output_file_names": ["Histogram.png"],
+    "operation_id": "manualTransmission",
+    "description": "P(manual transmission) from horsepower and weight: glm(am ~ hp + wt) on mtcars, in R.",
+}
+
+
 def publish(hook: Any, name: str = SERVICE_NAME, version: str = SERVICE_VERSION) -> str:
-    """Publish (or replace) the seed's service with a model fitted now; answer ``name/version``."""
+    """Publish (or replace) the seed's service with a model fitted now, through ``hook``; answer ``name/version``.
+
+    The example DAG publishes with ``MLServerPublishServiceOperator`` instead (once per content); this is for a
+    script or a test that has a hook at hand.
+    """
     with tempfile.TemporaryDirectory(prefix="carsModel-") as folder:
         model = fit_model(Path(folder))
         service = hook.publish_service(
             name,
             version,
-            code=CODE,
-            init_code=INIT_CODE,
-            runtime_type="R",
-            inputs={"hp": "numeric", "wt": "numeric"},
-            outputs={"answer": "numeric"},
-            output_file_names=["Histogram.png"],
-            operation_id="manualTransmission",
-            description="P(manual transmission) from horsepower and weight: glm(am ~ hp + wt) on mtcars, in R.",
             model_objects={"carsModel": model},  # RDS: the path of the file saveRDS wrote (or its bytes)
             replace=True,
+            **SERVICE_ARGUMENTS,
         )
     log.info(
         "Published R web service '%s' version '%s' with model object 'carsModel'",
