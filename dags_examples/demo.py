@@ -1,10 +1,12 @@
 """The main job, end to end on one machine: ``make demo``.
 
 Starts the local Machine Learning Server in the background on a free loopback port, points Airflow at it
-through an environment connection, runs ``airflow dags test mlserver_batch_scoring`` (deferral included) in a
+through an environment connection, runs ``airflow dags test mlserver_batch_scoring`` (train, publish with
+``MLServerPublishServiceOperator``, score with the batch operator, deferral included, collect the artifacts) in a
 private ``AIRFLOW_HOME`` under ``.demo/``, then the R seed's example ``mlserver_r_manual_transmission`` when R
-and rpy2 are installed (else one line says what to install), prints where the results and the artifacts are
-and a few result rows, and stops the server. Results and artifacts stay in ``.demo/storage``; nothing is left running.
+and rpy2 are installed (else one line says what to install), prints what each publish did (published, or found
+with the same content), where the results and the artifacts are and a few result rows, and stops the server.
+Results and artifacts stay in ``.demo/storage``; nothing is left running.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ def main() -> int:
     if r_results:
         pngs = sum(1 for _ in storage.glob("r/*/artifacts-*/*/Histogram.png"))
         print(f"R example:         {', '.join(str(p) for p in r_results)} ({pngs} Histogram.png)")
+        for model in sorted(storage.glob("r/*/carsModel.rds"))[-1:]:
+            print(f"R model (RDS):     {model}")
         print(f"R example log:     {DEMO / 'dags-test-r.log'}")
     print(f"Done in {time.monotonic() - started:.0f} s; the local server is stopped.")
     return 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import warnings
@@ -109,15 +111,26 @@ def _dags_test(env: dict[str, str], dag_id: str, *args: str) -> str:
     return run.stdout
 
 
+def _xcom(env: dict[str, str], dag_id: str, task_id: str, key: str) -> Any:
+    """The value ``task_id`` of the newest run of ``dag_id`` pushed as ``key`` (from the SQLite metadata DB)."""
+    with contextlib.closing(sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")) as db:
+        (value,) = db.execute(
+            "SELECT x.value FROM xcom x JOIN dag_run r ON r.id = x.dag_run_id WHERE x.dag_id = ? AND x.task_id = ?"
+            " AND x.key = ? ORDER BY r.id DESC LIMIT 1",
+            (dag_id, task_id, key),
+        ).fetchone()
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
 def test_batch_scoring_end_to_end(examples_env: Any) -> None:
     env, server, storage = examples_env
     out = _dags_test(env, "mlserver_batch_scoring")
     assert "Scored 32 cars (0 failed)" in out
     assert "Scored 32 records with web service 'TxService' version '1.0' in " in out
-    assert (
-        "Published web service 'TxService' version '1.0'" in out
-        or "Found web service 'TxService' version '1.0' (published " in out
-    )
+    assert "Published web service 'TxService' version '1.0' (2 inputs, 1 output)" in out
+    assert "Web service 'TxService' version '1.0': published by this run (content sha256:" in out
+    assert _xcom(env, "mlserver_batch_scoring", "publish", "published") is True
+    digest = _xcom(env, "mlserver_batch_scoring", "publish", "digest")
     (results,) = storage.glob("scores/*/mtcars.parquet")
     frame = pd.read_parquet(results)
     assert len(frame) == 32 and frame["success"].all()
@@ -134,6 +147,20 @@ def test_batch_scoring_end_to_end(examples_env: Any) -> None:
     volvo_record = int(frame.set_index("model").loc["Volvo 142E", "record"])  # folders: the results' records
     answer = (manifest.parent / str(volvo_record) / "answer.csv").read_text()
     assert answer == f"hp,wt,answer\n109.0,2.78,{volvo:.7f}\n"
+
+    # A second run trains again and publishes nothing: the same content, the same digest, the same answers.
+    out = _dags_test(env, "mlserver_batch_scoring")
+    assert (
+        f"Publishing nothing: web service 'TxService' version '1.0' exists with content sha256:{digest}"
+        in out
+    )
+    assert f"found with the same content (content sha256:{digest}), nothing published" in out
+    assert _xcom(env, "mlserver_batch_scoring", "publish", "published") is False
+    assert _xcom(env, "mlserver_batch_scoring", "publish", "digest") == digest
+    assert [s["version"] for s in Api(server).get("/services/TxService").json()] == ["1.0"]
+    rerun = sorted(set(storage.glob("scores/*/mtcars.parquet")) - {results})
+    assert len(rerun) == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(rerun[0]), frame)
 
 
 def test_external_batch_sensor(examples_env: Any) -> None:
@@ -182,7 +209,7 @@ def test_large_scoring_in_chunks_reruns_deterministically_and_feeds_the_report(e
             .startswith(f"hp,wt,answer\n{float(row.hp)!r},")
         )
     out = _dags_test(env, "mlserver_large_scoring", "2026-03-01", "-c", conf)  # a rerun of the same date
-    assert "Found web service 'TxScore' version '2.0' (published 20" in out and ", by admin)" in out
+    assert "Publishing nothing: web service 'TxScore' version '2.0' exists with content sha256:" in out
     pd.testing.assert_frame_equal(pd.read_parquet(merged), first)
     rerun = json.loads((folder / "manifest.json").read_text())
     assert rerun["counts"]["skipped"] == len(borderline) and rerun["counts"]["copied"] == 0
@@ -198,10 +225,13 @@ def test_r_manual_transmission_end_to_end(examples_env: Any) -> None:
         )
     env, server, storage = examples_env
     out = _dags_test(env, "mlserver_r_manual_transmission")
+    assert "Web service 'mtService' version 'v1.0.0': published by this run (content sha256:" in out
     assert "manualTransmission(120, 2.8) = 0.6418125\n" in out  # the seed's value, to 7 digits
     assert "Scored 32 cars from mtcars.csv and from mtcars.tsv, the same answers" in out
     service = Api(server).get("/services/mtService/v1.0.0").json()[0]
     assert (service["runtimeType"], service["outputFileNames"]) == ("R", ["Histogram.png"])
+    (model,) = storage.glob("r/*/carsModel.rds")  # what saveRDS wrote, published as the object carsModel
+    assert model.read_bytes()[:2] == b"\x1f\x8b"  # gzip, as saveRDS compresses
     for fmt in ("csv", "tsv"):
         (results,) = storage.glob(f"r/*/mtcars-{fmt}.parquet")
         frame = pd.read_parquet(results)
