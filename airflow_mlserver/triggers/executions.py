@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_mlserver.client.errors import MLServerApiError
+from airflow_mlserver.client.words import count, plural
 from airflow_mlserver.exceptions import MLServerError
 from airflow_mlserver.executions.finished import (
     FINISHED,
@@ -184,13 +185,13 @@ class MLServerBatchExecutionsTrigger(BaseEventTrigger):
         for execution_id in decided.announce:
             status = listing.statuses[execution_id]
             self.log.info(
-                "Batch execution %s of web service '%s' version '%s' finished %s (%d of %d records done)",
+                "Batch execution %s of web service '%s' version '%s' finished %s (%s of %s done)",
                 execution_id,
                 self.service_name,
                 self.service_version,
                 status.state,
-                status.completed,
-                status.total,
+                count(status.completed),
+                plural(status.total, "record"),
             )
             payloads.append(finished_payload(execution_id, status, self.service_name, self.service_version))
         return payloads
