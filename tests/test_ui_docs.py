@@ -30,6 +30,7 @@ SECTIONS = (
     "Publish and retire a service",
     "Score records in batch",
     "Wait on an execution started elsewhere",
+    "Run a DAG when a batch finishes elsewhere",
     "Copy artifacts to object storage",
     'The "ML Server batch" tab',
     "Try things on a local server",
