@@ -19,9 +19,11 @@ def get_provider_info() -> dict[str, Any]:
 
     Airflow's form stores every extra field in the connection's extra, with the field's default when left as
     it is and null when emptied. So each field has its default (the hook's), and a form saved as it opens stores
-    ``{"verify": "true", "timeout": 60, "max_retries": 8}`` and no null, except for the access token: Airflow
-    shows any default of a field named like a secret as ``***`` (which the form would then save as the token),
-    so it has none, and is stored as null when left empty. The hook reads null (and "") as absent.
+    ``{"verify": "true", "timeout": 60, "max_retries": 8}`` and no null. A bearer token has no field of its own:
+    Airflow shows any default of a field named like a secret as ``***`` (which the form would then save as the
+    token), so an empty token field would be stored as null. The form takes a token in Password with Username
+    left empty; the ``access_token`` extra still reads from a URI or JSON extras. The hook reads null (and "")
+    as absent.
     """
     from airflow_mlserver.client.settings import DEFAULT_MAX_RETRIES, DEFAULT_PORT, DEFAULT_TIMEOUT
 
@@ -53,12 +55,6 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "conn-fields": {
-                    "access_token": {
-                        "label": "Access token",
-                        "description": "A bearer token to send instead of logging in (e.g. from Azure AD); "
-                        "then username and password are not needed.",
-                        "schema": {"type": ["string", "null"], "format": "password"},
-                    },
                     "verify": {
                         "label": "Verify TLS",
                         "description": "true, false, or the path of a CA bundle file on the workers.",

@@ -33,7 +33,6 @@ STANDARD_FIELDS = {
 TALL: ViewportSize = {"width": 1440, "height": 1300}
 #: The extra fields' labels.
 EXTRA_LABELS = {
-    "access_token": "Access token",
     "verify": "Verify TLS",
     "timeout": "Timeout (seconds)",
     "max_retries": "Max retries",
@@ -111,13 +110,9 @@ def test_hook_meta_describes_our_form(airflow_ui: AirflowUI) -> None:
         assert extra[name]["schema"]["title"] == label
         assert extra[name]["description"] == declared[name]["description"]
         assert extra[name]["description"]
-    assert extra["access_token"]["schema"]["format"] == "password"  # masked in the form and in the API
     assert extra["verify"]["value"] == "true"
     # the defaults the form opens with, and saves when left as they are (no null for these fields)
     assert (extra["timeout"]["value"], extra["max_retries"]["value"]) == (60, 8)
-    assert (
-        extra["access_token"]["value"] is None
-    )  # a default here would be shown as *** and saved as the token
     assert extra["timeout"]["schema"]["type"] == ["number", "null"]
     assert extra["max_retries"]["schema"]["type"] == ["integer", "null"]
 
@@ -192,7 +187,6 @@ def test_add_save_and_test_a_connection(
     for name, label in EXTRA_LABELS.items():
         expect(_extra_field(page, form, label)).to_be_visible()
         expect(form.get_by_text(declared[name]["description"], exact=True)).to_be_visible()
-    expect(_extra_field(page, form, "Access token")).to_have_attribute("type", "password")
     expect(_extra_field(page, form, "Verify TLS")).to_have_value("true")
     expect(_extra_field(page, form, "Max retries")).to_have_value("8")
     _extra_field(page, form, "Timeout (seconds)").fill("20")
@@ -213,11 +207,8 @@ def test_add_save_and_test_a_connection(
         "true",
         8,
     )  # the defaults, as the form opened with them
-    # Nothing left empty is stored as null, but the access token: Airflow shows a default of a field named like
-    # a secret as *** (and the form would save that as the token), so it has none, and the form saves null for
-    # it when left empty (the hook reads null as absent).
-    nulls = sorted(name for name, value in extra.items() if value is None)
-    assert nulls in ([], ["access_token"]), extra
+    # Nothing is stored as null: every extra field has its default (a token goes in Password, no field of its own)
+    assert not [name for name, value in extra.items() if value is None], extra
 
     # Test: connected
     url = f"http://127.0.0.1:{mlserver.port}"
