@@ -282,7 +282,8 @@ class BatchView:
 
 
 def _json(estimate: Estimate | None) -> dict[str, Any] | None:
-    return None if estimate is None else {"seconds_or_value": estimate.value, "qualifier": estimate.qualifier}
+    """A time (seconds) or a rate (records per second), and how sure it is: ``""``, about, at least, at most."""
+    return None if estimate is None else {"value": estimate.value, "qualifier": estimate.qualifier}
 
 
 def _chunk_json(c: ChunkView) -> dict[str, Any]:
