@@ -25,7 +25,7 @@ from airflow_mlserver.ui.airflow_records import (
     find_task_instance,
     read_airflow_records,
 )
-from airflow_mlserver.ui.batch_view import BatchView, build_view, view_thumbnails
+from airflow_mlserver.ui.batch_view import BatchView, build_view
 from airflow_mlserver.ui.pages import templates
 
 #: Seconds between refreshes of the page while the task instance runs or is deferred.
@@ -85,7 +85,7 @@ def batch_page(
     html = templates.get_template("batch.html").render(
         view=view,
         refresh=REFRESH_SECONDS if view.live else None,
-        thumbnails=lambda m: view_thumbnails(view, m),
+        thumbnails=lambda m: thumbnails.view_thumbnails(view, m),
     )
     return HTMLResponse(html)
 

@@ -14,7 +14,6 @@ Where a time cannot be known the view says so rather than guess (a rate "at leas
 from __future__ import annotations
 
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,6 @@ from airflow_mlserver.ui.airflow_records import (
     read_airflow_records,
 )
 from airflow_mlserver.ui.manifests import MAX_MANIFEST_BYTES, ManifestView, read_manifest
-from airflow_mlserver.ui.thumbnails import image_url, thumbnail_entries
 from airflow_mlserver.ui.timing import Estimate, ExecutionTimes, TaskTimes
 
 if TYPE_CHECKING:
@@ -498,23 +496,6 @@ def _read_manifests(view: BatchView, records: AirflowRecords, ids: set[str], pag
             view.manifests.append(
                 read_manifest(task_id, uri, None, executions=ids, page=page, map_index=map_index)
             )
-
-
-def view_thumbnails(view: BatchView, manifest: ManifestView) -> list[tuple[ArtifactEntry, str]]:
-    """The first image artifacts of a manifest's lines shown, with the address that serves each (below the UI's
-    own base path, if it is served under one)."""
-    from airflow.sdk import conf
-
-    base = urllib.parse.urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
-    ref = view.ref
-    return [
-        (
-            e,
-            base
-            + image_url(ref.dag_id, ref.run_id, manifest.task_id, manifest.map_index, e.record, e.file_name),
-        )
-        for e in thumbnail_entries(manifest.entries)
-    ]
 
 
 def _text(value: Any) -> str | None:

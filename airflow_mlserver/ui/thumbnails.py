@@ -24,7 +24,7 @@ import contextlib
 import json
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from xml.parsers import expat
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -37,6 +37,10 @@ from airflow_mlserver.operators.artifacts.manifest import STATUS_COPIED, Artifac
 from airflow_mlserver.operators.links import URL_PREFIX
 from airflow_mlserver.ui.airflow_records import TaskInstanceRef, read_airflow_records
 from airflow_mlserver.ui.manifests import MAX_MANIFEST_BYTES
+
+if TYPE_CHECKING:
+    from airflow_mlserver.ui.batch_view import BatchView
+    from airflow_mlserver.ui.manifests import ManifestView
 
 #: The largest image served, in bytes (5 MiB); at most one byte more is ever read.
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
@@ -286,3 +290,20 @@ def _map_index(text: str) -> int:
 def _shown(file_name: str) -> str:
     """A file name for a message: quoted, 80 characters at most."""
     return repr(file_name if len(file_name) <= 80 else file_name[:77] + "...")
+
+
+def view_thumbnails(view: BatchView, manifest: ManifestView) -> list[tuple[ArtifactEntry, str]]:
+    """The first image artifacts of a manifest's lines shown, with the address that serves each (below the UI's
+    own base path, if it is served under one)."""
+    from airflow.sdk import conf
+
+    base = urllib.parse.urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+    ref = view.ref
+    return [
+        (
+            e,
+            base
+            + image_url(ref.dag_id, ref.run_id, manifest.task_id, manifest.map_index, e.record, e.file_name),
+        )
+        for e in thumbnail_entries(manifest.entries)
+    ]
