@@ -21,6 +21,7 @@ calls only when a user kills the task (mark failed, mark success, clear), never 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ from airflow_mlserver.executions.waiting import (
     wait_over,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.hooks.shared import acquire, release, shared_hook
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
@@ -75,6 +77,12 @@ class MLServerBatchTrigger(BaseTrigger):
     :param unreachable_timeout: Seconds the server may stay unreadable (refused connections, timeouts, server
         errors after the client's retries) before an ``error`` event with the last error; default 30 minutes.
         Counted within one run of the trigger (a triggerer restart counts again).
+
+    Every trigger of one connection in a triggerer's event loop shares one client (one HTTP connection pool, one
+    token, one TLS context; :mod:`airflow_mlserver.hooks.shared`); a trigger itself holds only its ids, deadline
+    and a few numbers. Triggers created together do not all poll at once: the first poll waits a fraction of
+    ``poll_interval`` that depends only on the execution ids (a restarted triggerer spreads them the same way),
+    so it adds at most one poll interval (and never past the deadline) to the first look.
     """
 
     def __init__(
@@ -130,8 +138,12 @@ class MLServerBatchTrigger(BaseTrigger):
             kwargs["unreachable_timeout"] = self.unreachable_timeout
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
-    def _hook(self) -> MLServerHook:
-        return MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
+    def first_wait(self) -> float:
+        """Seconds before the first poll: a fraction of ``poll_interval`` fixed by the execution ids, in
+        ``[0, poll_interval)``, and never past the deadline."""
+        digest = hashlib.blake2b("\n".join(self.execution_ids).encode(), digest_size=8).digest()
+        fraction = int.from_bytes(digest, "big") / 2.0**64
+        return sleep_time(fraction * max(self.poll_interval, 0.0), self.deadline)
 
     def _event(
         self,
@@ -157,13 +169,18 @@ class MLServerBatchTrigger(BaseTrigger):
         return TriggerEvent(event.to_payload())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = self._hook()
         try:
+            hook = await acquire(self.mlserver_conn_id)
+        except MLServerError as exc:  # the connection's settings are wrong: no poll would read anything
+            yield self._event(Outcome.ERROR, str(exc), {})
+            return
+        try:
+            await asyncio.sleep(self.first_wait())
             async for event in self._watch(hook):
                 yield event
                 return
         finally:
-            await hook.aclose()
+            await release(hook)
 
     async def _watch(self, hook: MLServerHook) -> AsyncIterator[TriggerEvent]:
         statuses: dict[str, BatchStatus] = {}
@@ -238,11 +255,12 @@ class MLServerBatchTrigger(BaseTrigger):
         """A user killed the task: cancel each watched execution once (only if ``cancel_on_kill``)."""
         if not self.cancel_on_kill:
             return
-        hook = self._hook()
-        for execution_id in self.execution_ids:
-            try:
-                status = await hook.async_cancel_batch(self.service_name, self.service_version, execution_id)
-                self.log.info("Canceled batch execution %s on kill (now %s)", execution_id, status.state)
-            except MLServerError as exc:
-                self.log.warning("Could not cancel batch execution %s on kill: %s", execution_id, exc)
-        await hook.aclose()
+        async with shared_hook(self.mlserver_conn_id) as hook:
+            for execution_id in self.execution_ids:
+                try:
+                    status = await hook.async_cancel_batch(
+                        self.service_name, self.service_version, execution_id
+                    )
+                    self.log.info("Canceled batch execution %s on kill (now %s)", execution_id, status.state)
+                except MLServerError as exc:
+                    self.log.warning("Could not cancel batch execution %s on kill: %s", execution_id, exc)
