@@ -89,9 +89,10 @@ def test_many_triggers_share_one_client_log_in_once_and_close_it_after_the_last(
     conn_id = _connection(monkeypatch, api.server)
     quick = [api.start_batch("shared", "v1", [{"x": 0}], 1) for _ in range(3)]
     slow = api.start_batch("shared", "v1", [{"x": 2.0}], 1)
-    # triggers that end in different orders: done at once, done later, still waiting (cancelled), unknown
+    # triggers that end in different orders: done at once, done later, still waiting (cancelled)
     triggers = [_trigger(conn_id, [quick[i % 3]]) for i in range(20)] + [_trigger(conn_id, [slow])]
-    waiting = [_trigger(conn_id, [slow], poll_interval=0.2, deadline=time.time() + 60) for _ in range(5)]
+    endless = api.start_batch("shared", "v1", [{"x": 60.0}], 1)
+    waiting = [_trigger(conn_id, [endless], poll_interval=0.2) for _ in range(5)]
 
     async def scenario() -> tuple[list[dict[str, Any]], MLServerHook, list[int]]:
         hook = await shared.acquire(conn_id)  # the one the triggers get too
@@ -110,6 +111,7 @@ def test_many_triggers_share_one_client_log_in_once_and_close_it_after_the_last(
         return events, hook, users
 
     events, first_hook, users = asyncio.run(scenario())
+    api.delete(f"/api/shared/v1/batch/{endless}")
     assert [e["status"] for e in events] == ["complete"] * 21
     assert users == [27, 5, 0]  # 26 triggers and this test; then the 5 still waiting; then none
     assert sends["/login"] == 1  # for all 26 triggers

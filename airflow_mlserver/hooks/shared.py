@@ -80,14 +80,6 @@ def forget_connections() -> None:
     _CONNECTIONS.clear()
 
 
-class _CachedHook(MLServerHook):
-    """An :class:`MLServerHook` whose async connection reads go through :func:`cached_connection`."""
-
-    @classmethod
-    async def aget_connection(cls, conn_id: str) -> Connection:
-        return await cached_connection(conn_id)
-
-
 @dataclass
 class _Shared:
     hook: MLServerHook
@@ -136,13 +128,13 @@ async def acquire(conn_id: str) -> MLServerHook:
     hooks = _SHARED.setdefault(loop, {})
     entry = hooks.get(conn_id)
     if entry is None:
-        entry = hooks[conn_id] = _Shared(_CachedHook(mlserver_conn_id=conn_id), asyncio.Lock())
+        entry = hooks[conn_id] = _Shared(MLServerHook(mlserver_conn_id=conn_id), asyncio.Lock())
     entry.users += 1
     try:
         if not entry.ready:
             async with entry.lock:  # the first user builds the client; the others wait for it
                 if not entry.ready:
-                    await entry.hook.aget_conn()
+                    await entry.hook.aget_conn(await cached_connection(conn_id))
                     entry.ready = True
     except BaseException:
         await _leave(loop, conn_id, entry)
