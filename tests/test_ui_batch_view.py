@@ -157,7 +157,12 @@ def test_tasks_that_are_not_batches_and_things_that_do_not_exist(
     assert (
         "No Machine Learning Server batch here" in plain.text and "not a task of this provider" in plain.text
     )
-    assert "Web service" not in plain.text and "refresh" not in plain.text
+    assert (
+        "Web service" not in plain.text
+        and "refresh" not in plain.text
+        and "<code>@task</code> task" in plain.text
+    )
+    # it returns a "manifest" of its own, as the example's summary does: not taken for an artifacts task
     assert airflow_ui.get(view_path(mapped_run, "summary"), user="viewer").json()["kind"] == "other"
     failed = airflow_ui.get(view_path(nostart_run, json=False), user="viewer").text
     assert "(failed) started no batch execution" in failed and "refresh" not in failed
@@ -186,6 +191,11 @@ def test_a_running_task_that_has_not_started_an_execution_says_so(
         page = airflow_ui.get(view_path(nostart_run, json=False), user="viewer").text
         assert "is running and has not started a batch execution yet" in page, page[-800:]
         assert 'http-equiv="refresh"' in page and "may not be an ML Server task" not in page
+    with task_instance_state(
+        nostart_run, "score", "scheduled"
+    ):  # a tab opened before the task runs follows it
+        page = airflow_ui.get(view_path(nostart_run, json=False), user="viewer").text
+        assert "has not run yet; this page refreshes every 10 s" in page and 'http-equiv="refresh"' in page
     page = airflow_ui.get(view_path(nostart_run, json=False), user="viewer").text
     assert 'http-equiv="refresh"' not in page
 
@@ -220,7 +230,8 @@ def test_the_extra_link_leads_to_the_tab_inside_airflow(
         )
         assert answer.status_code == 200, answer.text
         link = answer.json()["extra_links"]["ML Server batch"]
-        assert link == f"/dags/{dagrun.dag_id}/runs/{run}{tail}/plugin/mlserver-batch", link
+        as_the_ui_writes = urllib.parse.quote(dagrun.run_id, safe=":+@")  # its own tab links keep ":" and "+"
+        assert link == f"/dags/{dagrun.dag_id}/runs/{as_the_ui_writes}{tail}/plugin/mlserver-batch", link
 
 
 def test_a_browser_that_is_not_logged_in_goes_to_the_login_and_comes_back(
@@ -257,6 +268,17 @@ def test_batch_view_tab_in_the_ui(ui_page: UiPages, batch_run: Any) -> None:
     expect(frame.locator("#failures")).to_contain_text("negative input -13.0")
     expect(frame.locator("#eta")).to_have_count(0)
     screenshot(page, "batch-view")
+    link = page.evaluate(
+        "async (u) => (await (await fetch(u)).json()).extra_links['ML Server batch']",
+        f"/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/score/links",
+    )
+    page.goto(f"{page.url.split('/dags/')[0]}{link}")  # the extra link, as its button leads
+    frame = page.frame_locator("iframe").first
+    expect(frame.locator("#records-done")).to_have_text("20 / 20")
+    tab = page.get_by_role("link", name="ML Server batch").or_(
+        page.get_by_role("tab", name="ML Server batch")
+    )
+    expect(tab.first).to_have_attribute("aria-current", "page")  # the UI shows its own tab as chosen
 
 
 def test_the_tab_of_a_mapped_task_instance_and_its_next_page(ui_page: UiPages, mapped_run: Any) -> None:
@@ -271,9 +293,9 @@ def test_the_tab_of_a_mapped_task_instance_and_its_next_page(ui_page: UiPages, m
     assert tab.evaluate(LINES_OF_TEXT) == 1  # the label does not wrap (Airflow's own labels do here)
     frame = page.frame_locator("iframe").first
     expect(frame.locator("#records-done")).to_have_text("60 / 60")
-    expect(frame.locator(".pager")).to_contain_text("of 60 lines")
+    expect(frame.locator(".pager")).to_contain_text("Artifacts 1\u201350 of 60")
     frame.get_by_role("link", name="next").click()
-    expect(frame.locator(".pager")).to_contain_text("51\u201360 of 60 lines")
+    expect(frame.locator(".pager")).to_contain_text("Artifacts 51\u201360 of 60")
     screenshot(page, "batch-view-mapped")
 
 

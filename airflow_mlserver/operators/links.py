@@ -31,7 +31,8 @@ def batch_view_path(dag_id: str, run_id: str, task_id: str, map_index: str | int
 
 def batch_tab_path(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
     """The task instance's "ML Server batch" tab in Airflow's UI (a mapped one's under its map index)."""
-    dag, run, task = (urllib.parse.quote(str(p), safe="") for p in (dag_id, run_id, task_id))
+    # as Airflow's UI writes its own tab links (a run id keeps its ":" and "+"), so that the tab shows as chosen
+    dag, run, task = (urllib.parse.quote(str(p), safe=":+@") for p in (dag_id, run_id, task_id))
     mapped = f"/mapped/{map_index}" if map_index >= 0 else ""
     return f"/dags/{dag}/runs/{run}/tasks/{task}{mapped}/plugin/{TAB_ROUTE}"
 

@@ -51,8 +51,9 @@ OPERATOR_KINDS = {
     "MLServerPublishServiceOperator": TaskKind.PUBLISH,
     "MLServerDeleteServiceOperator": TaskKind.DELETE,
 }
-#: Task instance states in which the view refreshes itself: the task runs, or waits on its trigger.
-LIVE_STATES = frozenset({"running", "deferred"})
+#: Task instance states that are final: the view stops refreshing itself (it refreshes until one of them, also
+#: while the task waits to be scheduled or to be retried, so that a tab opened early follows the task).
+FINAL_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
 
 class TaskInstanceNotFound(LookupError):
@@ -65,14 +66,21 @@ class TaskInstanceFound:
 
     :param operator: The operator class name Airflow stored for it (a user's subclass keeps its own name).
     :param state: Its state (None: not scheduled yet).
+    :param shown_as: How Airflow's UI names the operator (``@task`` for a TaskFlow function).
     """
 
     operator: str
     state: str | None
+    shown_as: str = ""
 
     @property
     def live(self) -> bool:
-        return self.state in LIVE_STATES
+        """Not ended yet: the view refreshes itself."""
+        return self.state not in FINAL_STATES
+
+    @property
+    def started(self) -> bool:
+        return self.state not in (None, "none", "scheduled", "queued")
 
 
 def find_task_instance(ref: TaskInstanceRef, session: Session) -> TaskInstanceFound:
@@ -91,7 +99,8 @@ def find_task_instance(ref: TaskInstanceRef, session: Session) -> TaskInstanceFo
         )
     ).first()
     if row is not None:
-        return TaskInstanceFound(str(row.operator or row.custom_operator_name or ""), _state(row.state))
+        operator = str(row.operator or "")
+        return TaskInstanceFound(operator, _state(row.state), str(row.custom_operator_name or operator))
     if session.scalar(select(DagModel.dag_id).where(DagModel.dag_id == ref.dag_id)) is None:
         raise TaskInstanceNotFound(f"There is no DAG '{ref.dag_id}'.")
     run = select(DagRun.id).where(DagRun.dag_id == ref.dag_id, DagRun.run_id == ref.run_id)

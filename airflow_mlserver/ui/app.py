@@ -28,7 +28,7 @@ from airflow_mlserver.ui.airflow_records import (
 from airflow_mlserver.ui.batch_view import BatchView, build_view
 from airflow_mlserver.ui.pages import templates
 
-#: Seconds between refreshes of the page while the task instance runs or is deferred.
+#: Seconds between refreshes of the page, until the task instance ends.
 REFRESH_SECONDS = 10
 #: A page waits this long for each answer of the server, and asks again once: a server that is down is said so
 #: on the page within seconds, rather than after the tasks' own patient retries.

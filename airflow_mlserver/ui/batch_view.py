@@ -344,15 +344,24 @@ def build_view(
 
 
 def _kind(task: TaskInstanceFound | None, records: AirflowRecords) -> TaskKind:
-    """From the operator class Airflow stored; a subclass of ours by what it stored."""
+    """From the operator class Airflow stored; a user's subclass of the batch operator by its stored batch state
+    (what another task returns says nothing: a plain task may return a "manifest" of its own)."""
     if task is not None and task.operator in OPERATOR_KINDS:
         return OPERATOR_KINDS[task.operator]
-    summary = records.summary or {}
+    if records.state is not None:
+        return TaskKind.BATCH
+    if task is not None:
+        return TaskKind.OTHER
+    summary = records.summary or {}  # no task instance to ask (a view built from records alone)
     if "manifest" in summary:
         return TaskKind.ARTIFACTS
-    if records.state is not None or "output_uri" in summary:
-        return TaskKind.BATCH
-    return TaskKind.OTHER if task is not None or not records.execution_ids else TaskKind.SENSOR
+    return (
+        TaskKind.BATCH
+        if "output_uri" in summary
+        else TaskKind.SENSOR
+        if records.execution_ids
+        else TaskKind.OTHER
+    )
 
 
 def _execution_ids(

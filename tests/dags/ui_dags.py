@@ -68,9 +68,9 @@ with DAG(
     )
 
     @task
-    def summary() -> str:
-        """A plain Python task: not one of this provider's."""
-        return "done"
+    def summary() -> dict[str, str]:
+        """A plain Python task, not one of this provider's, returning keys like an artifacts task's."""
+        return {"results": "file:///tmp/results.parquet", "manifest": "file:///tmp/artifacts/manifest.json"}
 
     mapped >> collect_all >> summary()
 

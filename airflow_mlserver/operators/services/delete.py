@@ -11,6 +11,7 @@ from airflow.sdk import BaseOperator
 from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.client.words import plural
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.operators.services.arguments import (
     DELETE_CHECKS,
     check_selection,
@@ -42,6 +43,7 @@ class MLServerDeleteServiceOperator(BaseOperator):
     :param mlserver_conn_id: The Machine Learning Server connection. (templated)
     """
 
+    operator_extra_links = (MLServerBatchLink(),)  # its tab says what it did to the service
     template_fields: Sequence[str] = ("service_name", "service_version", "mlserver_conn_id")
     ui_color = "#fde8e8"
 

@@ -16,6 +16,7 @@ from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.client.words import first_few, plural
 from airflow_mlserver.exceptions import ServiceVersionConflictError
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.operators.services.arguments import (
     PUBLISH_CHECKS,
     check_code_sources,
@@ -83,6 +84,7 @@ class MLServerPublishServiceOperator(BaseOperator):
     :param model_conn_id: The Airflow connection of the store holding ``model_paths``. (templated)
     """
 
+    operator_extra_links = (MLServerBatchLink(),)  # its tab says what it did to the service
     template_fields: Sequence[str] = (
         "service_name",
         "service_version",
