@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -52,15 +54,25 @@ def ui() -> int:
     storage.mkdir(parents=True, exist_ok=True)
     with LocalMLServer(DEMO / "mlserver", workers=2) as server:
         bin_dir = str(Path(sys.executable).parent)  # standalone starts its components as `airflow ...`
+        passwords = DEMO / "airflow-ui-passwords.json"  # the UI's login, chosen here so that it is said first
+        if not passwords.exists():
+            passwords.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
+        login = json.loads(passwords.read_text())["admin"]
         env = _environment(server, storage) | {
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # the connection form's Test button
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # the Test icon in the Connections list
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         }
-        print(f"Local Machine Learning Server at {server.url}; password of 'admin': {server.password}")
+        print(f"Airflow UI:   http://localhost:8080, user 'admin', password '{login}' (in {passwords})")
         print(
-            "Starting airflow standalone: open http://localhost:8080 (its login is printed below). Ctrl-C stops."
+            f"ML Server:    {server.url}, user 'admin', password '{server.password}'; the DAGs use it as the "
+            "environment connection mlserver_default, which Admin > Connections does not list: to try Test, "
+            f"add a connection of type Machine Learning Server with Server 127.0.0.1, Port {server.port} and this "
+            "user."
         )
+        print("Starting airflow standalone (its log follows). Ctrl-C stops everything.")
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop on SIGTERM as on Ctrl-C
         standalone = subprocess.Popen(
             [Path(sys.executable).parent / "airflow", "standalone"], env=env, start_new_session=True

@@ -97,7 +97,11 @@ with DAG(
         print(table)
         print(f"Results:   {scores['output_uri']}")
         copied, skipped = artifacts["copied"], artifacts["skipped"]
-        print(f"Artifacts: {copied} copied, {skipped} already there, manifest {artifacts['manifest']}")
+        # flushed here: the whole table is in the task's log before Airflow's "Post Execute" lines
+        print(
+            f"Artifacts: {copied} copied, {skipped} already there, manifest {artifacts['manifest']}",
+            flush=True,
+        )
         return {
             "published": published["published"],
             "results": scores["output_uri"],

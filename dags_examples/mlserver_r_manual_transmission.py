@@ -116,7 +116,7 @@ with DAG(
         table = (
             frame.head(8).rename(columns={"answer": "P(manual)"}).to_string(index=False, float_format="%.4f")
         )
-        print(table)
+        print(table, flush=True)  # the whole table in the task's log before Airflow's "Post Execute" lines
         return {
             "published": published["published"],
             "check": check,

@@ -1,6 +1,6 @@
 """Triggers of one connection share one client per event loop (airflow_mlserver/hooks/shared.py), against the local
 server: one login, one refresh for all, closed after the last trigger, a down server slows no other connection's
-triggers, a new loop gets a new client; connection reads cached; first polls spread over the poll interval."""
+triggers, a new loop gets a new client; connection reads cached."""
 
 from __future__ import annotations
 
@@ -98,7 +98,10 @@ def test_many_triggers_share_one_client_log_in_once_and_close_it_after_the_last(
         hook = await shared.acquire(conn_id)  # the one the triggers get too
         ended = asyncio.gather(*(_first_event(t) for t in triggers))
         stuck = [asyncio.create_task(_first_event(t)) for t in waiting]
-        await asyncio.sleep(0.1)
+        for _ in range(200):  # until every trigger holds the client (a busy machine takes a while)
+            if shared.shared_stats().users.get(conn_id) == 27:
+                break
+            await asyncio.sleep(0.05)
         users = [shared.shared_stats().users[conn_id]]
         assert shared.shared_stats().hooks == 1
         await shared.release(hook)
@@ -122,12 +125,15 @@ def test_the_last_trigger_to_end_closes_the_client_whatever_the_order(
     api: Api, service: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conn_id = _connection(monkeypatch, api.server)
-    ids = [api.start_batch("shared", "v1", [{"x": x}], 1) for x in (0.0, 0.6, 1.2)]
 
     async def scenario(order: list[int]) -> tuple[MLServerHook, list[bool]]:
+        ids = [api.start_batch("shared", "v1", [{"x": x}], 1) for x in (0.0, 1.0, 2.0)]  # fresh each time
         hook = await shared.acquire(conn_id)
         tasks = [asyncio.create_task(_first_event(_trigger(conn_id, [ids[i]]))) for i in order]
-        await asyncio.sleep(0.05)  # the triggers acquire it too
+        for _ in range(100):  # until the triggers hold it too (or the quickest is done already)
+            if shared.shared_stats().users.get(conn_id) == 4 or any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.02)
         await shared.release(hook)  # they hold it now
         closed: list[bool] = []
         for task in asyncio.as_completed(tasks):
@@ -264,13 +270,3 @@ def test_connection_reads_are_cached_for_a_while_and_a_changed_variable_is_read_
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", "mlserver://admin:other@127.0.0.1:1")
     conn = asyncio.run(shared.cached_connection(conn_id))
     assert conn.password == "other" and len(reads) == 3
-
-
-def test_first_polls_are_spread_over_the_poll_interval_the_same_way_each_time() -> None:
-    waits = [_trigger("c", [f"exec-{i}"], poll_interval=10.0).first_wait() for i in range(500)]
-    assert all(0 <= w < 10.0 for w in waits)
-    assert waits == [_trigger("c", [f"exec-{i}"], poll_interval=10.0).first_wait() for i in range(500)]
-    per_second = Counter(int(w) for w in waits)
-    assert len(per_second) == 10 and max(per_second.values()) < 80  # about 50 in each second
-    assert _trigger("c", ["a"], poll_interval=10.0, deadline=time.time() + 0.5).first_wait() <= 0.5
-    assert _trigger("c", ["a"], poll_interval=10.0, deadline=time.time() - 5).first_wait() == 0.0

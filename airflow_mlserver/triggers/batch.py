@@ -21,7 +21,6 @@ calls only when a user kills the task (mark failed, mark success, clear), never 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -80,9 +79,7 @@ class MLServerBatchTrigger(BaseTrigger):
 
     Every trigger of one connection in a triggerer's event loop shares one client (one HTTP connection pool, one
     token, one TLS context; :mod:`airflow_mlserver.hooks.shared`); a trigger itself holds only its ids, deadline
-    and a few numbers. Triggers created together do not all poll at once: the first poll waits a fraction of
-    ``poll_interval`` that depends only on the execution ids (a restarted triggerer spreads them the same way),
-    so it adds at most one poll interval (and never past the deadline) to the first look.
+    and a few numbers.
     """
 
     def __init__(
@@ -138,13 +135,6 @@ class MLServerBatchTrigger(BaseTrigger):
             kwargs["unreachable_timeout"] = self.unreachable_timeout
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
-    def first_wait(self) -> float:
-        """Seconds before the first poll: a fraction of ``poll_interval`` fixed by the execution ids, in
-        ``[0, poll_interval)``, and never past the deadline."""
-        digest = hashlib.blake2b("\n".join(self.execution_ids).encode(), digest_size=8).digest()
-        fraction = int.from_bytes(digest, "big") / 2.0**64
-        return sleep_time(fraction * max(self.poll_interval, 0.0), self.deadline)
-
     def _event(
         self,
         status: Outcome,
@@ -175,7 +165,6 @@ class MLServerBatchTrigger(BaseTrigger):
             yield self._event(Outcome.ERROR, str(exc), {})
             return
         try:
-            await asyncio.sleep(self.first_wait())
             async for event in self._watch(hook):
                 yield event
                 return
