@@ -24,7 +24,6 @@ from airflow_mlserver.exceptions import (
 )
 from airflow_mlserver.operators.arguments import (
     Check,
-    check_arguments,
     choice,
     has_template,
     optional,
@@ -182,12 +181,6 @@ DELETE_CHECKS: dict[str, Check] = {
     ),
     "mlserver_conn_id": specific(ServiceArgumentError, text(_CONNECTION_ID)),
 }
-
-
-def check_service_arguments(task: Any, checks: Mapping[str, Check], rendered: bool = False) -> None:
-    """:func:`~airflow_mlserver.operators.arguments.check_arguments` (an XComArg left for after rendering, the
-    specific class of each refusal kept once rendered)."""
-    check_arguments(task, checks, rendered)
 
 
 def _given(value: Any) -> bool:

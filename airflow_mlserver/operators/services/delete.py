@@ -11,11 +11,11 @@ from airflow.sdk import BaseOperator
 from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.client.words import plural
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.operators.arguments import check_arguments
 from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.operators.services.arguments import (
     DELETE_CHECKS,
     check_selection,
-    check_service_arguments,
 )
 from airflow_mlserver.operators.services.plan import versions_to_delete, versions_words
 
@@ -62,14 +62,14 @@ class MLServerDeleteServiceOperator(BaseOperator):
         self.service_version = service_version
         self.keep_newest = keep_newest
         self.mlserver_conn_id = mlserver_conn_id
-        check_service_arguments(self, DELETE_CHECKS)
+        check_arguments(self, DELETE_CHECKS)
 
     @cached_property
     def hook(self) -> MLServerHook:
         return MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
 
     def execute(self, context: Context) -> list[str]:
-        check_service_arguments(self, DELETE_CHECKS, rendered=True)
+        check_arguments(self, DELETE_CHECKS, rendered=True)
         check_selection(self.service_version, self.keep_newest)  # a version may render to None
         name = self.service_name
         if self.keep_newest is None:

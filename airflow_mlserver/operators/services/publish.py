@@ -16,12 +16,12 @@ from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.client.words import first_few, plural
 from airflow_mlserver.exceptions import ServiceVersionConflictError
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.operators.arguments import check_arguments
 from airflow_mlserver.operators.links import MLServerBatchLink
 from airflow_mlserver.operators.services.arguments import (
     PUBLISH_CHECKS,
     check_code_sources,
     check_model_names,
-    check_service_arguments,
 )
 from airflow_mlserver.operators.services.plan import Action, content_digest, decide_publish, described
 from airflow_mlserver.operators.services.sources import model_objects, read_code
@@ -151,7 +151,7 @@ class MLServerPublishServiceOperator(BaseOperator):
         self._check_arguments(rendered=False)
 
     def _check_arguments(self, rendered: bool) -> None:
-        check_service_arguments(self, PUBLISH_CHECKS, rendered)
+        check_arguments(self, PUBLISH_CHECKS, rendered)
         check_model_names(self.model_objects, self.model_paths, rendered)
 
     @cached_property
