@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "server.batch_r": server_r.bench_batch_r,
     "hook.poll": hook.bench_poll,
     "hook.results": hook.bench_results,
+    "hook.poll_cpu": hook.bench_poll_cpu,
     "hook.start": starts.bench_starts,
     "artifacts.copy": artifacts.bench_copy,
     "operator.overhead": operator.bench_overhead,

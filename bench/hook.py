@@ -270,3 +270,90 @@ def bench_results(quick: bool) -> BenchResult:
         "peak RSS = VmHWM of that process (Linux); '+' = growth from after imports and login to the end"
     )
     return _finish(result, started, peak)
+
+
+# -- (3) the CPU of one async status poll -------------------------------------------------------------------
+CPU_POLLS = 400
+CPU_SIZES = (10, 1_000)
+
+
+async def _cpu_per_call(call: Any, polls: int) -> float:
+    """CPU microseconds of this process per ``await call()``, after 20 warm-up calls."""
+    for _ in range(20):
+        await call()
+    cpu = time.process_time()
+    for _ in range(polls):
+        await call()
+    return (time.process_time() - cpu) * 1e6 / polls
+
+
+def bench_poll_cpu(quick: bool) -> BenchResult:
+    """CPU per async status poll as triggers do it (the shared hook's ``async_get_batch``), against a bare aiohttp
+    GET of the same URL with its headers built once and its answer parsed with ``json.loads`` (the baseline)."""
+    import asyncio
+
+    import aiohttp
+
+    from airflow_mlserver.hooks.shared import shared_hook
+
+    started = time.perf_counter()
+    result = BenchResult("hook.poll_cpu")
+    polls = CPU_POLLS // 4 if quick else CPU_POLLS
+    with tempfile.TemporaryDirectory(prefix="mlserver-bench-cpu-") as tmp:
+        server = LocalMLServer(Path(tmp), workers=2, password=secrets.token_urlsafe(12))
+        with server, Api(server) as api:
+            api.publish(IDENTITY, VERSION, IDENTITY_CODE, {"x": "numeric"}, {"y": "numeric"})
+            finished = {}
+            for size in CPU_SIZES:
+                execution_id = api.start_batch(IDENTITY, VERSION, [{"x": float(i)} for i in range(size)], 10)
+                api.wait_finished(IDENTITY, VERSION, execution_id, poll=0.2, timeout=300)
+                finished[size] = execution_id
+            _hook(server)  # the connection
+            token = str(api.session.headers["Authorization"])
+
+            async def measure() -> dict[tuple[str, int], float]:
+                figures: dict[tuple[str, int], float] = {}
+                headers = {"Accept": "application/json", "Authorization": token}
+                async with aiohttp.ClientSession(headers=headers) as session:
+                    for size, execution_id in finished.items():
+                        url = f"{server.url}/api/{IDENTITY}/{VERSION}/batch/{execution_id}"
+
+                        async def bare(url: str = url) -> None:
+                            async with session.get(url, params={"showPartialResults": "false"}) as answer:
+                                json.loads(await answer.read())
+
+                        figures["bare", size] = await _cpu_per_call(bare, polls)
+                async with shared_hook(CONN_ID) as hook:
+                    for size, execution_id in finished.items():
+
+                        async def poll(execution_id: str = execution_id) -> None:
+                            await hook.async_get_batch(IDENTITY, VERSION, execution_id)
+
+                        figures["hook", size] = await _cpu_per_call(poll, polls)
+                return figures
+
+            table = asyncio.run(measure())
+    for size in CPU_SIZES:
+        bare, hook = table["bare", size], table["hook", size]
+        result.figures.append(Figure(f"bare aiohttp GET + json, {size:,} rec", bare, "µs CPU"))
+        result.figures.append(
+            Figure(
+                f"hook async_get_batch, {size:,} rec", hook, "µs CPU", f"x{hook / bare:.2f} vs bare aiohttp"
+            )
+        )
+    small, large = table["hook", CPU_SIZES[0]], table["hook", CPU_SIZES[-1]]
+    ratio = large / small
+    result.figures.append(
+        Figure(
+            f"hook: {CPU_SIZES[-1]:,} / {CPU_SIZES[0]:,} rec",
+            ratio,
+            "x",
+            f"target <= {FLAT_TARGET:g}",
+            "PASS" if ratio <= FLAT_TARGET else "MISS",
+        )
+    )
+    result.notes.append(
+        f"{polls} sequential polls of a finished execution per figure after 20 warm-up ones, one event loop; CPU = "
+        "time.process_time() of this process (the server's CPU is not counted)"
+    )
+    return _finish(result, started, None)

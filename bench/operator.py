@@ -367,7 +367,9 @@ def bench_triggers(quick: bool) -> BenchResult:
     result.notes.append(
         f"sampler: asyncio.sleep({SAMPLER_STEP_S * 1000:g} ms) in a loop, lag = how late it wakes; "
         f"{lag['n']:,} samples with triggers, {idle_lag['n']:,} idle; steady = after the first "
-        f"{TRIGGER_POLL_S + 1:g} s (the start burst: connection lookups, {triggers} logins)"
+        f"{TRIGGER_POLL_S + 1:g} s (the start burst: first polls spread over one poll interval); connection reads "
+        f"from Airflow: {side.get('conn_reads', 'n/a')}, logins: {side.get('logins', 'n/a')}, shared clients "
+        f"while running: {side.get('clients', 'n/a')}"
     )
     result.notes.append(
         f"events before cancel: {side['events']}; errors: {side['errors']}; after cleanup, sample states: "
@@ -413,6 +415,27 @@ async def _triggers_main(ids: list[str], count: int, duration: float, idle: floa
             poll_ms.append((time.perf_counter() - t0) * 1000)
 
     MLServerHook.async_get_batch = counted  # type: ignore[method-assign]
+
+    # Connection reads from Airflow and logins: one each per connection, however many triggers.
+    from airflow_mlserver.client.aio import AsyncDriver
+
+    conn_reads: list[str] = []
+    aget_connection = MLServerHook.aget_connection.__func__  # type: ignore[attr-defined]
+
+    async def counted_read(cls: Any, conn_id: str) -> Any:
+        conn_reads.append(conn_id)
+        return await aget_connection(cls, conn_id)
+
+    MLServerHook.aget_connection = classmethod(counted_read)  # type: ignore[method-assign,assignment]
+    logins: list[str] = []
+    send_once = AsyncDriver._send_once
+
+    async def counted_send(self: Any, session: Any, wire: Any) -> Any:
+        if wire.spec.path == "/login":
+            logins.append(wire.spec.path)
+        return await send_once(self, session, wire)
+
+    AsyncDriver._send_once = counted_send  # type: ignore[method-assign]
 
     # Time spent in Airflow's secrets masker (each new secret recompiles one regex of all secrets so far).
     from airflow.sdk._shared.secrets_masker.secrets_masker import SecretsMasker
@@ -465,6 +488,9 @@ async def _triggers_main(ids: list[str], count: int, duration: float, idle: floa
     ]
     await _sample(duration, stamps)
     cpu = (_cpu_seconds() - cpu0) / (time.perf_counter() - wall0) * 100
+    from airflow_mlserver.hooks.shared import shared_stats
+
+    clients = shared_stats().hooks
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -478,6 +504,9 @@ async def _triggers_main(ids: list[str], count: int, duration: float, idle: floa
         "polls": len(poll_ms),
         "poll_p50_ms": percentile(poll_ms, 50),
         "poll_p99_ms": percentile(poll_ms, 99),
+        "conn_reads": len(conn_reads),
+        "logins": len(logins),
+        "clients": clients,
         "mask_calls": len(mask_ms),
         "mask_total_s": sum(mask_ms) / 1000,
         "mask_max_ms": max(mask_ms, default=0.0),

@@ -142,10 +142,11 @@ class MLServerHook(BaseHook):
             self._client = client
         return self._client
 
-    async def aget_conn(self) -> MLServerClient:
-        """The client, from the connection read with the async API (inside a trigger's event loop)."""
+    async def aget_conn(self, conn: Connection | None = None) -> MLServerClient:
+        """The client, from the connection read with the async API (inside a trigger's event loop), or from
+        ``conn`` when given (already read: :func:`airflow_mlserver.hooks.shared.cached_connection`)."""
         if self._client is None:
-            conn = await self.aget_connection(self.mlserver_conn_id)
+            conn = conn if conn is not None else await self.aget_connection(self.mlserver_conn_id)
             client = self._new_client(conn, await conn.aextra_dejson())
             await client.aio.flush_secrets()
             self._client = client

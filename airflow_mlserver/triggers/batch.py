@@ -50,6 +50,7 @@ from airflow_mlserver.executions.waiting import (
     wait_over,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.hooks.shared import acquire, release, shared_hook
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
@@ -75,6 +76,10 @@ class MLServerBatchTrigger(BaseTrigger):
     :param unreachable_timeout: Seconds the server may stay unreadable (refused connections, timeouts, server
         errors after the client's retries) before an ``error`` event with the last error; default 30 minutes.
         Counted within one run of the trigger (a triggerer restart counts again).
+
+    Every trigger of one connection in a triggerer's event loop shares one client (one HTTP connection pool, one
+    token, one TLS context; :mod:`airflow_mlserver.hooks.shared`); a trigger itself holds only its ids, deadline
+    and a few numbers.
     """
 
     def __init__(
@@ -130,9 +135,6 @@ class MLServerBatchTrigger(BaseTrigger):
             kwargs["unreachable_timeout"] = self.unreachable_timeout
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
-    def _hook(self) -> MLServerHook:
-        return MLServerHook(mlserver_conn_id=self.mlserver_conn_id)
-
     def _event(
         self,
         status: Outcome,
@@ -157,13 +159,17 @@ class MLServerBatchTrigger(BaseTrigger):
         return TriggerEvent(event.to_payload())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = self._hook()
+        try:
+            hook = await acquire(self.mlserver_conn_id)
+        except MLServerError as exc:  # the connection's settings are wrong: no poll would read anything
+            yield self._event(Outcome.ERROR, str(exc), {})
+            return
         try:
             async for event in self._watch(hook):
                 yield event
                 return
         finally:
-            await hook.aclose()
+            await release(hook)
 
     async def _watch(self, hook: MLServerHook) -> AsyncIterator[TriggerEvent]:
         statuses: dict[str, BatchStatus] = {}
@@ -238,11 +244,12 @@ class MLServerBatchTrigger(BaseTrigger):
         """A user killed the task: cancel each watched execution once (only if ``cancel_on_kill``)."""
         if not self.cancel_on_kill:
             return
-        hook = self._hook()
-        for execution_id in self.execution_ids:
-            try:
-                status = await hook.async_cancel_batch(self.service_name, self.service_version, execution_id)
-                self.log.info("Canceled batch execution %s on kill (now %s)", execution_id, status.state)
-            except MLServerError as exc:
-                self.log.warning("Could not cancel batch execution %s on kill: %s", execution_id, exc)
-        await hook.aclose()
+        async with shared_hook(self.mlserver_conn_id) as hook:
+            for execution_id in self.execution_ids:
+                try:
+                    status = await hook.async_cancel_batch(
+                        self.service_name, self.service_version, execution_id
+                    )
+                    self.log.info("Canceled batch execution %s on kill (now %s)", execution_id, status.state)
+                except MLServerError as exc:
+                    self.log.warning("Could not cancel batch execution %s on kill: %s", execution_id, exc)

@@ -73,6 +73,7 @@ from airflow_mlserver.executions.finished import (
 from airflow_mlserver.executions.outage import OUTAGE_LOG_INTERVAL
 from airflow_mlserver.executions.waiting import Outcome
 from airflow_mlserver.hooks.mlserver import MLServerHook
+from airflow_mlserver.hooks.shared import acquire, release
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
@@ -140,17 +141,21 @@ class MLServerBatchExecutionsTrigger(BaseEventTrigger):
     @classmethod
     async def open_shared_stream(cls, kwargs: dict[str, Any]) -> AsyncIterator[Listing]:
         """Poll the service's executions every ``poll_interval`` seconds; yield each round as a :class:`Listing`."""
-        hook = MLServerHook(mlserver_conn_id=kwargs.get("mlserver_conn_id", MLServerHook.default_conn_name))
-        poll = _Poll(hook, kwargs["service_name"], kwargs["service_version"])
+        conn_id = kwargs.get("mlserver_conn_id", MLServerHook.default_conn_name)
         interval = float(kwargs.get("poll_interval", 30.0))
         try:
+            hook = await acquire(conn_id)  # the connection's one client in this loop
+        except MLServerError:
+            hook = MLServerHook(mlserver_conn_id=conn_id)  # a connection it cannot use: its rounds say why
+        try:
+            poll = _Poll(hook, kwargs["service_name"], kwargs["service_version"])
             while True:
                 listing = await poll.round()
                 if listing is not None:
                     yield listing
                 await asyncio.sleep(interval)
         finally:
-            await hook.aclose()
+            await release(hook)
 
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
         """This trigger's events from the shared rounds: the rule applied with its own memory."""
