@@ -91,7 +91,9 @@ def test_many_triggers_share_one_client_log_in_once_and_close_it_after_the_last(
     slow = api.start_batch("shared", "v1", [{"x": 2.0}], 1)
     # triggers that end in different orders: done at once, done later, still waiting (cancelled)
     triggers = [_trigger(conn_id, [quick[i % 3]]) for i in range(20)] + [_trigger(conn_id, [slow])]
-    endless = api.start_batch("shared", "v1", [{"x": 60.0}], 1)
+    # long, yet stopped within a record's 0.2 s once deleted (a server stops an execution between records): one
+    # 60 s record would hold one of the module server's two workers for a minute after the test
+    endless = api.start_batch("shared", "v1", [{"x": 0.2}] * 300, 1)
     waiting = [_trigger(conn_id, [endless], poll_interval=0.2) for _ in range(5)]
 
     async def scenario() -> tuple[list[dict[str, Any]], MLServerHook, list[int]]:
@@ -270,3 +272,31 @@ def test_connection_reads_are_cached_for_a_while_and_a_changed_variable_is_read_
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", "mlserver://admin:other@127.0.0.1:1")
     conn = asyncio.run(shared.cached_connection(conn_id))
     assert conn.password == "other" and len(reads) == 3
+
+
+@pytest.mark.parametrize(
+    ("interval", "sharing", "deadline_in", "most"),
+    [
+        (10.0, 1, None, 0.02),  # a trigger alone looks (almost) at once
+        (10.0, 0, None, 0.02),
+        (10.0, 50, None, 1.0),  # a burst of 50: spread over a second
+        (10.0, 1_000, None, 10.0),  # a thousand: over one poll interval, never more
+        (2.0, 1_000, None, 2.0),
+        (10.0, 1_000, 0.5, 0.5),  # never past the deadline
+        (10.0, 1_000, -5.0, 0.0),
+        (0.0, 1_000, None, 0.0),
+    ],
+)
+def test_first_polls_are_spread_by_how_many_share_the_connection(
+    interval: float, sharing: int, deadline_in: float | None, most: float
+) -> None:
+    from airflow_mlserver.executions.waiting import first_wait
+
+    deadline = None if deadline_in is None else time.time() + deadline_in
+    waits = [first_wait(f"execution-{i}", interval, sharing, deadline) for i in range(2_000)]
+    assert all(0.0 <= wait <= most + 1e-6 for wait in waits)
+    if deadline is None:  # fixed by the ids (a restarted triggerer spreads them the same way)
+        assert waits == [first_wait(f"execution-{i}", interval, sharing, None) for i in range(2_000)]
+    if most >= 1.0:  # spread, not bunched: each tenth of the window holds about a tenth of the first polls
+        tenths = Counter(min(int(wait / most * 10), 9) for wait in waits)
+        assert all(150 <= tenths[k] <= 250 for k in range(10)), tenths

@@ -16,6 +16,7 @@ server that cannot be read is waited out, by all of them, is :mod:`~airflow_mlse
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from enum import StrEnum
@@ -97,3 +98,17 @@ def deadline_passed(deadline: float | None, now: float | None = None) -> bool:
 def sleep_time(interval: float, deadline: float | None) -> float:
     """Seconds to sleep before the next poll: ``interval``, but never past the deadline."""
     return interval if deadline is None else max(0.0, min(interval, deadline - time.time()))
+
+
+#: First polls a second, per connection, that a burst of triggers created together is spread to.
+FIRST_POLLS_PER_SECOND = 50.0
+
+
+def first_wait(key: str, poll_interval: float, sharing: int, deadline: float | None) -> float:
+    """Seconds before a trigger's first poll, so that triggers created together (a backfill, a mapped task, a
+    restarted triggerer) do not all poll at once: a fraction fixed by ``key`` (its execution ids) of a window that
+    grows with ``sharing``, the triggers holding the connection's client, at :data:`FIRST_POLLS_PER_SECOND`, up to
+    one ``poll_interval``. A trigger alone waits at most 20 ms; never past the deadline."""
+    window = min(max(poll_interval, 0.0), max(sharing, 1) / FIRST_POLLS_PER_SECOND)
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return sleep_time(int.from_bytes(digest, "big") / 2.0**64 * window, deadline)

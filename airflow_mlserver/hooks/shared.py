@@ -115,6 +115,16 @@ def shared_stats() -> SharedStats:
     )
 
 
+def sharing(conn_id: str) -> int:
+    """How many hold the running loop's shared hook of ``conn_id`` now (0 outside a loop or when none)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return 0
+    entry = _SHARED.get(loop, {}).get(conn_id)
+    return entry.users if entry is not None else 0
+
+
 def _drop_closed_loops() -> None:
     for loop in [loop for loop in _SHARED if loop.is_closed()]:
         del _SHARED[loop]  # its sessions cannot be closed any more; their sockets went with the loop

@@ -45,12 +45,13 @@ from airflow_mlserver.executions.waiting import (
     Until,
     deadline_passed,
     ended_message,
+    first_wait,
     outcome,
     sleep_time,
     wait_over,
 )
 from airflow_mlserver.hooks.mlserver import MLServerHook
-from airflow_mlserver.hooks.shared import acquire, release, shared_hook
+from airflow_mlserver.hooks.shared import acquire, release, shared_hook, sharing
 
 if TYPE_CHECKING:
     from airflow_mlserver.client.models import BatchStatus
@@ -79,7 +80,9 @@ class MLServerBatchTrigger(BaseTrigger):
 
     Every trigger of one connection in a triggerer's event loop shares one client (one HTTP connection pool, one
     token, one TLS context; :mod:`airflow_mlserver.hooks.shared`); a trigger itself holds only its ids, deadline
-    and a few numbers.
+    and a few numbers. Triggers created together do not poll together: the first poll waits
+    :func:`~airflow_mlserver.executions.waiting.first_wait`, at most 20 ms for a trigger alone and up to one
+    ``poll_interval`` for a thousand.
     """
 
     def __init__(
@@ -165,6 +168,10 @@ class MLServerBatchTrigger(BaseTrigger):
             yield self._event(Outcome.ERROR, str(exc), {})
             return
         try:
+            key = "\n".join(self.execution_ids)
+            await asyncio.sleep(
+                first_wait(key, self.poll_interval, sharing(self.mlserver_conn_id), self.deadline)
+            )
             async for event in self._watch(hook):
                 yield event
                 return
