@@ -300,3 +300,44 @@ def test_first_polls_are_spread_by_how_many_share_the_connection(
     if most >= 1.0:  # spread, not bunched: each tenth of the window holds about a tenth of the first polls
         tenths = Counter(min(int(wait / most * 10), 9) for wait in waits)
         assert all(150 <= tenths[k] <= 250 for k in range(10)), tenths
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The addresses this process's event loops opened TCP connections to (the loop's connect, wrapped: it still
+    connects)."""
+    from asyncio.selector_events import BaseSelectorEventLoop
+
+    opened: list[Any] = []
+    connect = BaseSelectorEventLoop.sock_connect
+
+    async def counting(self: BaseSelectorEventLoop, sock: socket.socket, address: Any) -> None:
+        opened.append(address)
+        await connect(self, sock, address)
+
+    monkeypatch.setattr(BaseSelectorEventLoop, "sock_connect", counting)
+    return opened
+
+
+def test_status_polls_keep_their_connection_unless_the_rest_of_the_answer_is_large(
+    api: Api, service: None, monkeypatch: pytest.MonkeyPatch, connects: list[Any]
+) -> None:
+    """A status poll reads only the head of an answer that may carry every result: a small rest is read anyway so
+    that the keep-alive connection serves the next poll; a large one (over 64 KiB) is cut, closing it."""
+    conn_id = _connection(monkeypatch, api.server)
+    small = api.start_batch("shared", "v1", [{"x": 0}] * 10, 10)
+    large = api.start_batch("shared", "v1", [{"x": 0}] * 1_500, 10)  # about 150 KB of results
+    for execution_id in (small, large):
+        api.wait("shared", "v1", execution_id)
+
+    async def polls(execution_id: str) -> int:
+        async with shared.shared_hook(conn_id) as hook:
+            await hook.async_get_batch("shared", "v1", execution_id)  # logged in, one connection open
+            before = len(connects)
+            for _ in range(20):
+                status = await hook.async_get_batch("shared", "v1", execution_id)
+                assert status.state == "Complete" and status.completed == status.total
+            return len(connects) - before
+
+    assert asyncio.run(polls(small)) == 0
+    assert asyncio.run(polls(large)) == 20

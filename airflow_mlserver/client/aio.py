@@ -170,7 +170,24 @@ class AsyncDriver:
                 async for chunk in response.content.iter_chunked(CHUNK_SIZE):
                     if body.feed(chunk):
                         complete = False
-                        response.close()  # stop reading: the rest is not needed
+                        await _end_early(response)
                         break
                 self.stats.bytes_received += body.bytes_read
                 return body.finish(complete)
+
+
+#: The most an answer may still hold, once its reader needs no more, to be read to its end anyway: its keep-alive
+#: connection is then reused (a status poll reads only the head of an answer that may carry results; closing
+#: would cost a new connection, and a TLS handshake, at the next poll).
+DRAIN_LIMIT = 64 * 1024
+
+
+async def _end_early(response: aiohttp.ClientResponse) -> None:
+    """Stop reading ``response``: read a rest of at most :data:`DRAIN_LIMIT` bytes so that its connection is
+    kept, or close it."""
+    content, drained = response.content, 0
+    while not content.at_eof():
+        if drained > DRAIN_LIMIT:
+            response.close()  # a large rest is not worth reading
+            return
+        drained += len(await content.readany())
