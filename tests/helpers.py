@@ -113,3 +113,11 @@ class Api:
                 return self.status(name, version, execution_id, partial=True)
             time.sleep(0.1)
         raise AssertionError(f"execution {execution_id} did not finish in {timeout} s")
+
+
+async def polled_once(hook: Any, service: str, version: str, execution_id: str) -> Any:
+    """One async status poll through ``hook``, its async session closed after (as a trigger closes it)."""
+    try:
+        return await hook.async_get_batch(service, version, execution_id)
+    finally:
+        await hook.aclose()

@@ -144,6 +144,41 @@ def test_a_401_logs_in_again_once_and_resends() -> None:
     assert server.done and server.result == []
 
 
+def test_calls_answered_401_together_renew_the_token_once() -> None:
+    """A thousand triggers share one client: when the server forgets its token, the first call answered 401 logs
+    in again; the others wait for it in short sleeps and resend with its token, without logging in."""
+    c = calls()
+    c.auth.token = TokenInfo(access_token="stale")
+    a, b = Server(c.list_services()), Server(c.list_services())
+    a.expect("GET", "/services", error(401, "forgotten"))
+    b.expect("GET", "/services", error(401, "forgotten"))  # while a logs in
+    assert b.expect_sleep() == pytest.approx(0.05)  # b waits
+    a.expect("POST", "/login", token("fresh"))
+    assert a.expect("GET", "/services", ok([])).headers["Authorization"] == "Bearer fresh"
+    assert b.expect_sleep() == pytest.approx(0.05)  # b looks again: renewed
+    assert b.expect("GET", "/services", ok([])).headers["Authorization"] == "Bearer fresh"
+    assert a.done and b.done
+    # a call answered 401 to a token renewed meanwhile resends with the new one at once
+    c.auth.token = TokenInfo(access_token="stale")
+    stale = Server(c.list_services())  # sent with the stale token ...
+    c.auth.token = auth_module.TOKENS[c.auth.key]  # ... which another call renews before the 401 comes back
+    assert stale.expect("GET", "/services", error(401, "old")).headers["Authorization"] == "Bearer stale"
+    assert stale.expect("GET", "/services", ok([])).headers["Authorization"] == "Bearer fresh"
+
+
+def test_a_renewal_that_fails_lets_the_next_call_renew() -> None:
+    c = calls()
+    c.auth.token = TokenInfo(access_token="stale")
+    a, b = Server(c.list_services()), Server(c.list_services())
+    a.expect("GET", "/services", error(401, "forgotten"))
+    with pytest.raises(MLServerAuthError, match="refused the login"):
+        a.expect("POST", "/login", error(403, "locked"))
+    assert not c.auth.renewing
+    b.expect("GET", "/services", error(401, "forgotten"))
+    b.expect("POST", "/login", token("fresh"))  # no wait: nobody renews now
+    assert b.expect("GET", "/services", ok([])).headers["Authorization"] == "Bearer fresh"
+
+
 def test_a_second_401_is_an_auth_error_naming_the_user() -> None:
     c = calls()
     c.auth.token = TokenInfo(access_token="stale")

@@ -20,7 +20,7 @@ from airflow_mlserver.client.models import BatchStatus, TokenInfo
 from airflow_mlserver.exceptions import MLServerAuthError
 from airflow_mlserver.hooks.mlserver import ConnectionSettings, MLServerHook
 from airflow_mlserver.server.process import LocalMLServer
-from tests.helpers import Api, wait_for
+from tests.helpers import Api, polled_once, wait_for
 
 CONN_ID = "mlserver_test"
 
@@ -226,6 +226,7 @@ def test_async_status_and_cancel(hook: MLServerHook, api: Api) -> None:
         fresh = MLServerHook(CONN_ID)  # reads the connection with the async API
         first = await fresh.async_get_batch("hookasync", "1", execution_id)
         canceled = await fresh.async_cancel_batch("hookasync", "1", execution_id)
+        await fresh.aclose()
         return first, canceled
 
     first, canceled = asyncio.run(poll_then_cancel())
@@ -282,7 +283,7 @@ def test_token_expiry_during_long_batch(
             if status.is_finished and time.monotonic() - started > 7:
                 break
             time.sleep(0.25)
-        asyncio.run(hook.async_get_batch("hookttl", "1", execution_id))
+        asyncio.run(polled_once(hook, "hookttl", "1", execution_id))
         assert status.is_complete
         assert len(tokens) >= 3  # renewed ahead of expiry, repeatedly
         assert len(list(hook.iter_batch_results("hookttl", "1", execution_id))) == 150
@@ -412,7 +413,7 @@ def test_environment_proxies_apply_and_netrc_never_replaces_the_token(
         hook = MLServerHook(CONN_ID)
         execution_id = hook.start_batch(add_service, "1.0", [{"x": 1}], parallel_count=1)
         hook.close()
-        assert asyncio.run(MLServerHook(CONN_ID).async_get_batch(add_service, "1.0", execution_id)).total == 1
+        assert asyncio.run(polled_once(MLServerHook(CONN_ID), add_service, "1.0", execution_id)).total == 1
         seen, _RecordingProxy.seen[:] = list(_RecordingProxy.seen), []
         return seen
 

@@ -13,7 +13,7 @@ from airflow_mlserver.client import auth
 from airflow_mlserver.exceptions import MLServerAuthError
 from airflow_mlserver.hooks.mlserver import MLServerHook
 from airflow_mlserver.server.process import LocalMLServer
-from tests.helpers import Api
+from tests.helpers import Api, polled_once
 
 CONN_ID = "mlserver_secret"
 
@@ -62,7 +62,7 @@ def test_no_secret_in_logs(
         time.sleep(0.1)
     remember(hook)
     assert len(list(hook.iter_batch_results("secretsvc", "1", execution_id))) == 20
-    asyncio.run(hook.async_get_batch("secretsvc", "1", execution_id))
+    asyncio.run(polled_once(hook, "secretsvc", "1", execution_id))
     remember(hook)
 
     # A bearer-token connection, and a failed login with a wrong password.

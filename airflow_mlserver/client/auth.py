@@ -1,5 +1,9 @@
 """Authentication: the token cache, login and refresh ahead of expiry, and one re-login on a 401.
 
+Calls of one client that are answered 401 together (a server that forgot its tokens, polled by a thousand
+triggers sharing one client) renew the token once: the first renews, the others wait for it in short sleeps
+and resend with its token (:meth:`Auth.renew`).
+
 Tokens are shared by every client of the same server, user and password in a process: a triggerer running
 hundreds of triggers logs in once per connection, not once per trigger. That also keeps a secrets masker
 small (each new secret recompiles its pattern of every secret). Login is single-flight: the drivers hold
@@ -26,11 +30,16 @@ from typing import Any
 
 from airflow_mlserver.client.errors import MLServerApiError, MLServerAuthError
 from airflow_mlserver.client.models import TokenInfo
-from airflow_mlserver.client.protocol import Answer, Flow, Spec, Wire, api_error
+from airflow_mlserver.client.protocol import Answer, Flow, Sleep, Spec, Wire, api_error
 from airflow_mlserver.client.quoting import quoted
 from airflow_mlserver.client.settings import ConnectionSettings
 
 TokenKey = tuple[str, str, str, str]
+
+#: How long a call answered 401 waits, at most, for another call of its client to renew the token.
+RENEW_WAIT = 60.0
+#: How often it looks whether the renewal is over.
+RENEW_LOOK = 0.05
 
 #: The latest token of each (connection, server, user, password hash), shared within the process.
 TOKENS: dict[TokenKey, TokenInfo] = {}
@@ -96,6 +105,8 @@ class Auth:
         self.settings = settings
         self.log = log
         self.token: TokenInfo | None = None
+        #: True while a call of this client renews the token after a 401 (see :meth:`renew`).
+        self.renewing = False
         #: Secrets learnt since the drivers last handed them to the masker (see :meth:`take_secrets`).
         self._new_secrets: list[str] = list(settings.secrets)
 
@@ -181,6 +192,25 @@ class Auth:
             raise api_error(spec, answer)
         self._accept(answer.value)
 
+    def renew(self, rejected: TokenInfo | None) -> Flow[None]:
+        """Log in again after a 401 answered to ``rejected``, unless another call did meanwhile: one renewal for
+        every call of this client answered 401 together (the others wait for it, up to :data:`RENEW_WAIT`)."""
+        waited = 0.0
+        while self.renewing and waited < RENEW_WAIT:
+            yield Sleep(RENEW_LOOK)
+            waited += RENEW_LOOK
+        shared = TOKENS.get(self.key)
+        if shared is not None and shared is not rejected and not shared.refresh_due():
+            if shared is not self.token:  # another client of this connection renewed it
+                self.token = shared
+                self._new_secrets.extend(t for t in (shared.access_token, shared.refresh_token) if t)
+            return
+        self.renewing = True
+        try:
+            yield from self.authenticate(force=True)
+        finally:
+            self.renewing = False
+
     def _accept(self, value: Any) -> None:
         token = TokenInfo.from_api(value)
         self.token = token
@@ -201,6 +231,7 @@ class Auth:
     def exchange(self, spec: Spec) -> Flow[Answer]:
         """Send ``spec`` authenticated; re-authenticate once on a 401; raise the API error of an error answer."""
         yield from self.authenticate()
+        sent = self.token
         answer = yield self.wire(spec)
         assert answer is not None
         if answer.status == 401:
@@ -212,7 +243,7 @@ class Auth:
                     "(extra 'access_token'), or give login and password so that the hook logs in itself."
                 )
             self.log.info("The server answered 401 to %s; authenticating again", spec.label)
-            yield from self.authenticate(force=True)
+            yield from self.renew(sent)
             answer = yield self.wire(spec)
             assert answer is not None
             if answer.status == 401:
