@@ -394,3 +394,27 @@ class ExecutionWatcher:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+# -- a process tree's memory and CPU, read once ----------------------------------------------------------
+def tree_memory_mib(pid: int) -> tuple[float, float, int]:
+    """(sum of VmHWM, sum of VmRSS, processes) over a process and its live descendants, in MiB, read now."""
+    hwm = rss = count = 0
+    for member in _descendants(pid):
+        reading = _status_kib(member)
+        if reading is not None:
+            hwm, rss, count = hwm + reading[0], rss + reading[1], count + 1
+    return hwm / 1024, rss / 1024, count
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and each of its live descendants, by pid (from /proc/<pid>/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds: dict[int, float] = {}
+    for member in _descendants(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[member] = (int(stat[11]) + int(stat[12])) / ticks  # utime, stime
+    return seconds
