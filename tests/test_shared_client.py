@@ -87,7 +87,8 @@ def test_many_triggers_share_one_client_log_in_once_and_close_it_after_the_last(
     api: Api, service: None, monkeypatch: pytest.MonkeyPatch, sends: Counter[str]
 ) -> None:
     conn_id = _connection(monkeypatch, api.server)
-    quick = [api.start_batch("shared", "v1", [{"x": 0}], 1) for _ in range(3)]
+    # none done before every trigger holds the client (which takes a few milliseconds)
+    quick = [api.start_batch("shared", "v1", [{"x": 1.0}], 1) for _ in range(3)]
     slow = api.start_batch("shared", "v1", [{"x": 2.0}], 1)
     # triggers that end in different orders: done at once, done later, still waiting (cancelled)
     triggers = [_trigger(conn_id, [quick[i % 3]]) for i in range(20)] + [_trigger(conn_id, [slow])]
