@@ -324,7 +324,7 @@ def test_status_polls_keep_their_connection_unless_the_rest_of_the_answer_is_lar
     api: Api, service: None, monkeypatch: pytest.MonkeyPatch, connects: list[Any]
 ) -> None:
     """A status poll reads only the head of an answer that may carry every result: a small rest is read anyway so
-    that the keep-alive connection serves the next poll; a large one (over 64 KiB) is cut, closing it."""
+    that the keep-alive connection serves the next poll; a large one (over 16 KiB) is cut, closing it."""
     conn_id = _connection(monkeypatch, api.server)
     small = api.start_batch("shared", "v1", [{"x": 0}] * 10, 10)
     large = api.start_batch("shared", "v1", [{"x": 0}] * 1_500, 10)  # about 150 KB of results

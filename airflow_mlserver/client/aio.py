@@ -179,7 +179,7 @@ class AsyncDriver:
 #: The most an answer may still hold, once its reader needs no more, to be read to its end anyway: its keep-alive
 #: connection is then reused (a status poll reads only the head of an answer that may carry results; closing
 #: would cost a new connection, and a TLS handshake, at the next poll).
-DRAIN_LIMIT = 64 * 1024
+DRAIN_LIMIT = 16 * 1024
 
 
 async def _end_early(response: aiohttp.ClientResponse) -> None:
