@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -346,6 +347,12 @@ def bench_triggers(quick: bool) -> BenchResult:
         ),
         Figure(f"{triggers} triggers: lag max", lag["max"], "ms", f"idle max {idle_lag['max']:.1f} ms"),
         Figure("steady state (after 1st round): p99", steady["p99"], "ms", f"max {steady['max']:.1f} ms"),
+        Figure(
+            "full garbage collections: longest",
+            max(side["full_gc_ms"], default=0.0),
+            "ms",
+            f"{len(side['full_gc_ms'])} while the triggers ran (each pauses the loop)",
+        ),
         Figure("CPU of the loop's process", side["cpu_pct"], "% core", f"idle {side['idle_cpu_pct']:.1f} %"),
         Figure("polls done", side["polls"], "", f"{side['polls'] / duration:,.0f}/s"),
         Figure("poll latency p50 / p99", side["poll_p50_ms"], "ms", f"p99 {side['poll_p99_ms']:.0f} ms"),
@@ -470,6 +477,18 @@ async def _triggers_main(ids: list[str], count: int, duration: float, idle: floa
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
 
+    # Python's full garbage collections (generation 2), timed: each pauses the whole loop
+    full_gc_ms: list[float] = []
+    gc_started = [0.0]
+
+    def time_full_gc(phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") == 2:
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+            else:
+                full_gc_ms.append((time.perf_counter() - gc_started[0]) * 1000)
+
+    gc.callbacks.append(time_full_gc)
     stamps: list[tuple[float, float]] = []
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     tasks = [
@@ -488,6 +507,7 @@ async def _triggers_main(ids: list[str], count: int, duration: float, idle: floa
     ]
     await _sample(duration, stamps)
     cpu = (_cpu_seconds() - cpu0) / (time.perf_counter() - wall0) * 100
+    gc.callbacks.remove(time_full_gc)
     from airflow_mlserver.hooks.shared import shared_stats
 
     clients = shared_stats().hooks
@@ -515,6 +535,7 @@ async def _triggers_main(ids: list[str], count: int, duration: float, idle: floa
         "errors": len(errors) and f"{len(errors)}, first: {errors[0]}",
         "peak_mib": client_peak_mib(),
         "grow_mib": client_peak_mib() - base_mib,
+        "full_gc_ms": full_gc_ms,
     }
 
 
