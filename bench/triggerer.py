@@ -52,7 +52,7 @@ from bench.common import (
     tree_memory_mib,
 )
 from bench.operator import _conn_uri
-from tests.deployment import AIRFLOW, COMPONENTS, Deployment, free_port, local_executor_env
+from tests.deployment import AIRFLOW, COMPONENTS, Deployment, free_port, local_executor_env, wait_for
 
 DAG_SOURCE = Path(__file__).resolve().parent / "triggerer_dags"
 OURS, BASELINE = "bench_triggerer_ours", "bench_triggerer_baseline"
@@ -115,14 +115,8 @@ def _say(text: str) -> None:
 
 
 def _wait(what: str, probe: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = probe()
-        if answer:
-            return answer
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """:func:`tests.helpers.wait_for`, a timeout raised as ``TimeoutError`` (some waits carry on after one)."""
+    return wait_for(what, probe, timeout, interval, error=TimeoutError)
 
 
 # -- the deployment -------------------------------------------------------------------------------------------
@@ -404,61 +398,23 @@ def _scenario_figures(label: str, m: Measured, n: int) -> list[Figure]:
     return figures
 
 
+def _target(name: str, value: float, unit: str, limit: float, label: str = "target") -> Figure:
+    """A figure with a target: ``ok`` at or under ``limit``, else ``MISS``."""
+    return Figure(name, value, unit, f"{label} <= {limit:.0f}", _verdict(value <= limit))
+
+
 def _targets(ours: Measured, base: Measured, n: int) -> list[Figure]:
     scale = f"target at N=1,000; N={n:,} here" if n != 1_000 else "target"
-    p99 = percentile(ours.latencies, 99)
     mem_ratio = ours.growth / base.growth if base.growth > 0 else math.nan
     cpu_ratio = ours.cpu_pct / base.cpu_pct if base.cpu_pct > 0 else math.nan
     return [
-        Figure(
-            "ours: memory over idle",
-            ours.growth,
-            "MiB",
-            f"{scale} <= {MEMORY_TARGET_MIB:.0f}",
-            _verdict(ours.growth <= MEMORY_TARGET_MIB),
-        ),
-        Figure(
-            "ours: CPU",
-            ours.cpu_pct,
-            "% core",
-            f"{scale} <= {CPU_TARGET_PCT:.0f}",
-            _verdict(ours.cpu_pct <= 15),
-        ),
-        Figure(
-            "ours: loop lag p99",
-            ours.lag.get("p99", math.nan),
-            "ms",
-            f"target <= {LAG_P99_TARGET_MS:.0f}",
-            _verdict(ours.lag.get("p99", math.nan) <= LAG_P99_TARGET_MS),
-        ),
-        Figure(
-            "ours: loop lag max",
-            ours.lag.get("max", math.nan),
-            "ms",
-            f"target <= {LAG_MAX_TARGET_MS:.0f}",
-            _verdict(ours.lag.get("max", math.nan) <= LAG_MAX_TARGET_MS),
-        ),
-        Figure(
-            "ours: resume latency p99",
-            p99,
-            "s",
-            f"target <= {RESUME_TARGET_S:.0f}",
-            _verdict(p99 <= RESUME_TARGET_S),
-        ),
-        Figure(
-            "memory over idle, ours / baseline",
-            mem_ratio,
-            "x",
-            f"target <= {VERSUS_BASELINE_TARGET:.0f}",
-            _verdict(mem_ratio <= VERSUS_BASELINE_TARGET),
-        ),
-        Figure(
-            "CPU, ours / baseline",
-            cpu_ratio,
-            "x",
-            f"target <= {VERSUS_BASELINE_TARGET:.0f}",
-            _verdict(cpu_ratio <= VERSUS_BASELINE_TARGET),
-        ),
+        _target("ours: memory over idle", ours.growth, "MiB", MEMORY_TARGET_MIB, scale),
+        _target("ours: CPU", ours.cpu_pct, "% core", CPU_TARGET_PCT, scale),
+        _target("ours: loop lag p99", ours.lag.get("p99", math.nan), "ms", LAG_P99_TARGET_MS),
+        _target("ours: loop lag max", ours.lag.get("max", math.nan), "ms", LAG_MAX_TARGET_MS),
+        _target("ours: resume latency p99", percentile(ours.latencies, 99), "s", RESUME_TARGET_S),
+        _target("memory over idle, ours / baseline", mem_ratio, "x", VERSUS_BASELINE_TARGET),
+        _target("CPU, ours / baseline", cpu_ratio, "x", VERSUS_BASELINE_TARGET),
     ]
 
 

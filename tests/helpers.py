@@ -13,15 +13,22 @@ from airflow_mlserver.server.process import LocalMLServer
 T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """Call ``probe`` until it answers something truthy (answered), or fail after ``timeout`` seconds."""
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.5,
+    error: type[Exception] = AssertionError,
+) -> T:
+    """Call ``probe`` until it answers something truthy (answered), or raise ``error`` after ``timeout`` seconds
+    (a test fails; a benchmark may pass ``TimeoutError`` and carry on)."""
     deadline = time.monotonic() + timeout
     while True:
         answer = probe()
         if answer:
             return answer
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise error(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
 
 
