@@ -150,8 +150,7 @@ class Auth:
         elif shared is not None and (
             self.token is None or (self.token.refresh_due() and not shared.refresh_due())
         ):
-            self.token = shared  # another client of this connection already logged in or refreshed
-            self._new_secrets.extend(t for t in (shared.access_token, shared.refresh_token) if t)
+            self._adopt(shared)  # another client of this connection already logged in or refreshed
         token = self.token
         if token is not None and not force and not token.refresh_due():
             return
@@ -201,9 +200,8 @@ class Auth:
             waited += RENEW_LOOK
         shared = TOKENS.get(self.key)
         if shared is not None and shared is not rejected and not shared.refresh_due():
-            if shared is not self.token:  # another client of this connection renewed it
-                self.token = shared
-                self._new_secrets.extend(t for t in (shared.access_token, shared.refresh_token) if t)
+            if shared is not self.token:
+                self._adopt(shared)  # another client of this connection renewed it
             return
         self.renewing = True
         try:
@@ -211,11 +209,15 @@ class Auth:
         finally:
             self.renewing = False
 
+    def _adopt(self, token: TokenInfo) -> None:
+        """Use ``token`` (this client's new one, or one another client got); its secrets go to the masker."""
+        self.token = token
+        self._new_secrets.extend(t for t in (token.access_token, token.refresh_token) if t)
+
     def _accept(self, value: Any) -> None:
         token = TokenInfo.from_api(value)
-        self.token = token
+        self._adopt(token)
         TOKENS[self.key] = token
-        self._new_secrets.extend(s for s in (token.access_token, token.refresh_token) if s)
         self.log.debug("Got an access token valid for %s s", token.lifetime)
 
     def wire(self, spec: Spec) -> Wire:

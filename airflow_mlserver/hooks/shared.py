@@ -75,11 +75,6 @@ async def cached_connection(conn_id: str, ttl: float | None = None) -> Connectio
             del _READING[conn_id]
 
 
-def forget_connections() -> None:
-    """Drop every cached connection read (the next read asks Airflow)."""
-    _CONNECTIONS.clear()
-
-
 @dataclass
 class _Shared:
     hook: MLServerHook
@@ -101,27 +96,26 @@ class SharedStats:
     users: dict[str, int] = field(default_factory=dict)
 
 
+def _here() -> dict[str, _Shared]:
+    """The running loop's shared hooks by connection id (none outside a loop)."""
+    try:
+        return _SHARED.get(asyncio.get_running_loop(), {})
+    except RuntimeError:
+        return {}
+
+
 def shared_stats() -> SharedStats:
     """How many loops and hooks are held, and the users of each connection of the running loop (if any)."""
-    try:
-        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    here = _SHARED.get(loop, {}) if loop is not None else {}
     return SharedStats(
         loops=len(_SHARED),
         hooks=sum(len(h) for h in _SHARED.values()),
-        users={conn_id: e.users for conn_id, e in here.items()},
+        users={conn_id: e.users for conn_id, e in _here().items()},
     )
 
 
 def sharing(conn_id: str) -> int:
     """How many hold the running loop's shared hook of ``conn_id`` now (0 outside a loop or when none)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return 0
-    entry = _SHARED.get(loop, {}).get(conn_id)
+    entry = _here().get(conn_id)
     return entry.users if entry is not None else 0
 
 
